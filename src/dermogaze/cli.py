@@ -1,0 +1,59 @@
+"""The ``dermogaze`` command line.
+
+Each area of the package registers its own subcommands (``register(subparsers)`` in the modules
+listed in :data:`COMMAND_MODULES`), so this file only wires them together and turns user errors
+(:class:`~dermogaze.errors.DermogazeError`) into one clear line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import DermogazeError
+
+#: Modules exposing ``register(subparsers)``; order = order in ``dermogaze --help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "dermogaze.data.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dermogaze",
+        description="Explainable skin-lesion diagnosis from sequences of gazes over dermoscopic structures.",
+    )
+    parser.add_argument("--version", action="version", version=f"dermogaze {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DermogazeError as exc:
+        print(f"dermogaze: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dermogaze: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""What every gaze-network variant returns (one dataclass, so loss, metrics and explanation need no glue)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class GazeOutput:
+    """Outputs of a forward pass.
+
+    Attributes:
+        logits: diagnosis logits ``(B, 2)``, index 1 = melanoma.
+        attention: attention maps ``A_t`` of Eq. 2, ``(B, T, h, w)``, each map sums to one over
+            its ``h*w`` cells (``h = w = image_size / 8``). ``None`` for variants without attention.
+        masks: structure masks ``M_t`` after the sigmoid, ``(B, T, H, W)`` at input resolution.
+            ``None`` for variants without a decoder.
+        mask_logits: the same masks before the sigmoid, ``(B, T, H, W)`` (``None`` without decoder).
+        structure_logits: structure-classifier logits ``pred_t`` before the softmax, ``(B, T, 6)``.
+            ``None`` for variants without a decoder.
+    """
+
+    logits: Tensor
+    attention: Tensor | None = None
+    masks: Tensor | None = None
+    mask_logits: Tensor | None = None
+    structure_logits: Tensor | None = None
+
+    @property
+    def melanoma_prob(self) -> Tensor:
+        """Probability of melanoma ``(B,)`` (softmax over the two diagnosis logits)."""
+        return self.logits.softmax(dim=-1)[:, 1]
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.masks is not None
