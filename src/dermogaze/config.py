@@ -10,6 +10,7 @@ parsed as YAML (``train.epochs=3``, ``model.skip=false``, ``train.betas=[0.9,0.9
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,25 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def _coerce(value: Any, current: Any, key: str, source: str) -> Any:
-    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the field's type hint; ints become floats where floats are expected."""
+    allowed = set(typing.get_args(hint)) or {hint}
+    if value is None:
+        if type(None) not in allowed:
+            raise DermogazeError(f"{source}: {key} cannot be empty")
+        return None
+    if typing.get_origin(hint) is tuple or tuple in allowed:
+        if not isinstance(value, (list, tuple)):
+            raise DermogazeError(f"{source}: {key} must be a list, got {value!r}")
         return tuple(value)
-    if isinstance(current, bool) and not isinstance(value, bool):
+    if bool in allowed and not isinstance(value, bool):
         raise DermogazeError(f"{source}: {key} must be true or false, got {value!r}")
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if int in allowed and float not in allowed and not isinstance(value, int):
+        raise DermogazeError(f"{source}: {key} must be an integer, got {value!r}")
+    if str in allowed and not isinstance(value, str):
+        return str(value)
     return value
 
 
@@ -132,13 +145,13 @@ def merge(cfg: Config, updates: dict[str, Any], *, source: str) -> Config:
         if not isinstance(values, dict):
             raise DermogazeError(f"{source}: section {section!r} must be a mapping")
         sub = getattr(cfg, section)
-        names = {f.name for f in dataclasses.fields(sub)}
+        hints = typing.get_type_hints(type(sub))
         for key, value in values.items():
-            if key not in names:
+            if key not in hints:
                 raise DermogazeError(
-                    f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(names))})"
+                    f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(hints))})"
                 )
-            setattr(sub, key, _coerce(value, getattr(sub, key), f"{section}.{key}", source))
+            setattr(sub, key, _coerce(value, hints[key], f"{section}.{key}", source))
     return cfg
 
 
