@@ -1,0 +1,352 @@
+"""The multi-task training objective of paper §3.2 (SPEC §5).
+
+Pieces, each usable on its own:
+
+- :func:`soft_iou_loss` / :func:`pairwise_soft_iou_loss`: the softIoU loss of Eq. 10 (with the
+  denominator's sign typo corrected), element-wise or as the ``(S, T)`` cost matrix.
+- :func:`hungarian_match` / :func:`match_batch`: the one-to-one assignment of the *present*
+  ground-truth structures to the ``T`` gaze steps (``scipy.optimize.linear_sum_assignment``).
+- :func:`focal_loss`: Eq. 12 on the melanoma probability (θ = 0 is the BCE of Eq. 11).
+- :class:`GazeLoss`: ``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14) with the structure
+  balancing of Eqs. 15-16 or mini-batch balancing.
+
+Everything is computed in float32 with autocast disabled: the softIoU sums run over ``H*W``
+pixels (50 176 at 224 px), which float16 cannot hold reliably.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .config import LossConfig
+from .errors import DermogazeError
+from .models.output import GazeOutput
+from .structures import NUM_STRUCTURES, STRUCTURES, presence_weights
+
+logger = logging.getLogger(__name__)
+
+#: Accepted values of ``LossConfig.balancing`` → canonical name.
+BALANCING: dict[str, str] = {"w": "w", "w'": "w'", "w_prime": "w'", "batch": "batch", "none": "none"}
+
+Matching = tuple[np.ndarray, np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------
+# softIoU (Eq. 10)
+# --------------------------------------------------------------------------------------------
+def soft_iou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """softIoU loss of Eq. 10, ``1 - Σ(M̂·M) / (Σ M̂ + Σ M - Σ(M̂·M) + ε)``.
+
+    The paper's Eq. 10 prints ``+ ⟨M̂, M⟩`` in the denominator; that is a typo (the loss could
+    then never reach 0 for a perfect prediction). This is the usual soft Jaccard with a minus
+    (SPEC §5). Identical binary masks give ``≈ 0`` (exactly ``ε / (n + ε)`` for ``n`` pixels),
+    disjoint masks give 1, and two empty masks give 1 (no overlap to reward).
+
+    Args:
+        pred: predicted masks in ``[0, 1]`` (probabilities), shape ``(..., H, W)``.
+        target: ground-truth masks in ``[0, 1]``, broadcastable against ``pred``.
+        eps: added to the denominator so empty masks do not divide by zero.
+
+    Returns:
+        The loss for each mask pair, shape ``broadcast(pred, target).shape[:-2]``.
+    """
+    inter = (pred * target).sum(dim=(-2, -1))
+    union = pred.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) - inter
+    return 1.0 - inter / (union + eps)
+
+
+def pairwise_soft_iou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """softIoU loss (Eq. 10, corrected) between every target mask and every predicted mask.
+
+    This is the ``S × T`` matrix of comparisons of §3.2, computed for a whole batch with one
+    batched matrix product (no loop over pairs or pixels). Entry ``[..., s, t]`` equals
+    ``soft_iou_loss(pred[..., t, :, :], target[..., s, :, :], eps)``.
+
+    Args:
+        pred: predicted masks, shape ``(..., T, H, W)``.
+        target: ground-truth masks, shape ``(..., S, H, W)`` with the same leading dims and size.
+
+    Returns:
+        Cost matrix of shape ``(..., S, T)``.
+    """
+    if pred.shape[:-3] != target.shape[:-3] or pred.shape[-2:] != target.shape[-2:]:
+        raise ValueError(
+            f"pairwise_soft_iou_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must share "
+            "leading dimensions and mask size"
+        )
+    p = pred.flatten(-2)  # (..., T, HW)
+    g = target.flatten(-2)  # (..., S, HW)
+    inter = g @ p.transpose(-1, -2)  # (..., S, T)
+    union = g.sum(-1).unsqueeze(-1) + p.sum(-1).unsqueeze(-2) - inter  # (..., S, 1) + (..., 1, T) → (..., S, T)
+    return 1.0 - inter / (union + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Matching
+# --------------------------------------------------------------------------------------------
+def hungarian_match(cost: Tensor | np.ndarray, present: Tensor | np.ndarray | Sequence[bool]) -> Matching:
+    """Assign the present structures of one sample to gaze steps (§3.2, "Unsorted sequences").
+
+    Only rows of *present* structures take part. The assignment minimises the total cost
+    (``scipy.optimize.linear_sum_assignment``, the Hungarian algorithm). With more steps than
+    present structures, the surplus steps stay unmatched (they get no structure loss); with more
+    present structures than steps, only ``T`` structures are matched (those giving the lowest
+    total cost). The matching is a discrete choice: it carries no gradient (a tensor is detached).
+
+    Args:
+        cost: cost matrix ``(S, T)``, row ``s`` = structure ``s`` in :data:`STRUCTURES` order.
+        present: ``(S,)`` booleans, True where structure ``s`` is present in the sample.
+
+    Returns:
+        ``(step_indices, structure_indices)``: two int64 arrays of equal length
+        ``min(#present, T)``, sorted by step; ``structure_indices`` use the row numbering of
+        ``cost`` (the 6-structure numbering of :data:`STRUCTURES`).
+
+    Raises:
+        ValueError: wrong shapes, or a non-finite cost of a present structure (diverged model).
+    """
+    if isinstance(cost, Tensor):
+        cost = cost.detach().float().cpu().numpy()
+    if isinstance(present, Tensor):
+        present = present.detach().cpu().numpy()
+    cost = np.asarray(cost, dtype=np.float64)
+    present = np.asarray(present, dtype=bool)
+    if cost.ndim != 2 or present.shape != (cost.shape[0],):
+        raise ValueError(
+            f"hungarian_match: expected cost (S, T) and present (S,), got {cost.shape} and {present.shape}"
+        )
+    rows = np.flatnonzero(present)  # structure index of each row of the sub-matrix
+    empty = np.zeros(0, dtype=np.int64)
+    if rows.size == 0 or cost.shape[1] == 0:
+        return empty, empty.copy()
+    sub = cost[rows]  # (P, T)
+    if not np.all(np.isfinite(sub)):
+        raise ValueError("hungarian_match: the cost matrix holds NaN or inf (non-finite predicted masks?)")
+    r, t = linear_sum_assignment(sub)
+    order = np.argsort(t, kind="stable")
+    return t[order].astype(np.int64), rows[r[order]].astype(np.int64)
+
+
+def match_batch(cost: Tensor, present: Tensor) -> list[Matching]:
+    """:func:`hungarian_match` for every sample of a batch (one device→host copy for all).
+
+    Args:
+        cost: ``(B, S, T)`` cost matrices (see :func:`pairwise_soft_iou_loss`).
+        present: ``(B, S)`` booleans.
+
+    Returns:
+        One ``(step_indices, structure_indices)`` pair of int64 arrays per sample.
+    """
+    c = cost.detach().float().cpu().numpy()  # (B, S, T)
+    p = present.detach().cpu().numpy().astype(bool)  # (B, S)
+    return [hungarian_match(c[i], p[i]) for i in range(c.shape[0])]
+
+
+# --------------------------------------------------------------------------------------------
+# Focal loss (Eqs. 11-12)
+# --------------------------------------------------------------------------------------------
+def focal_loss(logits: Tensor, labels: Tensor, theta: float = 2.0, reduction: str = "mean") -> Tensor:
+    """Focal loss of Eq. 12 on the melanoma probability ``ŷ = softmax(logits)[:, 1]``.
+
+    ``FL = -y (1-ŷ)^θ log ŷ - (1-y) ŷ^θ log(1-ŷ)``. Computed from the logits: with the log-odds
+    ``d = z_1 - z_0`` (``ŷ = sigmoid(d)``, the same as the two-way softmax), ``log ŷ = logsigmoid(d)``
+    and ``log(1-ŷ) = logsigmoid(-d)`` (never ``log`` of a probability, accurate even for ``ŷ``
+    within float32 rounding of 0 or 1). The modulating factors are ``exp(θ log(·))``, so θ = 0
+    gives a factor of exactly 1, i.e. the BCE of Eq. 11, and no infinite gradient appears at
+    ``ŷ ∈ {0, 1}``.
+
+    Args:
+        logits: diagnosis logits ``(B, 2)``; index 1 = melanoma.
+        labels: ``(B,)`` 0/1 labels (int or float; soft labels in ``[0, 1]`` also work).
+        theta: focusing parameter θ ≥ 0.
+        reduction: ``"mean"`` (over the batch), ``"sum"`` or ``"none"`` (per sample, ``(B,)``).
+
+    Returns:
+        Scalar loss, or ``(B,)`` with ``reduction="none"``.
+    """
+    if logits.ndim != 2 or logits.shape[1] != 2:
+        raise ValueError(f"focal_loss: expected logits of shape (B, 2), got {tuple(logits.shape)}")
+    if theta < 0:
+        raise ValueError(f"focal_loss: theta must be >= 0, got {theta}")
+    z = logits.float()
+    d = z[:, 1] - z[:, 0]  # (B,) melanoma log-odds: ŷ = softmax(z)[:, 1] = sigmoid(d)
+    log_pos, log_neg = F.logsigmoid(d), F.logsigmoid(-d)  # log ŷ, log(1-ŷ), accurate near 0 and 1
+    y = labels.to(device=logits.device, dtype=d.dtype).reshape(-1)
+    loss = -y * torch.exp(theta * log_neg) * log_pos - (1 - y) * torch.exp(theta * log_pos) * log_neg  # (B,)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"focal_loss: unknown reduction {reduction!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-task loss (Eq. 14) with balancing (Eqs. 15-16, mini-batch)
+# --------------------------------------------------------------------------------------------
+def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """``Σ w v / Σ w`` over the used pairs (PyTorch's weighted cross-entropy convention)."""
+    return (weights * values).sum() / weights.sum()
+
+
+class GazeLoss(nn.Module):
+    """``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14, SPEC §5).
+
+    - ``L_diag``: :func:`focal_loss` (Eq. 12) with θ = ``cfg.focal_theta``, mean over the batch.
+    - Matching: per sample, softIoU cost between every present structure and every step
+      (:func:`pairwise_soft_iou_loss` on the post-sigmoid masks, whole batch at once), assigned by
+      :func:`hungarian_match` on detached values.
+    - ``L_seg``: softIoU loss of the matched (step, structure) pairs, gathered from the same cost
+      tensor (so unmatched steps get exactly zero gradient from it).
+    - ``L_class``: ``F.cross_entropy`` of the matched step's structure logits against the
+      matched structure (Eq. 13).
+    - Both structure terms are reduced over all matched pairs of the batch according to
+      ``cfg.balancing``:
+
+      * ``"w"`` / ``"w'"`` (also ``"w_prime"``): weighted mean with the per-structure weights of
+        Eq. 15 / Eq. 16 (:func:`dermogaze.structures.presence_weights` of the training presences),
+        divided by the sum of the weights of the pairs used;
+      * ``"batch"``: each structure's losses averaged over its occurrences in the batch, then
+        averaged over the structures matched in the batch, so each counts once (the weighted
+        mean with weight ``1 / n_s`` for a structure occurring ``n_s`` times);
+      * ``"none"``: plain mean over all matched pairs.
+
+    Decisions where the paper is silent:
+
+    - A variant without a decoder (``out.masks is None``) is trained on ``loss = L_diag``
+      itself, *not* ``α L_diag``: "the loss reduces to L_diag" (the scale is irrelevant to Adam).
+    - A batch with no matched pair (no present structure) gives ``seg = cls = 0`` (attached to
+      the graph, so backward works and every parameter still receives a gradient).
+    - ``batch["present"]`` is used when given; otherwise a structure is present where its mask
+      has a positive pixel (SPEC §1).
+    - With more present structures than steps, the structures left out of the matching get no
+      loss (and do not count in ``"batch"`` balancing).
+
+    Args:
+        cfg: the loss section of the config.
+        presences: training-set presences ``P_s`` (6 counts, :data:`STRUCTURES` order), as stored in
+            the prepared cache's ``info.json``; required for ``"w"`` and ``"w'"``.
+
+    Raises:
+        DermogazeError: unknown balancing, or ``"w"``/``"w'"`` without (valid) presences.
+    """
+
+    structure_weights: Tensor
+
+    def __init__(self, cfg: LossConfig, presences: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if cfg.balancing not in BALANCING:
+            raise DermogazeError(
+                f"unknown loss.balancing {cfg.balancing!r}: expected one of {', '.join(repr(k) for k in BALANCING)}"
+            )
+        self.cfg = cfg
+        self.balancing = BALANCING[cfg.balancing]
+        weights = np.ones(NUM_STRUCTURES)
+        if self.balancing in ("w", "w'"):
+            if presences is None:
+                raise DermogazeError(
+                    f"loss.balancing={cfg.balancing!r} needs the training presences of the structures "
+                    "(the 'presences' of the prepared cache's info.json), but none were given"
+                )
+            if len(presences) != NUM_STRUCTURES:
+                raise DermogazeError(
+                    f"presences must hold {NUM_STRUCTURES} counts ({', '.join(STRUCTURES)}), got {list(presences)}"
+                )
+            try:
+                weights = presence_weights(presences, self.balancing)
+            except ValueError as exc:
+                raise DermogazeError(f"cannot use loss.balancing={cfg.balancing!r}: {exc}") from None
+            logger.info(
+                "structure weights (%s): %s",
+                self.balancing,
+                ", ".join(f"{n}={w:.3f}" for n, w in zip(STRUCTURES, weights, strict=True)),
+            )
+        self.register_buffer("structure_weights", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (
+            f"alpha={c.alpha}, beta={c.beta}, gamma={c.gamma}, mu={c.mu}, theta={c.focal_theta}, "
+            f"balancing={self.balancing!r}"
+        )
+
+    def _pair_weights(self, structures: Tensor) -> Tensor:
+        """Weight of each matched pair ``(N,)`` from its structure index ``(N,)``."""
+        if self.balancing in ("w", "w'"):
+            return self.structure_weights[structures]
+        if self.balancing == "batch":
+            counts = torch.bincount(structures, minlength=NUM_STRUCTURES).float()  # (S,) occurrences
+            return 1.0 / counts[structures]
+        return torch.ones_like(structures, dtype=torch.float32)
+
+    def forward(self, out: GazeOutput, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Compute the loss of one batch.
+
+        Args:
+            out: model outputs; uses ``logits`` ``(B, 2)`` and, with a decoder, ``masks``
+                ``(B, T, H, W)`` (probabilities) and ``structure_logits`` ``(B, T, 6)``.
+            batch: ``label`` ``(B,)``; with a decoder also ``masks`` ``(B, 6, H, W)`` (0/1 floats)
+                and optionally ``present`` ``(B, 6)`` bools.
+
+        Returns:
+            ``{"loss", "diag", "seg", "cls"}`` scalar tensors (attached to the graph; detach them
+            for logging) and ``"matching"``: one ``(step_indices, structure_indices)`` pair of
+            int64 arrays per sample (empty arrays for variants without a decoder).
+        """
+        logits = out.logits
+        device = logits.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            diag = focal_loss(logits.float(), batch["label"], self.cfg.focal_theta)
+            if out.masks is None:
+                zero = diag.new_zeros(())
+                empty = np.zeros(0, dtype=np.int64)
+                matching = [(empty, empty.copy()) for _ in range(logits.shape[0])]
+                return {"loss": diag, "diag": diag, "seg": zero, "cls": zero, "matching": matching}
+
+            if out.structure_logits is None:
+                raise ValueError("GazeOutput has masks but no structure_logits")
+            if "masks" not in batch:
+                raise KeyError("GazeLoss: the model has a structure decoder but the batch holds no 'masks'")
+            pred = out.masks.float()  # (B, T, H, W)
+            gt = batch["masks"].to(device=device, dtype=torch.float32)  # (B, S, H, W)
+            if gt.shape[0] != pred.shape[0] or gt.shape[-2:] != pred.shape[-2:] or gt.shape[1] != NUM_STRUCTURES:
+                raise ValueError(
+                    f"GazeLoss: predicted masks {tuple(pred.shape)} and ground-truth masks {tuple(gt.shape)} do not "
+                    f"match (expected (B, T, H, W) and (B, {NUM_STRUCTURES}, H, W))"
+                )
+            present = batch.get("present")
+            if present is None:
+                present = gt.flatten(2).amax(-1) > 0  # (B, S)
+
+            cost = pairwise_soft_iou_loss(pred, gt, self.cfg.eps)  # (B, S, T), differentiable
+            matching = match_batch(cost, present)
+
+            # Gather the matched pairs of the whole batch with index tensors.
+            b_idx = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, (t, _) in enumerate(matching)])
+            t_idx = np.concatenate([t for t, _ in matching])
+            s_idx = np.concatenate([s for _, s in matching])
+            if b_idx.size == 0:
+                seg = cost.sum() * 0.0  # zero, but attached so backward reaches every parameter
+                cls = out.structure_logits.float().sum() * 0.0
+            else:
+                b = torch.from_numpy(b_idx).to(device)
+                t = torch.from_numpy(t_idx).to(device)
+                s = torch.from_numpy(s_idx).to(device)
+                seg_pairs = cost[b, s, t]  # (N,)
+                cls_pairs = F.cross_entropy(out.structure_logits[b, t].float(), s, reduction="none")  # (N,)
+                w = self._pair_weights(s)  # (N,)
+                seg = _weighted_mean(seg_pairs, w)
+                cls = _weighted_mean(cls_pairs, w)
+
+            c = self.cfg
+            loss = c.alpha * diag + c.beta * (c.gamma * seg + c.mu * cls)
+        return {"loss": loss, "diag": diag, "seg": seg, "cls": cls, "matching": matching}
