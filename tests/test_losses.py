@@ -482,3 +482,18 @@ def test_loss_decreases_when_overfitting_one_batch():
         losses.append(res["loss"].item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_loss_is_float32_under_autocast_with_half_precision_outputs():
+    out, batch = random_batch(B=2, T=3, H=16, W=16, seed=8)
+    ref = GazeLoss(LossConfig())(out, batch)
+    half = GazeOutput(
+        logits=out.logits.bfloat16(),
+        masks=out.masks.bfloat16(),
+        structure_logits=out.structure_logits.bfloat16(),
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = GazeLoss(LossConfig())(half, batch)
+    assert res["loss"].dtype == torch.float32
+    assert [m.tolist() for m in res["matching"][1]] == [m.tolist() for m in ref["matching"][1]]
+    assert res["loss"].item() == pytest.approx(ref["loss"].item(), rel=2e-2)
