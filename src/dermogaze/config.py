@@ -75,6 +75,7 @@ class TrainConfig:
     compile: bool = False
     grad_clip: float | None = None
     max_train_batches: int | None = None  # cut epochs short (tests, smoke runs)
+    sync_bn: bool = False  # distributed CUDA runs: SyncBatchNorm instead of per-process statistics
 
 
 @dataclass
