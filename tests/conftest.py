@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny hand-crafted collection in the official ISIC 2017 layout.
+
+The collection is written here with Pillow and json (not with ``dermogaze.data.synth``), so the
+reader is tested against files whose every pixel is known:
+
+* images are 32×32 PNGs of one colour each (the validation image ``ISIC_0000011`` is a ``.JPG``);
+* superpixels are the sixteen 8×8 blocks, block ``b = 4 * (row // 8) + col // 8`` carrying index
+  ``300 + b`` (so the official decoding needs the G byte: 300 = 44 + (1 << 8));
+* every features JSON lists ``SP_COUNT = 316`` values per feature, 0 except the listed blocks;
+* the lesion mask is the square of rows and columns 4..27;
+* tolerated variations: ``_Segmentation.png`` capitalisation (``ISIC_0000012``), ``.JPG``, the
+  test Data folder nested in a folder of its own name, metadata CSVs in the Data folders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_SIDE = 32
+SP_BASE = 300
+SP_COUNT = SP_BASE + 16
+LESION_SLICE = slice(4, 28)
+
+# id, colour, melanoma, seborrheic keratosis, {feature: {block: value}}
+TINY_SPLITS: dict[str, list[tuple[str, tuple[int, int, int], str, str, dict[str, dict[int, float]]]]] = {
+    "Training": [
+        ("ISIC_0000001", (200, 100, 50), "1.0", "0.0", {"pigment_network": {5: 0.6}}),
+        ("ISIC_0000002", (100, 150, 200), "0.0", "1.0", {"milia_like_cyst": {3: 1.0}}),
+        ("ISIC_0000003", (50, 50, 50), "0.0", "0.0", {"milia_like_cyst": {6: 0.4}}),
+        (
+            "ISIC_0000004",
+            (250, 240, 10),
+            "1.0",
+            "0.0",
+            {"pigment_network": {5: 1.0}, "negative_network": {10: 1.0}, "streaks": {10: 1.0}},
+        ),
+    ],
+    "Validation": [
+        ("ISIC_0000011", (120, 80, 60), "1.0", "0.0", {"streaks": {0: 1.0}}),
+        ("ISIC_0000012", (60, 80, 120), "0.0", "0.0", {}),
+    ],
+    "Test_v2": [
+        ("ISIC_0000021", (90, 90, 140), "0.0", "0.0", {"pigment_network": {15: 1.0}}),
+    ],
+}
+FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
+
+
+def superpixel_rgb(side: int = TINY_SIDE) -> np.ndarray:
+    """RGB map of the 8×8-block superpixels (index ``300 + block``) in the official encoding."""
+    r, c = np.mgrid[0:side, 0:side]
+    index = SP_BASE + 4 * (r // 8) + (c // 8)
+    return np.stack([index & 255, (index >> 8) & 255, (index >> 16) & 255], axis=-1).astype(np.uint8)
+
+
+def write_tiny_isic(root: Path, *, annotations: bool = True, splits: dict | None = None) -> Path:
+    """Write the tiny collection under ``root`` (see module docstring) and return ``root``."""
+    splits = TINY_SPLITS if splits is None else splits
+    root.mkdir(parents=True, exist_ok=True)
+    for official, rows in splits.items():
+        prefix = f"ISIC-2017_{official}"
+        data = root / f"{prefix}_Data"
+        if official == "Test_v2":
+            data = data / data.name  # unzipped into a folder of the same name
+        data.mkdir(parents=True)
+        (data / f"{prefix}_Data_metadata.csv").write_text(
+            "image_id,age_approximate,sex\n" + "".join(f"{r[0]},55,female\n" for r in rows)
+        )
+        lines = ["image_id,melanoma,seborrheic_keratosis"]
+        for image_id, colour, mel, sk, feats in rows:
+            lines.append(f"{image_id},{mel},{sk}")
+            pixels = np.full((TINY_SIDE, TINY_SIDE, 3), colour, np.uint8)
+            if image_id == "ISIC_0000011":
+                Image.fromarray(pixels).save(data / f"{image_id}.JPG", quality=100)
+            else:
+                Image.fromarray(pixels).save(data / f"{image_id}.png")
+            if not annotations:
+                continue
+            Image.fromarray(superpixel_rgb()).save(data / f"{image_id}_superpixels.png")
+            part1 = root / f"{prefix}_Part1_GroundTruth"
+            part2 = root / f"{prefix}_Part2_GroundTruth"
+            part1.mkdir(exist_ok=True)
+            part2.mkdir(exist_ok=True)
+            lesion = np.zeros((TINY_SIDE, TINY_SIDE), np.uint8)
+            lesion[LESION_SLICE, LESION_SLICE] = 255
+            suffix = "_Segmentation.png" if image_id == "ISIC_0000012" else "_segmentation.png"
+            Image.fromarray(lesion).save(part1 / f"{image_id}{suffix}")
+            values = {name: [0.0] * SP_COUNT for name in FEATURES}
+            for name, blocks in feats.items():
+                for block, value in blocks.items():
+                    values[name][SP_BASE + block] = value
+            (part2 / f"{image_id}_features.json").write_text(json.dumps(values))
+        (root / f"{prefix}_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_isic_factory() -> Callable[..., Path]:
+    """The writer of the tiny collection, for tests that need variants of it."""
+    return write_tiny_isic
+
+
+@pytest.fixture
+def tiny_isic_dir(tmp_path: Path) -> Path:
+    """A fresh copy of the tiny collection with Part 1 and Part 2 ground truth."""
+    return write_tiny_isic(tmp_path / "isic")
+
+
+@pytest.fixture(scope="session")
+def realdata_dir() -> Path:
+    """``../shared/realdata`` next to the repository (real ISIC files); skips the test if absent."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+    if not path.is_dir():
+        pytest.skip(f"real ISIC files not found at {path} (see shared/realdata/README.md)")
+    return path
