@@ -1,0 +1,536 @@
+"""Reader of the official ISIC 2017 layout (SPEC §2): images, superpixels, features, masks, labels.
+
+A collection on disk holds, per official split (``Training``, ``Validation``, ``Test_v2`` or
+``Test``)::
+
+    ISIC-2017_<split>_Data/ISIC_<id>.jpg                 lesion image
+    ISIC-2017_<split>_Data/ISIC_<id>_superpixels.png     RGB superpixel label map
+    ISIC-2017_<split>_Part1_GroundTruth/ISIC_<id>_segmentation.png
+    ISIC-2017_<split>_Part2_GroundTruth/ISIC_<id>_features.json
+    ISIC-2017_<split>_Part3_GroundTruth.csv              image_id,melanoma,seborrheic_keratosis
+
+:func:`read_collection` finds the splits and pairs every CSV row with its files; the ``read_*``
+functions decode one file each; :func:`decode_superpixels`, :func:`feature_masks` and
+:func:`build_masks` turn the decoded files into the six structure masks of SPEC §1 (Eqs. 17-19).
+
+Decisions where SPEC and the paper are silent:
+
+* Images may be ``.jpg``, ``.jpeg`` or ``.png`` in any letter case; annotation suffixes
+  (``_segmentation.png``, ``_superpixels.png``, ``_features.json``) and folder names are matched
+  case-insensitively. CSV ids are matched to file names case-insensitively.
+* Files that are not samples (the metadata CSV, ``.DS_Store``, a licence text…) are ignored; an
+  image file without a CSV row is a bad sample, an annotation file without an image only a warning
+  (it cannot become a sample, so nothing is dropped).
+* Masks need both Part 1 and Part 2. A collection with neither is *classification-only*. One with
+  only one of the two parts is treated as classification-only too, with a warning. When any split
+  has Part 1 and Part 2, every split must: the samples of a split whose annotation folder is missing
+  are bad samples (the error names the missing folder).
+* Lesion masks are binarised at 128 (ground truth is 0/255). A CSV value ``>= 0.5`` counts as 1.
+* If both ``Test_v2`` and ``Test`` exist, ``Test_v2`` (the official name) is used, with a warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from ..structures import DERMOSCOPIC_FEATURES
+
+log = logging.getLogger(__name__)
+
+#: Cache split name → official folder names, preferred first.
+OFFICIAL_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("Training",),
+    "val": ("Validation",),
+    "test": ("Test_v2", "Test"),
+}
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SUPERPIXELS_SUFFIX = "_superpixels.png"
+SEGMENTATION_SUFFIX = "_segmentation.png"
+FEATURES_SUFFIX = "_features.json"
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample that cannot be used: the file at fault and what is wrong with it."""
+
+    file: str
+    reason: str
+
+    def error(self) -> DataError:
+        return DataError(f"{self.file}: {self.reason}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class IsicSample:
+    """The files of one image. Annotation paths are ``None`` in a classification-only collection."""
+
+    id: str
+    label: int  # 1 = melanoma, 0 = anything else
+    image: Path
+    superpixels: Path | None = None
+    segmentation: Path | None = None
+    features: Path | None = None
+
+
+@dataclass
+class IsicSplit:
+    """One official split: its folders, its usable samples and the bad samples found on disk."""
+
+    name: str  # cache name: train / val / test
+    official: str  # Training / Validation / Test_v2 / Test
+    data_dir: Path
+    csv: Path
+    part1_dir: Path | None
+    part2_dir: Path | None
+    samples: list[IsicSample] = field(default_factory=list)
+    problems: list[BadSample] = field(default_factory=list)
+
+
+@dataclass
+class IsicCollection:
+    """All splits of a collection and which annotations it holds."""
+
+    root: Path
+    splits: dict[str, IsicSplit]  # cache split name → split, in train/val/test order
+    has_part1: bool
+    has_part2: bool
+
+    @property
+    def has_masks(self) -> bool:
+        """Part 1 (lesion) and Part 2 (features + superpixels) are both available."""
+        return self.has_part1 and self.has_part2
+
+    @property
+    def has_superpixels(self) -> bool:
+        """Superpixel maps are read (only together with Part 2, whose values they index)."""
+        return self.has_masks
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding single files
+# --------------------------------------------------------------------------------------------
+
+
+def decode_superpixels(rgb: np.ndarray) -> np.ndarray:
+    """Official ISIC 2017 superpixel decoding: ``index = R + (G << 8) + (B << 16)``.
+
+    Computed in uint32 so that indices above 255 (the normal case, ~1000 superpixels per image)
+    and above 65535 are exact. (The authors' code multiplies by 255 instead of 256, which merges
+    distinct superpixels; this is the official 256-based decoding.)
+
+    Args:
+        rgb: the superpixel PNG as an integer array.
+
+    Returns:
+        uint32 index map.
+
+    Shape:
+        ``(H, W, 3)`` → ``(H, W)``.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"superpixel map must have shape (H, W, 3), got {rgb.shape}")
+    if not np.issubdtype(rgb.dtype, np.integer) or rgb.min(initial=0) < 0 or rgb.max(initial=0) > 255:
+        raise ValueError("superpixel map must hold 8-bit integer channel values")
+    c = rgb.astype(np.uint32)
+    return c[..., 0] | (c[..., 1] << np.uint32(8)) | (c[..., 2] << np.uint32(16))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file without decoding its pixels.
+
+    Raises:
+        DataError: the file is missing or not an image.
+    """
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from None
+
+
+def read_image(path: Path, draft_size: int | None = None) -> np.ndarray:
+    """Decode an RGB image, optionally with JPEG draft mode.
+
+    With ``draft_size``, a JPEG is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) chosen by
+    Pillow so that both sides stay at least ``draft_size``; this makes a 6000×4000 JPEG several
+    times faster to decode when it is resized to 256 px anyway. If a draft would come out smaller
+    than ``draft_size`` (it should not), the image is decoded again at full size.
+
+    Args:
+        path: image file (JPEG or PNG).
+        draft_size: smallest side length the decoded image must keep; ``None`` = full size.
+
+    Returns:
+        uint8 array ``(H, W, 3)``; with draft mode ``H, W`` may be smaller than the file's.
+
+    Raises:
+        DataError: missing, truncated or unreadable file.
+    """
+    try:
+        with Image.open(path) as im:
+            full_w, full_h = im.size
+            if draft_size is not None and im.format == "JPEG":
+                im.draft("RGB", (draft_size, draft_size))
+                if min(im.size) < min(draft_size, full_w, full_h):
+                    return read_image(path, None)
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
+
+
+def read_lesion_mask(path: Path) -> np.ndarray:
+    """Read a Part 1 lesion segmentation (0/255 greyscale PNG) as a bool mask ``(H, W)``.
+
+    Pixels ``>= 128`` are lesion. RGB or palette masks are converted to greyscale first.
+
+    Raises:
+        DataError: missing or unreadable file.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("L")) >= 128
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable lesion mask ({exc})") from None
+
+
+def read_superpixels(path: Path) -> np.ndarray:
+    """Read an ISIC 2017 ``_superpixels.png`` and decode it (:func:`decode_superpixels`).
+
+    Returns:
+        uint32 index map ``(H, W)``.
+
+    Raises:
+        DataError: missing or unreadable file, or not an RGB image (a greyscale map cannot hold the
+        official encoding).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("RGB", "RGBA", "P"):
+                raise DataError(f"{path}: superpixel map must be an RGB PNG, got mode {im.mode}")
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable superpixel map ({exc})") from None
+    return decode_superpixels(rgb)
+
+
+def read_features(path: Path) -> dict[str, np.ndarray]:
+    """Read a Part 2 ``_features.json``: one value in [0, 1] per superpixel for each feature.
+
+    Returns:
+        ``{feature: float64 array (n_superpixels,)}`` for the four :data:`DERMOSCOPIC_FEATURES`.
+
+    Raises:
+        DataError: unreadable JSON, a missing feature, non-numeric values or lists of different
+        lengths.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable features JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object of feature lists, got {type(data).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for name in DERMOSCOPIC_FEATURES:
+        if name not in data:
+            raise DataError(f"{path}: feature {name!r} missing (keys: {', '.join(map(str, data))})")
+        try:
+            values = np.asarray(data[name], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: feature {name!r} must be a list of numbers") from None
+        if values.ndim != 1:
+            raise DataError(f"{path}: feature {name!r} must be a flat list of numbers")
+        out[name] = values
+    lengths = {name: len(v) for name, v in out.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"{path}: feature lists have different lengths {lengths}")
+    return out
+
+
+def read_labels_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[BadSample]]:
+    """Read a Part 3 ground-truth CSV (``image_id,melanoma,seborrheic_keratosis``, float values).
+
+    Returns:
+        ``(rows, problems)``: ``rows`` lists ``(image_id, melanoma value)`` in file order (value
+        ``None`` when it is not a number in [0, 1]; such a row also appears in ``problems``).
+
+    Raises:
+        DataError: unreadable file, missing ``image_id``/``melanoma`` column, or a repeated id.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable label CSV ({exc})") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in reader.fieldnames or []]
+    if "image_id" not in columns or "melanoma" not in columns:
+        raise DataError(f"{path}: expected columns image_id and melanoma, found {columns}")
+    reader.fieldnames = columns
+    rows: list[tuple[str, float | None]] = []
+    problems: list[BadSample] = []
+    seen: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        image_id = (row.get("image_id") or "").strip()
+        if not image_id:
+            problems.append(BadSample(str(path), f"line {line}: empty image_id"))
+            continue
+        if image_id.lower() in seen:
+            raise DataError(f"{path}: line {line}: {image_id} repeats the row of line {seen[image_id.lower()]}")
+        seen[image_id.lower()] = line
+        raw = (row.get("melanoma") or "").strip()
+        try:
+            value: float | None = float(raw)
+        except ValueError:
+            value = None
+        if value is None or not 0.0 <= value <= 1.0:
+            problems.append(BadSample(str(path), f"line {line}: melanoma value {raw!r} of {image_id} is not in [0, 1]"))
+            value = None
+        rows.append((image_id, value))
+    return rows, problems
+
+
+# --------------------------------------------------------------------------------------------
+# Masks (SPEC §1, Eqs. 17-19)
+# --------------------------------------------------------------------------------------------
+
+
+def feature_masks(
+    index_map: np.ndarray, features: Mapping[str, np.ndarray], *, source: str = "superpixel map"
+) -> dict[str, np.ndarray]:
+    """Pixel masks of the dermoscopic features: ``np.asarray(values)[index_map] >= 0.5``.
+
+    Args:
+        index_map: decoded superpixel indices ``(H, W)``.
+        features: ``{feature: values per superpixel}`` as returned by :func:`read_features`.
+        source: names the files in the error message.
+
+    Returns:
+        ``{feature: bool (H, W)}``.
+
+    Raises:
+        DataError: a superpixel index has no value in the feature lists.
+    """
+    n = min(len(np.asarray(v)) for v in features.values())
+    top = int(index_map.max(initial=0))
+    if top >= n:
+        raise DataError(f"{source}: superpixel index {top} is beyond the {n} values of the features JSON")
+    return {name: np.asarray(values)[index_map] >= 0.5 for name, values in features.items()}
+
+
+def build_masks(lesion: np.ndarray, features: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The six structure masks of SPEC §1 in :data:`~dermogaze.structures.STRUCTURES` order.
+
+    ``M_dermo = M_pig OR M_neg OR M_mil OR M_str`` (Eq. 17); ``M_skin = NOT(M_lesion OR M_dermo)``
+    (Eq. 18); ``M'_lesion = NOT(M_skin OR M_dermo)`` (Eq. 19), i.e. a pixel of the lesion that holds
+    a dermoscopic structure is not "lesion", and skin is everything else.
+
+    Args:
+        lesion: Part 1 lesion mask, bool ``(H, W)``.
+        features: ``{feature: bool (H, W)}`` for the four :data:`DERMOSCOPIC_FEATURES`.
+
+    Returns:
+        bool array ``(6, H, W)``: lesion', skin, pigment network, negative network, milia-like
+        cysts, streaks.
+    """
+    lesion = np.asarray(lesion, dtype=bool)
+    missing = [name for name in DERMOSCOPIC_FEATURES if name not in features]
+    if missing:
+        raise ValueError(f"build_masks needs the features {missing}")
+    dermo_list = [np.asarray(features[name], dtype=bool) for name in DERMOSCOPIC_FEATURES]
+    for name, m in zip(DERMOSCOPIC_FEATURES, dermo_list, strict=True):
+        if m.shape != lesion.shape:
+            raise ValueError(f"feature mask {name} has shape {m.shape}, lesion mask {lesion.shape}")
+    dermo = np.logical_or.reduce(dermo_list)  # Eq. 17
+    skin = ~(lesion | dermo)  # Eq. 18
+    lesion_prime = ~(skin | dermo)  # Eq. 19
+    return np.stack([lesion_prime, skin, *dermo_list])  # (6, H, W), STRUCTURES order
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the files of a collection
+# --------------------------------------------------------------------------------------------
+
+
+def _entries(folder: Path) -> dict[str, Path]:
+    """Visible entries of a folder keyed by lower-case name."""
+    return {p.name.lower(): p for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def _unnest(folder: Path) -> Path:
+    """``X/X/...`` (a zip unpacked into a folder of its own name) → the innermost ``X``."""
+    while True:
+        inner = _entries(folder).get(folder.name.lower())
+        if inner is None or not inner.is_dir():
+            return folder
+        folder = inner
+
+
+def _index(folder: Path | None, suffixes: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Files of ``folder`` whose lower-case name ends with one of ``suffixes`` → {lower id: path}."""
+    found: dict[str, Path] = {}
+    if folder is None:
+        return found
+    for name, path in _entries(folder).items():
+        if not path.is_file() or name.endswith(exclude):
+            continue
+        for suffix in suffixes:
+            if name.endswith(suffix):
+                key = name[: -len(suffix)]
+                if key in found:
+                    raise DataError(f"{path}: a second file for {key} (first: {found[key].name})")
+                found[key] = path
+                break
+    return found
+
+
+def _find_split(root: Path, entries: dict[str, Path], name: str) -> IsicSplit | None:
+    candidates = []
+    for official in OFFICIAL_SPLITS[name]:
+        prefix = f"ISIC-2017_{official}"
+        parts = {
+            "data": entries.get(f"{prefix}_Data".lower()),
+            "part1": entries.get(f"{prefix}_Part1_GroundTruth".lower()),
+            "part2": entries.get(f"{prefix}_Part2_GroundTruth".lower()),
+            "csv": entries.get(f"{prefix}_Part3_GroundTruth.csv".lower()),
+        }
+        if any(p is not None for p in parts.values()):
+            candidates.append((official, prefix, parts))
+    if not candidates:
+        return None
+    official, prefix, parts = candidates[0]
+    if len(candidates) > 1:
+        log.warning("%s: both %s and %s exist; using %s", root, candidates[0][0], candidates[1][0], official)
+    if parts["data"] is None or not parts["data"].is_dir():
+        raise DataError(f"{root / (prefix + '_Data')}: folder missing (the {official} split has other files)")
+    if parts["csv"] is None or not parts["csv"].is_file():
+        raise DataError(f"{root / (prefix + '_Part3_GroundTruth.csv')}: label CSV of the {official} split missing")
+    dirs = {k: _unnest(parts[k]) if parts[k] is not None and parts[k].is_dir() else None for k in ("part1", "part2")}
+    return IsicSplit(
+        name=name,
+        official=official,
+        data_dir=_unnest(parts["data"]),
+        csv=parts["csv"],
+        part1_dir=dirs["part1"],
+        part2_dir=dirs["part2"],
+    )
+
+
+def read_collection(root: str | Path) -> IsicCollection:
+    """Find the splits of an ISIC 2017 collection and pair every CSV row with its files.
+
+    Args:
+        root: folder holding the unzipped ``ISIC-2017_*`` folders and CSV files.
+
+    Returns:
+        the collection; each split lists its usable samples (in CSV order) and its bad samples
+        (``problems``: a CSV row without an image or annotation file, an image without a row, a
+        missing annotation folder, a label that is not a number).
+
+    Raises:
+        DataError: ``root`` missing, no split found, a split without its Data folder or CSV, a
+        CSV without ``image_id``/``melanoma`` columns or with repeated ids.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: ISIC folder does not exist")
+    entries = _entries(root)
+    splits: dict[str, IsicSplit] = {}
+    for name in OFFICIAL_SPLITS:
+        split = _find_split(root, entries, name)
+        if split is not None:
+            splits[name] = split
+    if not splits:
+        raise DataError(
+            f"{root}: no ISIC 2017 split found (expected e.g. ISIC-2017_Training_Data/ and "
+            "ISIC-2017_Training_Part3_GroundTruth.csv)"
+        )
+    has_part1 = any(s.part1_dir is not None for s in splits.values())
+    has_part2 = any(s.part2_dir is not None for s in splits.values())
+    if has_part1 != has_part2:
+        log.warning(
+            "%s: only Part %d ground truth found; masks need Part 1 and Part 2, so the collection is read "
+            "as classification-only",
+            root,
+            1 if has_part1 else 2,
+        )
+    collection = IsicCollection(root=root, splits=splits, has_part1=has_part1, has_part2=has_part2)
+    for split in splits.values():
+        _pair_files(split, collection.has_masks)
+        log.info(
+            "%s: %d samples, %d bad (%s)", split.official, len(split.samples), len(split.problems), split.data_dir
+        )
+    return collection
+
+
+def _pair_files(split: IsicSplit, with_masks: bool) -> None:
+    """Fill ``split.samples`` and ``split.problems`` from the CSV and the files on disk."""
+    images = _index(split.data_dir, IMAGE_SUFFIXES, exclude=(SUPERPIXELS_SUFFIX,))
+    superpixels = _index(split.data_dir, (SUPERPIXELS_SUFFIX,)) if with_masks else {}
+    segmentations = _index(split.part1_dir, (SEGMENTATION_SUFFIX,)) if with_masks else {}
+    features = _index(split.part2_dir, (FEATURES_SUFFIX,)) if with_masks else {}
+    prefix = f"ISIC-2017_{split.official}"
+    missing_dirs = {
+        "part1": split.csv.parent / f"{prefix}_Part1_GroundTruth" if split.part1_dir is None else None,
+        "part2": split.csv.parent / f"{prefix}_Part2_GroundTruth" if split.part2_dir is None else None,
+    }
+
+    rows, problems = read_labels_csv(split.csv)
+    split.problems.extend(problems)
+    in_csv: set[str] = set()
+    for image_id, value in rows:
+        key = image_id.lower()
+        in_csv.add(key)
+        if value is None:
+            continue
+        image = images.get(key)
+        if image is None:
+            split.problems.append(
+                BadSample(str(split.csv), f"row {image_id} has no image ({image_id}.jpg) in {split.data_dir}")
+            )
+            continue
+        sample = IsicSample(id=image_id, label=int(value >= 0.5), image=image)
+        if with_masks:
+            wanted = (
+                ("superpixels", superpixels, split.data_dir, SUPERPIXELS_SUFFIX, None),
+                ("segmentation", segmentations, split.part1_dir, SEGMENTATION_SUFFIX, missing_dirs["part1"]),
+                ("features", features, split.part2_dir, FEATURES_SUFFIX, missing_dirs["part2"]),
+            )
+            paths: dict[str, Path] = {}
+            bad: BadSample | None = None
+            for attr, index, folder, suffix, missing_dir in wanted:
+                if missing_dir is not None:
+                    bad = BadSample(str(missing_dir), f"folder missing (other splits have it), needed by {image_id}")
+                    break
+                if key not in index:
+                    bad = BadSample(str(folder / f"{image_id}{suffix}"), f"{attr} file of {image_id} missing")
+                    break
+                paths[attr] = index[key]
+            if bad is not None:
+                split.problems.append(bad)
+                continue
+            sample = IsicSample(id=image_id, label=sample.label, image=image, **paths)
+        split.samples.append(sample)
+
+    for key in sorted(set(images) - in_csv):
+        split.problems.append(BadSample(str(images[key]), f"image has no row in {split.csv}"))
+    for kind, index in (("superpixel map", superpixels), ("segmentation", segmentations), ("features", features)):
+        orphans = sorted(set(index) - set(images))
+        if orphans:
+            log.warning("%s: %d %s files without an image, ignored (e.g. %s)", split.official, len(orphans), kind,
+                        index[orphans[0]])
