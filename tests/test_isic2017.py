@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -110,8 +111,6 @@ def test_read_features_errors(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match="a_features.json.*unreadable"):
         isic2017.read_features(path)
-    import json
-
     path.write_text(json.dumps({**good, "streaks": [0, 1, 1]}))
     with pytest.raises(DataError, match="different lengths"):
         isic2017.read_features(path)

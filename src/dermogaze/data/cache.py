@@ -1,0 +1,542 @@
+"""Prepare an ISIC 2017 collection once into a cache of resized arrays, and load it back (SPEC §3).
+
+Layout of a cache folder::
+
+    info.json                  written last; the cache is valid only if it exists and matches
+    <split>/images.npy         uint8 (N, S, S, 3), bilinear resize
+    <split>/labels.npy         int64 (N,), 1 = melanoma
+    <split>/ids.json           {"token": ..., "ids": [...]}
+    <split>/masks.npy          bool (N, 6, S, S), nearest resize          (only with masks)
+    <split>/superpixels.npy    int32 (N, S, S), nearest resize            (only with masks)
+    <split>/sp_features.npy    float32 (sum n_i, 4), JSON values per superpixel
+    <split>/sp_offsets.npy     int64 (N + 1,): sample i owns rows offsets[i]:offsets[i+1]
+
+Plain ``.npy`` files are memory-mapped by :func:`load_split`, so a Dataset shares them between
+DataLoader workers for free. Masks are stored unpacked (bool): about 1 GB for all of ISIC 2017 at
+256 px, traded for zero-cost random access.
+
+Crash safety: :func:`prepare` first deletes ``info.json`` (the old cache stops being valid), builds
+each split in a hidden temporary folder that is renamed into place when complete, and writes
+``info.json`` (temp file + ``os.replace``) last. ``info.json`` records a random ``token`` that
+every split's ``ids.json`` repeats, and the counts that the arrays must have; :func:`load_info`
+checks both. An interrupted run therefore never leaves a cache that loads. Re-running on an
+unchanged collection (same file names, sizes and modification times, same options) returns the
+existing cache without work; anything else rebuilds it.
+
+Decisions where SPEC and the paper are silent:
+
+* Masks are built at the cache size from the nearest-resized lesion mask and superpixel map, which
+  equals building them at full size and resizing each with nearest (same sampled pixels).
+  Nearest sampling takes source pixel ``floor((i + 0.5) * H / S)``, as Pillow does.
+* The training ``mean``/``std`` are population statistics over all pixels of the resized training
+  images, in [0, 1] units, computed exactly from integer sums.
+* Table 1's ``pixel_fraction`` is measured at the cache size over all training pixels.
+* Without masks, ``presences`` and ``pixel_fraction`` are ``None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import DataError
+from ..structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, STRUCTURES
+from . import isic2017
+from .isic2017 import BadSample, IsicCollection, IsicSample
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+INFO_FILE = "info.json"
+MARKER_FILE = ".dermogaze-cache"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class SplitArrays:
+    """The arrays of one cached split (memory-mapped, read-only).
+
+    Attributes:
+        images: uint8 ``(N, S, S, 3)``.
+        masks: bool ``(N, 6, S, S)`` in STRUCTURES order, or ``None`` without masks.
+        labels: int64 ``(N,)``, 1 = melanoma.
+        ids: the N image ids.
+        superpixels: int32 ``(N, S, S)`` superpixel indices, or ``None``.
+        sp_features: per sample a float32 ``(n_i, 4)`` array of the JSON values of each superpixel in
+            DERMOSCOPIC_FEATURES order, or ``None``.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    labels: np.ndarray
+    ids: list[str]
+    superpixels: np.ndarray | None
+    sp_features: list[np.ndarray] | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Processed:
+    """One sample resized to the cache size (what a worker sends back)."""
+
+    image: np.ndarray  # uint8 (S, S, 3)
+    masks: np.ndarray | None  # bool (6, S, S)
+    superpixels: np.ndarray | None  # int32 (S, S)
+    sp_features: np.ndarray | None  # float32 (n, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# One sample
+# --------------------------------------------------------------------------------------------
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output index for a nearest resize: ``floor((i + 0.5) * n_in / n_out)``."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
+    """Nearest resize of the first two axes of ``array`` to ``(size, size)``."""
+    rows = nearest_indices(array.shape[0], size)
+    cols = nearest_indices(array.shape[1], size)
+    return array[rows[:, None], cols[None, :]]
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear (antialiased, Pillow) resize of a uint8 ``(H, W, 3)`` image to ``(size, size, 3)``."""
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def _process_sample(sample: IsicSample, size: int, with_masks: bool, draft: bool = True) -> _Processed:
+    """Decode one sample, check it and resize it to the cache size.
+
+    Raises:
+        DataError: unreadable file, sizes that disagree, superpixel index beyond the JSON.
+    """
+    full_w, full_h = isic2017.image_size(sample.image)
+    image = resize_image(isic2017.read_image(sample.image, size if draft else None), size)
+    if not with_masks:
+        return _Processed(image=image, masks=None, superpixels=None, sp_features=None)
+    assert sample.segmentation is not None and sample.superpixels is not None and sample.features is not None
+    lesion = isic2017.read_lesion_mask(sample.segmentation)
+    index_map = isic2017.read_superpixels(sample.superpixels)
+    for what, path, shape in (
+        ("lesion mask", sample.segmentation, lesion.shape),
+        ("superpixel map", sample.superpixels, index_map.shape),
+    ):
+        if shape != (full_h, full_w):
+            raise DataError(
+                f"{path}: {what} is {shape[1]}×{shape[0]} but its image {sample.image.name} is {full_w}×{full_h}"
+            )
+    features = isic2017.read_features(sample.features)
+    # Check the full-resolution map: an index that the resize happens to skip is still an error.
+    top = int(index_map.max())
+    n_values = len(features[DERMOSCOPIC_FEATURES[0]])
+    if top >= n_values:
+        raise DataError(
+            f"{sample.superpixels}: superpixel index {top} is beyond the {n_values} values of {sample.features.name}"
+        )
+    source = f"{sample.superpixels} (with {sample.features.name})"
+    small_map = resize_nearest(index_map, size)  # (S, S) uint32
+    small_lesion = resize_nearest(lesion, size)  # (S, S) bool
+    masks = isic2017.build_masks(small_lesion, isic2017.feature_masks(small_map, features, source=source))
+    sp_features = np.stack([features[name] for name in DERMOSCOPIC_FEATURES], axis=1).astype(np.float32)  # (n, 4)
+    return _Processed(image=image, masks=masks, superpixels=small_map.astype(np.int32), sp_features=sp_features)
+
+
+def _process_or_report(sample: IsicSample, size: int, with_masks: bool, draft: bool) -> _Processed | BadSample:
+    """Worker entry point: a processed sample, or the bad sample it turned out to be."""
+    try:
+        return _process_sample(sample, size, with_masks, draft)
+    except DataError as exc:
+        message = str(exc)
+        for path in (sample.image, sample.superpixels, sample.segmentation, sample.features):
+            if path is not None and message.startswith(f"{path}: "):
+                return BadSample(str(path), message[len(f"{path}: ") :])
+        return BadSample(str(sample.image), message)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+
+
+def _fingerprint(collection: IsicCollection) -> str:
+    """Hash of every file name, size and modification time of the collection's split folders."""
+    h = hashlib.sha256()
+    for split in collection.splits.values():
+        paths = [split.csv]
+        for folder in (split.data_dir, split.part1_dir, split.part2_dir):
+            if folder is not None:
+                paths.extend(sorted(p for p in folder.rglob("*") if p.is_file()))
+        for p in paths:
+            st = p.stat()
+            h.update(f"{p.relative_to(collection.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _claim_folder(out: Path) -> None:
+    """Create ``out`` or check that it is a dermogaze cache (never write into someone else's folder)."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER_FILE).exists():
+        raise DataError(f"{out}: folder is not empty and is not a dermogaze cache; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).touch()
+    for stale in out.glob(f"{TMP_PREFIX}*"):
+        log.info("removing %s left by an interrupted run", stale)
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+class _TrainingStats:
+    """Exact running sums for the training mean/std and the structure presences (Table 1)."""
+
+    def __init__(self) -> None:
+        self.pixels = 0
+        self.sum = np.zeros(3, np.int64)
+        self.sum_sq = np.zeros(3, np.int64)
+        self.presences = np.zeros(NUM_STRUCTURES, np.int64)
+        self.structure_pixels = np.zeros(NUM_STRUCTURES, np.int64)
+
+    def add(self, item: _Processed) -> None:
+        x = item.image.reshape(-1, 3).astype(np.int64)  # (S*S, 3)
+        self.pixels += x.shape[0]
+        self.sum += x.sum(0)
+        self.sum_sq += (x * x).sum(0)
+        if item.masks is not None:
+            counts = item.masks.reshape(NUM_STRUCTURES, -1).sum(1)  # (6,)
+            self.presences += counts > 0
+            self.structure_pixels += counts
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        mean = self.sum / self.pixels
+        var = np.maximum(self.sum_sq / self.pixels - mean**2, 0.0)
+        return (mean / 255.0).tolist(), (np.sqrt(var) / 255.0).tolist()
+
+
+def _iterate(
+    samples: list[IsicSample], size: int, with_masks: bool, draft: bool, workers: int
+) -> Iterator[_Processed | BadSample]:
+    """Process samples in order, in this process or in a pool of ``workers``."""
+    func = functools.partial(_process_or_report, size=size, with_masks=with_masks, draft=draft)
+    if workers <= 1 or len(samples) < 2:
+        for sample in samples:
+            yield func(sample)
+        return
+    with multiprocessing.get_context().Pool(min(workers, len(samples))) as pool:
+        yield from pool.imap(func, samples, chunksize=max(1, min(16, len(samples) // (4 * workers))))
+
+
+def _prepare_split(
+    collection: IsicCollection,
+    name: str,
+    out: Path,
+    token: str,
+    *,
+    size: int,
+    workers: int,
+    skip_bad: bool,
+    progress: bool,
+    draft: bool,
+    stats: _TrainingStats | None,
+) -> tuple[int, list[dict[str, str]]]:
+    """Write one split into a temporary folder and move it into place. Returns (count, skipped)."""
+    split = collection.splits[name]
+    with_masks = collection.has_masks
+    skipped: list[dict[str, str]] = []
+
+    def skip(bad: BadSample) -> None:
+        if not skip_bad:
+            raise bad.error()
+        log.warning("skipping bad sample: %s: %s", bad.file, bad.reason)
+        skipped.append({"split": name, **bad.to_dict()})
+
+    for bad in split.problems:
+        skip(bad)
+
+    samples = split.samples
+    n_max = len(samples)
+    tmp = out / f"{TMP_PREFIX}{name}-{token}"
+    tmp.mkdir()
+    open_mm = np.lib.format.open_memmap
+    images = open_mm(tmp / "images.part.npy", "w+", np.uint8, (n_max, size, size, 3))
+    masks = superpixels = None
+    if with_masks:
+        masks = open_mm(tmp / "masks.part.npy", "w+", np.bool_, (n_max, NUM_STRUCTURES, size, size))
+        superpixels = open_mm(tmp / "superpixels.part.npy", "w+", np.int32, (n_max, size, size))
+    ids: list[str] = []
+    labels: list[int] = []
+    sp_features: list[np.ndarray] = []
+
+    bar = tqdm(total=n_max, desc=f"prepare {name}", unit="img", disable=not progress, dynamic_ncols=True)
+    with bar:
+        for sample, item in zip(samples, _iterate(samples, size, with_masks, draft, workers), strict=True):
+            bar.update(1)
+            if isinstance(item, BadSample):
+                skip(item)
+                continue
+            k = len(ids)
+            images[k] = item.image
+            if with_masks:
+                masks[k] = item.masks
+                superpixels[k] = item.superpixels
+                sp_features.append(item.sp_features)
+            ids.append(sample.id)
+            labels.append(sample.label)
+            if stats is not None:
+                stats.add(item)
+
+    n = len(ids)
+    for part, array in (("images", images), ("masks", masks), ("superpixels", superpixels)):
+        if array is None:
+            continue
+        array.flush()
+        if n < n_max:  # bad samples were skipped: keep the first n rows
+            final = open_mm(tmp / f"{part}.npy", "w+", array.dtype, (n, *array.shape[1:]))
+            final[:] = array[:n]
+            final.flush()
+            del final
+            (tmp / f"{part}.part.npy").unlink()
+        else:
+            os.replace(tmp / f"{part}.part.npy", tmp / f"{part}.npy")
+    del images, masks, superpixels
+    np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64))
+    if with_masks:
+        offsets = np.cumsum([0] + [len(f) for f in sp_features]).astype(np.int64)
+        flat = np.concatenate(sp_features) if sp_features else np.zeros((0, len(DERMOSCOPIC_FEATURES)), np.float32)
+        np.save(tmp / "sp_features.npy", flat)
+        np.save(tmp / "sp_offsets.npy", offsets)
+    (tmp / "ids.json").write_text(json.dumps({"token": token, "ids": ids}))
+
+    final_dir = out / name
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+    if skipped:
+        log.warning("%s: skipped %d bad samples", name, len(skipped))
+    log.info("%s: %d samples cached (%d melanoma)", name, n, sum(labels))
+    return n, skipped
+
+
+def prepare(
+    isic_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    size: int = 256,
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+    force: bool = False,
+    draft: bool = True,
+) -> dict:
+    """Read an ISIC 2017 collection, resize every split once and store it as a cache.
+
+    Args:
+        isic_dir: folder with the official layout (SPEC §2), or a classification-only collection.
+        out_dir: cache folder (created; must be empty or an earlier cache).
+        size: side of the stored square images and masks (SPEC §3: 256).
+        workers: decoding processes (1 = in this process). Output order never depends on it.
+        skip_bad: skip, count and report bad samples instead of raising at the first one.
+        progress: show a tqdm bar per split.
+        force: rebuild even if an up-to-date cache of the same collection and options exists.
+        draft: decode JPEGs with Pillow's draft mode (False only for benchmarks).
+
+    Returns:
+        the cache's info dict (also in ``out_dir/info.json``).
+
+    Raises:
+        DataError: a bad sample (without ``skip_bad``), a missing folder or CSV, no training split,
+        no usable training sample, or an ``out_dir`` that is not a cache.
+    """
+    isic_dir, out = Path(isic_dir), Path(out_dir)
+    if size < 1:
+        raise DataError(f"cache size must be positive, got {size}")
+    collection = isic2017.read_collection(isic_dir)
+    if "train" not in collection.splits:
+        raise DataError(f"{isic_dir}: no Training split (the normalisation statistics come from it)")
+    fingerprint = _fingerprint(collection)
+    options = {"size": size, "skip_bad": skip_bad, "draft": draft}
+    if not force:
+        with contextlib.suppress(DataError):
+            info = load_info(out)
+            if info.get("fingerprint") == fingerprint and info.get("options") == options:
+                log.info("%s is up to date with %s; nothing to do", out, isic_dir)
+                return info
+
+    _claim_folder(out)
+    (out / INFO_FILE).unlink(missing_ok=True)  # the old cache stops being valid before anything changes
+    token = secrets.token_hex(8)
+    stats = _TrainingStats()
+    counts: dict[str, int] = {}
+    melanoma: dict[str, int] = {}
+    skipped: list[dict[str, str]] = []
+    started = time.perf_counter()
+    try:
+        for name in collection.splits:
+            counts[name], split_skipped = _prepare_split(
+                collection, name, out, token, size=size, workers=workers, skip_bad=skip_bad,
+                progress=progress, draft=draft, stats=stats if name == "train" else None,
+            )
+            skipped.extend(split_skipped)
+            melanoma[name] = int(np.load(out / name / "labels.npy").sum())
+    finally:
+        for stale in out.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    if counts["train"] == 0:
+        raise DataError(f"{isic_dir}: no usable training sample ({len(skipped)} skipped)")
+
+    mean, std = stats.mean_std()
+    with_masks = collection.has_masks
+    info = {
+        "version": CACHE_VERSION,
+        "token": token,
+        "size": size,
+        "splits": list(counts),
+        "official_splits": {name: s.official for name, s in collection.splits.items()},
+        "counts": counts,
+        "melanoma": melanoma,
+        "has_masks": with_masks,
+        "has_superpixels": collection.has_superpixels,
+        "annotations": {"part1": collection.has_part1, "part2": collection.has_part2},
+        "mean": mean,
+        "std": std,
+        "structures": list(STRUCTURES),
+        "presences": stats.presences.tolist() if with_masks else None,
+        "pixel_fraction": (stats.structure_pixels / stats.pixels).tolist() if with_masks else None,
+        "skipped": skipped,
+        "source": str(isic_dir.resolve()),
+        "fingerprint": fingerprint,
+        "options": options,
+    }
+    _write_json_atomic(out / INFO_FILE, info)
+    log.info(
+        "prepared %s in %.1f s: %s%s",
+        out, time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in counts.items()),
+        f"; {len(skipped)} bad samples skipped" if skipped else "",
+    )
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _split_files(info: dict) -> dict[str, tuple[Any, ...]]:
+    """Expected ``{file: (dtype, shape without N)}`` of every split array."""
+    s = info["size"]
+    files: dict[str, tuple[Any, ...]] = {"images": (np.uint8, (s, s, 3)), "labels": (np.int64, ())}
+    if info["has_masks"]:
+        files["masks"] = (np.bool_, (NUM_STRUCTURES, s, s))
+        files["superpixels"] = (np.int32, (s, s))
+    return files
+
+
+def _check_split(cache: Path, split: str, info: dict) -> list[str]:
+    """Check one split's files against ``info``; return its ids."""
+    folder = cache / split
+    n = info["counts"][split]
+    try:
+        meta = json.loads((folder / "ids.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{folder / 'ids.json'}: missing or unreadable ({exc}); prepare the cache again") from None
+    if meta.get("token") != info.get("token") or len(meta.get("ids", [])) != n:
+        raise DataError(f"{folder}: does not belong to {cache / INFO_FILE} (interrupted run?); prepare the cache again")
+    for part, (dtype, shape) in _split_files(info).items():
+        path = folder / f"{part}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: missing or unreadable ({exc}); prepare the cache again") from None
+        if array.dtype != dtype or array.shape != (n, *shape):
+            raise DataError(f"{path}: holds {array.dtype} {array.shape}, info.json expects {np.dtype(dtype)} "
+                            f"{(n, *shape)}; prepare the cache again")
+    return list(meta["ids"])
+
+
+def load_info(cache: str | Path) -> dict:
+    """Read and check a cache's ``info.json`` (and that every split it lists is complete).
+
+    Raises:
+        DataError: no cache at ``cache``, an interrupted preparation, a different cache version,
+        or split files that do not match ``info.json``.
+    """
+    cache = Path(cache)
+    path = cache / INFO_FILE
+    if not cache.is_dir():
+        raise DataError(f"{cache}: no prepared cache here (run `dermogaze data prepare`)")
+    if not path.is_file():
+        raise DataError(f"{path}: missing, so {cache} is not a complete cache (interrupted?); run "
+                        "`dermogaze data prepare` again")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(info, dict) or info.get("version") != CACHE_VERSION:
+        found = info.get("version") if isinstance(info, dict) else None
+        raise DataError(f"{path}: cache version {found}, this dermogaze reads version {CACHE_VERSION}; "
+                        "prepare the cache again")
+    for split in info["splits"]:
+        _check_split(cache, split, info)
+    return info
+
+
+def load_split(cache: str | Path, split: str) -> SplitArrays:
+    """Memory-map the arrays of one cached split.
+
+    Args:
+        cache: a folder written by :func:`prepare`.
+        split: ``train``, ``val`` or ``test``.
+
+    Raises:
+        DataError: no valid cache, or the cache has no such split.
+    """
+    cache = Path(cache)
+    info = load_info(cache)
+    if split not in info["splits"]:
+        raise DataError(f"{cache / split}: split {split!r} not in this cache (splits: {', '.join(info['splits'])})")
+    ids = _check_split(cache, split, info)
+    folder = cache / split
+
+    def load(part: str) -> np.ndarray:
+        return np.load(folder / f"{part}.npy", mmap_mode="r")
+
+    masks = superpixels = sp_features = None
+    if info["has_masks"]:
+        masks, superpixels = load("masks"), load("superpixels")
+        flat, offsets = load("sp_features"), np.load(folder / "sp_offsets.npy")
+        sp_features = [flat[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
+    return SplitArrays(
+        images=load("images"),
+        masks=masks,
+        labels=np.load(folder / "labels.npy"),
+        ids=ids,
+        superpixels=superpixels,
+        sp_features=sp_features,
+    )
