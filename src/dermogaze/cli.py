@@ -18,6 +18,7 @@ from .errors import DermogazeError
 #: Modules exposing ``register(subparsers)``; order = order in ``dermogaze --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "dermogaze.data.commands",
+    "dermogaze.models.commands",
 )
 
 
