@@ -1,0 +1,95 @@
+"""Joint image + mask transforms (SPEC §3) with ``torchvision.transforms.v2``.
+
+Inputs are a ``tv_tensors.Image`` (uint8 ``(3, S, S)``) and any number of ``tv_tensors.Mask``
+(structure masks ``(6, S, S)``, a superpixel map ``(S, S)``), passed together (a dict or a tuple)
+so every geometric transform draws its random parameters once and applies them to all of them.
+Normalisation (``ToDtype`` + ``Normalize``) only touches the image.
+
+Order, chosen for speed (the cached images are 256 px, the model sees 224 px): center crop first
+(fewer pixels for everything after it), then the random 90° rotation and flips on uint8 data,
+and the conversion to float and normalisation last. Cropping before rotating gives the same
+result as rotating first because the crop is centred on a square image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+
+def center_crop_box(size: int | tuple[int, int], image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of the center crop, computed exactly as ``v2.CenterCrop`` does.
+
+    Args:
+        size: the input's side (or ``(height, width)``), e.g. the cache size 256.
+        image_size: the crop's side (or ``(height, width)``), e.g. 224.
+
+    Returns:
+        ``(top, left)``; the crop is ``[top:top + h, left:left + w]``.
+    """
+    in_h, in_w = (size, size) if isinstance(size, int) else size
+    out_h, out_w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if out_h > in_h or out_w > in_w:
+        raise ValueError(f"crop {out_h}×{out_w} is larger than the input {in_h}×{in_w}")
+    return int(round((in_h - out_h) / 2.0)), int(round((in_w - out_w) / 2.0))
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by ``k × 90°`` counter-clockwise, ``k`` uniform in {0, 1, 2, 3}; the same ``k`` for all inputs.
+
+    Exact (``torch.rot90``, no interpolation); inputs must be square in their last two axes.
+    """
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"k": int(torch.randint(4, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["k"] == 0:
+            return inpt
+        return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1)), like=inpt)
+
+
+def _normalise(mean: Sequence[float] | None, std: Sequence[float] | None) -> list[v2.Transform]:
+    steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]  # images only: uint8 → [0, 1]
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    if mean is not None:
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return steps
+
+
+def eval_transform(
+    image_size: int = 224, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> v2.Compose:
+    """Center crop to ``image_size``, image to float in [0, 1], then ``(x - mean) / std`` if given.
+
+    Args:
+        image_size: side of the crop (the model's input size).
+        mean, std: per-channel statistics in [0, 1] units (the cache's training mean/std).
+    """
+    return v2.Compose([v2.CenterCrop(image_size), *_normalise(mean, std)])
+
+
+def train_transform(
+    image_size: int = 224, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> v2.Compose:
+    """:func:`eval_transform` plus a random 90° rotation and random horizontal/vertical flips.
+
+    The rotation and flips (p = 0.5 each) are applied jointly to the image and every mask; the 16
+    combinations cover the 8 symmetries of the square twice each, so each symmetry has p = 1/8.
+    """
+    return v2.Compose(
+        [
+            v2.CenterCrop(image_size),
+            RandomRot90(),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            *_normalise(mean, std),
+        ]
+    )

@@ -1,0 +1,106 @@
+"""Joint image/mask transforms: center crop like torchvision, exact alignment under rotations and flips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from dermogaze.data.transforms import RandomRot90, center_crop_box, eval_transform, train_transform
+
+
+def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate the last two axes by k×90° counter-clockwise, then flip left-right if ``flip``."""
+    y = np.rot90(x, k, axes=(-2, -1))
+    return np.flip(y, axis=-1) if flip else y
+
+
+@pytest.mark.parametrize("size,crop", [(256, 224), (255, 224), (32, 24), (17, 8), ((30, 40), (20, 21)), (8, 8)])
+def test_center_crop_box_matches_torchvision(size, crop):
+    h, w = (size, size) if isinstance(size, int) else size
+    grid = torch.arange(h * w).reshape(1, h, w)
+    out = v2.CenterCrop(crop)(grid)
+    top, left = center_crop_box(size, crop)
+    assert out[0, 0, 0].item() == top * w + left
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    torch.testing.assert_close(out[0], grid[0, top : top + ch, left : left + cw])
+
+
+def test_center_crop_box_rejects_larger_crop():
+    with pytest.raises(ValueError):
+        center_crop_box(16, 32)
+
+
+def test_eval_transform_crops_and_normalises():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    masks = rng.integers(0, 2, (6, 20, 20), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.1)
+    out = eval_transform(16, mean, std)({"image": tv_tensors.Image(torch.from_numpy(image)),
+                                         "masks": tv_tensors.Mask(torch.from_numpy(masks))})
+    top, left = center_crop_box(20, 16)
+    assert (top, left) == (2, 2)
+    crop = image[:, 2:18, 2:18] / 255.0
+    expected = (crop - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    assert out["image"].dtype == torch.float32
+    np.testing.assert_allclose(out["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert out["masks"].dtype == torch.uint8  # masks are not scaled nor normalised
+    np.testing.assert_array_equal(out["masks"].numpy(), masks[:, 2:18, 2:18])
+    plain = eval_transform(16)(tv_tensors.Image(torch.from_numpy(image)))
+    np.testing.assert_allclose(plain.numpy(), crop, rtol=1e-6)
+
+
+def test_train_transform_keeps_image_and_masks_aligned():
+    """A marker pixel (and every other pixel) moves with every mask under each of the 8 symmetries."""
+    rng = np.random.default_rng(1)
+    size, crop = 12, 10
+    image = rng.integers(0, 200, (3, size, size), dtype=np.uint8)
+    masks = np.zeros((6, size, size), np.uint8)
+    marker = (2, 7)  # in the 10 px crop (offset 1): (1, 6), not on any symmetry axis
+    image[:, marker[0], marker[1]] = 255
+    masks[:, marker[0], marker[1]] = 1
+    masks[:, 5, 1] = rng.integers(0, 2, 6)  # more asymmetric content in some masks
+    sp = np.arange(size * size, dtype=np.int32).reshape(size, size)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)
+    transform = train_transform(crop, mean, std)
+    c_img, c_masks, c_sp = (a[..., 1:11, 1:11] for a in (image, masks, sp))
+    seen = set()
+    for seed in range(80):
+        torch.manual_seed(seed)
+        out = transform({"image": tv_tensors.Image(torch.from_numpy(image)),
+                         "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+                         "superpixels": tv_tensors.Mask(torch.from_numpy(sp))})
+        assert isinstance(out["masks"], tv_tensors.Mask) and out["masks"].shape == (6, crop, crop)
+        restored = out["image"].numpy() * np.array(std)[:, None, None] + np.array(mean)[:, None, None]
+        img_u8 = np.rint(restored * 255).astype(np.uint8)
+        # The marker: brightest pixel of the image is where every mask has its marker pixel.
+        r, c = np.unravel_index(np.argmax(img_u8[0]), (crop, crop))
+        assert all(out["masks"][s, r, c] == 1 for s in range(6))
+        # The whole output is one symmetry of the cropped input, the same for image, masks and superpixels.
+        matches = [(k, f) for k in range(4) for f in (False, True) if np.array_equal(img_u8, dihedral(c_img, k, f))]
+        assert len(matches) == 1
+        k, f = matches[0]
+        np.testing.assert_array_equal(out["masks"].numpy(), dihedral(c_masks, k, f))
+        np.testing.assert_array_equal(out["superpixels"].numpy(), dihedral(c_sp, k, f))
+        seen.add((k, f))
+    assert len(seen) == 8  # every rotation/flip combination was exercised
+
+
+def test_random_rot90_is_exact_and_shared():
+    x = torch.arange(16, dtype=torch.uint8).reshape(1, 4, 4)
+    ks = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        img, mask = RandomRot90()(tv_tensors.Image(x), tv_tensors.Mask(x[0] * 2))
+        k = [j for j in range(4) if torch.equal(img, torch.rot90(x, j, dims=(-2, -1)))]
+        assert len(k) == 1
+        torch.testing.assert_close(mask.as_subclass(torch.Tensor), torch.rot90(x[0] * 2, k[0], dims=(-2, -1)))
+        ks.add(k[0])
+    assert ks == {0, 1, 2, 3}
+
+
+def test_normalisation_needs_both_statistics():
+    with pytest.raises(ValueError):
+        eval_transform(8, mean=(0.5, 0.5, 0.5))
