@@ -19,6 +19,8 @@ from .errors import DermogazeError
 COMMAND_MODULES: tuple[str, ...] = (
     "dermogaze.data.commands",
     "dermogaze.models.commands",
+    "dermogaze.commands",
+    "dermogaze.explain",
 )
 
 

@@ -1,0 +1,624 @@
+"""Explanations (SPEC §7, paper §4.4): sequences of gazes, JSON records and figures per image.
+
+The gaze of step ``t`` is the arg-max cell of the attention map ``A_t`` (Eq. 2), mapped to the
+image's own pixel coordinates. With it, each step reports its predicted structure and mask, and
+the image its melanoma probability; with ground truth, the GT structure of each step (SPEC §6
+pairing: highest soft IoU) and the GT diagnosis.
+
+Geometry (decisions where the paper is silent):
+
+* The network sees an *input region* of the image, written ``(top, left, bottom, right)`` as
+  fractions of the image height and width, resized to ``image_size × image_size``.
+* A user's own image (any size, any aspect ratio) is resized *whole* to the model size, without a
+  crop (:func:`load_user_image`): the region is the full image, so every gaze maps back inside
+  it. (Training saw the central 224/256 of each image; the whole-image view trades that small
+  scale difference for never cutting off a border the user cares about.)
+* A prepared split only keeps the cache image (``resize(256) + center-crop(224)`` of the original),
+  so its gazes are given in the cache image's pixels; the region is the center crop
+  (:func:`cache_region`). The original image size is not stored in the cache.
+* Cell ``(i, j)`` of an ``h × w`` attention map covers the fractions ``[i/h, (i+1)/h)`` and
+  ``[j/w, (j+1)/w)`` of the region; the gaze is the pixel containing the cell's *center*:
+  ``x = floor((left + (j + 0.5) / w · (right - left)) · W)`` (likewise ``y``), clipped to
+  ``[0, W-1]``. Coordinates are 0-based integers, ``x`` = column, ``y`` = row, origin top-left.
+* Ties in the attention (e.g. the uniform first map of an untrained model, ``V_a = 0``) go to the
+  first cell in row-major order, as ``numpy.argmax`` does.
+* Mask areas: ``mask_area_fraction`` is the fraction of the network input where ``M_t >= 0.5``;
+  ``mask_area_pixels`` is that fraction of the input region's area in image pixels.
+
+Files written per image by :func:`save_explanation` (``<id>`` = image id, or file stem for a
+user's image): ``<id>.json`` (the record), ``<id>_gazes.png`` (Figs. 7/8: gaze path, attention
+maps, per-step masks and structures) and, for decoder variants, ``<id>_masks.png`` (Fig. 5: GT vs
+predicted masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+from tqdm import tqdm
+
+from .errors import DataError, DermogazeError
+from .metrics import BINARY_THRESHOLD, pair_with_ground_truth, to_jsonable, write_json
+from .structures import SHORT_NAMES, STRUCTURES
+
+log = logging.getLogger(__name__)
+
+#: The whole image: ``(top, left, bottom, right)`` fractions.
+FULL_REGION: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+#: Image files :func:`run_explain` accepts (any size; RGBA, palette and greyscale become RGB).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------
+
+
+def cache_region(cache_size: int, image_size: int) -> tuple[float, float, float, float]:
+    """Input region of a cached image: the ``image_size`` center crop of a ``cache_size`` square.
+
+    Uses :func:`dermogaze.data.transforms.center_crop_box`, the crop the dataset applies.
+
+    Returns:
+        ``(top, left, bottom, right)`` as fractions of the cache image.
+    """
+    from .data.transforms import center_crop_box
+
+    if image_size > cache_size:
+        raise DermogazeError(f"model input {image_size} px is larger than the cached images ({cache_size} px)")
+    top, left = center_crop_box(cache_size, image_size)
+    return (top / cache_size, left / cache_size, (top + image_size) / cache_size, (left + image_size) / cache_size)
+
+
+def gaze_points(
+    attention: np.ndarray, image_hw: tuple[int, int], region: Sequence[float] = FULL_REGION
+) -> list[tuple[int, int]]:
+    """Gaze of each step: the arg-max cell of ``A_t`` mapped to image pixels (paper §4.4, Fig. 7).
+
+    Args:
+        attention: ``(T, h, w)`` attention maps (a tensor or array).
+        image_hw: ``(H, W)`` of the image whose pixel coordinates are returned.
+        region: the part of that image the network saw, ``(top, left, bottom, right)`` fractions
+            (default: the whole image).
+
+    Returns:
+        T tuples ``(x, y)``: 0-based pixel column and row of each gaze, inside the image.
+    """
+    att = attention.detach().float().cpu().numpy() if isinstance(attention, torch.Tensor) else np.asarray(attention)
+    if att.ndim != 3:
+        raise ValueError(f"attention must be (T, h, w), got shape {att.shape}")
+    t_steps, h, w = att.shape
+    height, width = int(image_hw[0]), int(image_hw[1])
+    top, left, bottom, right = (float(v) for v in region)
+    flat = att.reshape(t_steps, h * w)  # (T, h*w)
+    cells = np.argmax(flat, axis=1)  # (T,) first maximum in row-major order
+    points = []
+    for c in cells:
+        i, j = divmod(int(c), w)
+        fy = top + (i + 0.5) / h * (bottom - top)
+        fx = left + (j + 0.5) / w * (right - left)
+        x = min(max(math.floor(fx * width), 0), width - 1)
+        y = min(max(math.floor(fy * height), 0), height - 1)
+        points.append((x, y))
+    return points
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------
+
+
+def _np(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        return (x.float() if x.is_floating_point() else x).cpu().numpy()
+    return np.asarray(x)
+
+
+def explain_record(
+    *,
+    image_id: str,
+    melanoma_prob: float,
+    image_hw: tuple[int, int],
+    attention: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    structure_probs: np.ndarray | None = None,
+    region: Sequence[float] = FULL_REGION,
+    gt_masks: np.ndarray | None = None,
+    present: np.ndarray | None = None,
+    label: int | None = None,
+    image_path: str | None = None,
+    structures: Sequence[str] = STRUCTURES,
+    threshold: float = BINARY_THRESHOLD,
+) -> dict[str, Any]:
+    """The JSON record of one image (SPEC §7).
+
+    Keys: ``image_id``, ``image_path``, ``image_size`` ``{width, height}``, ``input_region``
+    ``{x0, y0, x1, y1}`` (image pixels, edges), ``melanoma_probability``, ``prediction``
+    (``"melanoma"`` when the probability is ``>= threshold``, else ``"benign"``), ``threshold``,
+    ``ground_truth`` (``None``, or ``{diagnosis, label, prediction_correct, structures_present}``),
+    ``n_steps`` and ``steps``: one dict per step with ``step`` (1-based), ``gaze`` ``{x, y}``,
+    ``attention`` (value of ``A_t`` at the gaze), ``attention_vs_uniform`` (that value times
+    ``h·w``: 1 = no preference), ``structure`` and ``structure_probability`` (arg-max of
+    ``softmax(pred_t)``), ``structure_probabilities`` (all six), ``mask_area_fraction``,
+    ``mask_area_pixels``, ``gt_structure`` and ``structure_correct``. Values a variant cannot
+    produce (no attention, no decoder, no ground truth) are ``None``.
+
+    Args:
+        image_id: image identifier.
+        melanoma_prob: probability of melanoma.
+        image_hw: ``(H, W)`` of the image the coordinates refer to.
+        attention: ``(T, h, w)`` or None.
+        masks: ``(T, S, S)`` mask probabilities over the input region, or None.
+        structure_probs: ``(T, 6)`` softmax of the structure logits, or None.
+        region: input region, fractions ``(top, left, bottom, right)``.
+        gt_masks: ``(6, S, S)`` GT masks over the input region, or None.
+        present: ``(6,)`` bool, or None (derived from ``gt_masks``).
+        label: GT diagnosis (1 = melanoma, 0 = benign) or None.
+        image_path: the file the image came from, if any.
+        structures: structure names.
+        threshold: decision threshold on the melanoma probability.
+
+    Returns:
+        A dict of JSON types only.
+    """
+    att, masks, sprobs, gt = _np(attention), _np(masks), _np(structure_probs), _np(gt_masks)
+    height, width = int(image_hw[0]), int(image_hw[1])
+    top, left, bottom, right = (float(v) for v in region)
+    region_px = (bottom - top) * height * (right - left) * width
+    n_steps = next((a.shape[0] for a in (att, masks, sprobs) if a is not None), 0)
+
+    points = gaze_points(att, (height, width), region) if att is not None else [None] * n_steps
+    if gt is not None:
+        pres = (np.asarray(present, dtype=bool) if present is not None else gt.reshape(gt.shape[0], -1).any(1))
+        has_gt_structures = bool(pres.any())
+    else:
+        pres, has_gt_structures = None, False
+    paired = pair_with_ground_truth(gt, pres, masks) if has_gt_structures and masks is not None else None
+
+    steps = []
+    for t in range(n_steps):
+        step: dict[str, Any] = {"step": t + 1}
+        if att is not None:
+            flat = att[t].reshape(-1)  # (h*w,)
+            value = float(flat.max())
+            step.update(gaze={"x": points[t][0], "y": points[t][1]}, attention=value,
+                        attention_vs_uniform=value * flat.size)  # fmt: skip
+        else:
+            step.update(gaze=None, attention=None, attention_vs_uniform=None)
+        if sprobs is not None:
+            k = int(np.argmax(sprobs[t]))
+            step.update(structure=structures[k], structure_probability=float(sprobs[t, k]),
+                        structure_probabilities={s: float(p) for s, p in zip(structures, sprobs[t], strict=True)})
+        else:
+            step.update(structure=None, structure_probability=None, structure_probabilities=None)
+        if masks is not None:
+            frac = float(np.mean(masks[t] >= BINARY_THRESHOLD))
+            step.update(mask_area_fraction=frac, mask_area_pixels=int(round(frac * region_px)))
+        else:
+            step.update(mask_area_fraction=None, mask_area_pixels=None)
+        if paired is not None:
+            gt_name = structures[int(paired[t])]
+            step.update(gt_structure=gt_name,
+                        structure_correct=None if step["structure"] is None else step["structure"] == gt_name)
+        else:
+            step.update(gt_structure=None, structure_correct=None)
+        steps.append(step)
+
+    predicted = "melanoma" if melanoma_prob >= threshold else "benign"
+    ground_truth = None
+    if label is not None:
+        truth = "melanoma" if int(label) == 1 else "benign"
+        ground_truth = {
+            "diagnosis": truth,
+            "label": int(label),
+            "prediction_correct": truth == predicted,
+            "structures_present": [s for s, p in zip(structures, pres, strict=True) if p] if pres is not None else None,
+        }
+    record = {
+        "image_id": str(image_id),
+        "image_path": None if image_path is None else str(image_path),
+        "image_size": {"width": width, "height": height},
+        "input_region": {"x0": left * width, "y0": top * height, "x1": right * width, "y1": bottom * height},
+        "melanoma_probability": float(melanoma_prob),
+        "prediction": predicted,
+        "threshold": float(threshold),
+        "ground_truth": ground_truth,
+        "n_steps": n_steps,
+        "steps": steps,
+    }
+    return to_jsonable(record)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a model on one image
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Explanation:
+    """One explained image: the record and the arrays its figures are drawn from.
+
+    Attributes:
+        record: :func:`explain_record` output.
+        image: ``(H, W, 3)`` uint8, the image in its own pixels.
+        region: input region (fractions).
+        attention: ``(T, h, w)`` or None; masks: ``(T, S, S)`` or None; structure_probs: ``(T, 6)``
+            or None; gt_masks: ``(6, S, S)`` or None; present: ``(6,)`` or None.
+    """
+
+    record: dict[str, Any]
+    image: np.ndarray
+    region: tuple[float, float, float, float]
+    attention: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    structure_probs: np.ndarray | None = None
+    gt_masks: np.ndarray | None = None
+    present: np.ndarray | None = None
+    structures: tuple[str, ...] = STRUCTURES
+
+
+@torch.no_grad()
+def explain_image(
+    model: nn.Module,
+    image_tensor: torch.Tensor,
+    original_image: np.ndarray,
+    *,
+    image_id: str,
+    image_path: str | None = None,
+    region: Sequence[float] = FULL_REGION,
+    gt_masks: np.ndarray | None = None,
+    present: np.ndarray | None = None,
+    label: int | None = None,
+    structures: Sequence[str] = STRUCTURES,
+) -> Explanation:
+    """Run ``model`` on one normalised image and build its explanation.
+
+    Args:
+        model: a gaze network (returns :class:`~dermogaze.models.output.GazeOutput`); it is put in
+            eval mode and run on the device of its parameters.
+        image_tensor: ``(3, S, S)`` normalised input.
+        original_image: ``(H, W, 3)`` uint8, the image in whose pixels gazes are reported.
+        image_id: identifier (file stem or ISIC id).
+        image_path: source file, recorded in the JSON.
+        region: the part of ``original_image`` the input covers (fractions).
+        gt_masks: ``(6, S, S)`` GT masks aligned with the input, or None.
+        present: ``(6,)`` bool, or None.
+        label: GT diagnosis or None.
+        structures: structure names in the model's index order.
+
+    Returns:
+        An :class:`Explanation`.
+    """
+    model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    out = model(image_tensor.unsqueeze(0).to(device))  # batch of one
+    prob = float(out.logits.float().softmax(-1)[0, 1])
+    attention = _np(out.attention[0]) if out.attention is not None else None
+    masks = _np(out.masks[0]) if out.masks is not None else None
+    sprobs = _np(out.structure_logits[0].float().softmax(-1)) if out.structure_logits is not None else None
+    image = np.ascontiguousarray(original_image, dtype=np.uint8)
+    record = explain_record(
+        image_id=image_id, melanoma_prob=prob, image_hw=image.shape[:2], attention=attention, masks=masks,
+        structure_probs=sprobs, region=region, gt_masks=gt_masks, present=present, label=label,
+        image_path=image_path, structures=structures,
+    )  # fmt: skip
+    return Explanation(
+        record=record, image=image, region=tuple(float(v) for v in region), attention=attention, masks=masks,
+        structure_probs=sprobs, gt_masks=None if gt_masks is None else np.asarray(gt_masks) > 0,
+        present=None if present is None else np.asarray(present, dtype=bool), structures=tuple(structures),
+    )  # fmt: skip
+
+
+def _title(record: Mapping[str, Any]) -> str:
+    p = record["melanoma_probability"]
+    text = f"{record['image_id']}:  P(melanoma) = {p:.3f} → {record['prediction']}"
+    gt = record.get("ground_truth")
+    if gt:
+        text += f"   (GT: {gt['diagnosis']}, {'right' if gt['prediction_correct'] else 'wrong'})"
+    return text
+
+
+def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<id>.json``, ``<id>_gazes.png`` (variants with attention) and ``<id>_masks.png`` (decoder).
+
+    Args:
+        expl: from :func:`explain_image`.
+        out_dir: destination folder (created).
+
+    Returns:
+        ``{"json": path, "gazes": path, "masks": path}`` for the files written.
+    """
+    from . import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = expl.record
+    stem = safe_name(rec["image_id"])
+    files: dict[str, Path] = {}
+    steps = rec["steps"]
+    short = dict(zip(STRUCTURES, SHORT_NAMES, strict=True))
+    labels = [f"{short.get(s['structure'], s['structure'])} {s['structure_probability']:.2f}" if s["structure"] else ""
+              for s in steps]  # fmt: skip
+    correct = [s["structure_correct"] for s in steps]
+    gt_labels = [short.get(s["gt_structure"], s["gt_structure"]) for s in steps]
+    pred_classes = (
+        [expl.structures.index(s["structure"]) for s in steps] if all(s["structure"] for s in steps) else None
+    )
+    mask_colors = None
+    if pred_classes is not None:
+        mask_colors = [plots.STRUCTURE_COLORS[k % len(plots.STRUCTURE_COLORS)] for k in pred_classes]
+    if expl.attention is not None:
+        points = [(s["gaze"]["x"], s["gaze"]["y"]) for s in steps]
+        files["gazes"] = plots.plot_gazes(
+            expl.image, expl.attention, points, out / f"{stem}_gazes.png", region=expl.region, masks=expl.masks,
+            step_labels=labels, gt_labels=gt_labels if any(g is not None for g in gt_labels) else None,
+            correct=correct, mask_colors=mask_colors, title=_title(rec),
+        )  # fmt: skip
+    if expl.masks is not None:
+        files["masks"] = plots.plot_masks(
+            expl.image, expl.masks, out / f"{stem}_masks.png", region=expl.region, gt_masks=expl.gt_masks,
+            present=expl.present, structures=expl.structures, step_labels=labels, correct=correct,
+            pred_classes=pred_classes, gt_labels=gt_labels if any(g is not None for g in gt_labels) else None,
+            title=_title(rec),
+        )  # fmt: skip
+    rec = dict(rec, files={k: p.name for k, p in files.items()})
+    files = {"json": write_json(rec, out / f"{stem}.json"), **files}
+    expl.record = rec
+    return files
+
+
+def safe_name(image_id: str) -> str:
+    """A file-name-safe version of an image id (letters, digits, ``._-``; others become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", image_id).strip(".") or "image"
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Decode any image file to ``(H, W, 3)`` uint8 RGB (EXIF orientation applied).
+
+    Palette, greyscale and 16-bit images become RGB; an alpha channel is composited on white.
+
+    Raises:
+        DataError: missing file, or a file that is not a readable image (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8))
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, rgba)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise DataError(f"{path}: empty image")
+    return np.ascontiguousarray(rgb)
+
+
+def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 ``(x / 255 - mean) / std`` (SPEC §3)."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0  # (3, H, W), a copy
+    m = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s
+
+
+def load_user_image(
+    path: str | Path, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a user's image of any size and prepare it like the training images.
+
+    The whole image is resized (bilinear, antialiased, as the cache does) to ``image_size ×
+    image_size`` without a crop, then normalised with the training mean/std: the input region is
+    :data:`FULL_REGION`.
+
+    Args:
+        path: a JPEG/PNG (or other Pillow-readable) file.
+        image_size: model input size.
+        mean: per-channel training mean in [0, 1].
+        std: per-channel training std.
+
+    Returns:
+        ``(input (3, S, S) float32, original (H, W, 3) uint8)``.
+
+    Raises:
+        DataError: missing or unreadable file.
+    """
+    original = read_image_file(path)
+    resized = np.asarray(Image.fromarray(original).resize((image_size, image_size), Image.BILINEAR))  # (S, S, 3)
+    return normalise(resized, mean, std), original
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint → files
+# ----------------------------------------------------------------------------------------------
+
+
+def _unique_ids(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for p in paths:
+        stem = p.stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        ids.append(stem if n == 0 else f"{stem}_{n + 1}")
+    return ids
+
+
+def run_explain(
+    checkpoint_path: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Explain image files, or images of a prepared split, with a trained checkpoint.
+
+    Without ``data``, every input is an image file (checked before the model runs, so a bad file
+    fails fast); ids are the file stems (``_2``, ``_3``... appended to repeated stems). With
+    ``data`` (a prepared cache), the inputs are split names (``split`` adds one; ``test`` when
+    none is given) and the ground truth of the cache is used.
+
+    Args:
+        checkpoint_path: ``RUN/best.pt``.
+        inputs: image files, or split names with ``data``.
+        out_dir: destination folder.
+        data: prepared cache folder, or None.
+        split: a split name (with ``data``).
+        limit: explain at most this many images in total.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        progress: show a progress bar.
+
+    Returns:
+        The records written (each with its ``files``).
+
+    Raises:
+        DermogazeError / DataError: unreadable checkpoint, missing cache or split, bad image file.
+    """
+    from .engine import load_checkpoint, model_from_checkpoint, resolve_device
+
+    if limit is not None and limit < 1:
+        raise DermogazeError(f"--limit must be at least 1, got {limit}")
+    if data is None and split is not None:
+        raise DermogazeError("--split needs --data (a prepared cache)")
+    if data is None and not inputs:
+        raise DermogazeError("nothing to explain: give image files, or --data CACHE with a split")
+    ckpt = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(ckpt)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    image_size = int(ckpt["image_size"])
+    mean, std = list(ckpt["mean"]), list(ckpt["std"])
+    structures = tuple(ckpt.get("structures") or STRUCTURES)
+    out = Path(out_dir)
+    records: list[dict[str, Any]] = []
+
+    jobs: list[tuple] = []  # (kind, payload)
+    if data is None:
+        paths = [Path(p) for p in inputs]
+        for p in paths:
+            if p.is_dir():
+                raise DataError(f"{p} is a folder: give image files (or --data CACHE and a split name)")
+            read_image_file(p)  # fail fast, naming the file, before any work
+        jobs = [("file", (p, i)) for p, i in zip(paths, _unique_ids(paths), strict=True)]
+    else:
+        from .data.cache import load_info, load_split
+
+        info = load_info(data)
+        splits = [str(s) for s in inputs] + ([split] if split else [])
+        for name in splits or ["test"]:
+            if name not in info.get("splits", []):
+                raise DataError(f"cache {data} has no split {name!r} (it holds {', '.join(info.get('splits', []))})")
+            arrays = load_split(data, name)
+            jobs.extend(("split", (arrays, k, name, int(info["size"]))) for k in range(len(arrays)))
+    if limit is not None:
+        jobs = jobs[:limit]
+
+    for kind, payload in tqdm(jobs, desc="explain", unit="img", disable=not progress or len(jobs) < 2):
+        if kind == "file":
+            path, image_id = payload
+            tensor, original = load_user_image(path, image_size, mean, std)
+            expl = explain_image(
+                model, tensor, original, image_id=image_id, image_path=str(path), structures=structures
+            )
+        else:
+            arrays, k, name, cache_size = payload
+            region = cache_region(cache_size, image_size)
+            top = round(region[0] * cache_size)
+            left = round(region[1] * cache_size)
+            image = np.asarray(arrays.images[k])  # (C, C, 3) cache image
+            crop = image[top : top + image_size, left : left + image_size]  # (S, S, 3)
+            gt = present = None
+            if arrays.masks is not None:
+                gt = np.asarray(arrays.masks[k][:, top : top + image_size, left : left + image_size]) > 0  # (6, S, S)
+                present = gt.reshape(gt.shape[0], -1).any(axis=1)
+            expl = explain_image(
+                model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
+                region=region, gt_masks=gt, present=present, label=int(arrays.labels[k]), structures=structures,
+            )  # fmt: skip
+        files = save_explanation(expl, out)
+        records.append(expl.record)
+        log.debug("explained %s → %s", expl.record["image_id"], ", ".join(str(f) for f in files.values()))
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _summary_line(rec: Mapping[str, Any]) -> str:
+    gazes = " → ".join(
+        f"({s['gaze']['x']},{s['gaze']['y']})" + (f" {s['structure']}" if s["structure"] else "")
+        for s in rec["steps"]
+        if s["gaze"] is not None
+    )
+    gt = rec.get("ground_truth")
+    truth = f" [GT {gt['diagnosis']}]" if gt else ""
+    line = f"{rec['image_id']}: P(melanoma) {rec['melanoma_probability']:.3f}{truth}"
+    return line + (f"  gazes {gazes}" if gazes else "")
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    records = run_explain(
+        args.checkpoint, args.inputs, args.out, data=args.data, split=args.split, limit=args.limit,
+        device=args.device, progress=True,
+    )  # fmt: skip
+    for rec in records:
+        print(_summary_line(rec))
+    print(f"wrote {len(records)} explanation(s) (JSON + figures) to {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``dermogaze explain`` to the command line."""
+    p = subparsers.add_parser(
+        "explain",
+        help="explain images with a trained checkpoint: gazes, structures, JSON and figures",
+        description=(
+            "Explain the diagnosis of each image: the gaze of every step (arg-max of its attention map, in the "
+            "image's own pixels), its predicted structure and mask, the melanoma probability, and with --data the "
+            "ground truth. Writes OUT/<id>.json, OUT/<id>_gazes.png and, for decoder variants, OUT/<id>_masks.png."
+        ),
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files (JPEG/PNG of any size), or split names (train/val/test) with --data")  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'dermogaze train' (RUN/best.pt)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", default=None, help="prepared cache: explain its images, with their ground truth")
+    p.add_argument("--split", default=None, help="split of --data to explain (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="explain at most N images")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="device (default: cpu)")
+    p.set_defaults(func=_cmd_explain)
