@@ -213,27 +213,33 @@ def test_streaks_drawn_at_a_known_place_are_annotated_there():
     params = dataclasses.replace(
         base, asymmetric=False, colour_variety=False, blue_grey_veil=False, melanoma=False, colours=("light_brown",),
         pigment_network=False, negative_network=False, milia_like_cyst=False, streaks=True,
-        center=(0.5, 0.5), radius=0.25, harmonics=((2, 0.0, 0.0),), streak_angle=0.0, streak_span=np.deg2rad(60))
+        center=(0.5, 0.5), radius=0.25, harmonics=((2, 0.0, 0.0),), streak_angle=0.0, streak_span=np.deg2rad(60),
+        streak_length=20 / 240)
     sample = synth.make_sample(params, (w, h), 0)
     cx, cy, r = 0.5 * w, 0.5 * h, 0.25 * min(w, h)  # round lesion of radius 30 px, streaks pointing right
     for name in ("pigment_network", "negative_network", "milia_like_cyst"):
         assert not any(sample.features[name])
+    # The drawn region: the annular sector |θ| ≤ 30°, 0.85·r ≤ d ≤ r + 10 px (20/240 of 120 px).
+    gy, gx = np.mgrid[0:h, 0:w]
+    d, theta = np.hypot(gx - cx, gy - cy), np.degrees(np.arctan2(gy - cy, gx - cx))
+    expected = (np.abs(theta) <= 30) & (d >= 0.85 * r) & (d <= r + 10)
+    assert (sample.structures[3] != expected).sum() <= 0.02 * expected.sum()  # float rounding at the edges only
+    assert (sample.lesion != (d <= r)).sum() <= 4
     labelled = np.asarray(sample.features["streaks"])[sample.superpixels] == 1
     assert labelled.any()
     yy, xx = np.nonzero(labelled)
     angle = np.degrees(np.arctan2(yy - cy, xx - cx))
     dist = np.hypot(xx - cx, yy - cy)
-    # Labelled superpixels straddle the ±30° sector by at most a superpixel (≈16 px across).
+    # Labelled superpixels straddle the ±30° sector by at most a superpixel (≈ 9 px across at 160×120).
     assert np.all(xx > cx) and np.all(np.abs(angle) < 60) and np.all(dist > 0.5 * r)
     # ... and they cover most of the drawn sector.
     sector = sample.structures[3]
     assert labelled[sector].mean() > 0.5
     # The picture is darker there than at the mirrored place on the left (skin, no streaks).
     gray = sample.image.astype(float).mean(-1)
-    yy, xx = np.mgrid[0:h, 0:w]
-    ring = (np.hypot(xx - cx, yy - cy) > r + 2) & (np.hypot(xx - cx, yy - cy) < r + 8)
-    right = ring & (np.abs(np.degrees(np.arctan2(yy - cy, xx - cx))) < 25)
-    left = ring & (np.abs(np.degrees(np.arctan2(yy - cy, cx - xx))) < 25)
+    ring = (d > r + 2) & (d < r + 8)
+    right = ring & (np.abs(theta) < 25)
+    left = ring & (np.abs(theta) > 155)
     assert gray[right].mean() < gray[left].mean() - 15
 
 

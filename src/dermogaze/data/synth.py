@@ -207,6 +207,7 @@ class SampleParams:
     harmonics: tuple[tuple[int, float, float], ...]  # (k, a_k, φ_k)
     streak_angle: float
     streak_span: float
+    streak_length: float = 17.0 / 240.0  # how far streaks reach beyond the border, fraction of min(W, H)
     age: int = 50
     sex: str = "female"
 
@@ -346,6 +347,7 @@ def sample_params(rng: np.random.Generator, prevalences: Mapping[str, float] | N
         harmonics=harm,
         streak_angle=float(rng.uniform(0, 2 * np.pi)),
         streak_span=float(np.deg2rad(rng.uniform(30, 75))),
+        streak_length=float(rng.uniform(12, 22) / 240.0),
         age=int(5 * rng.integers(2, 18)),
         sex=str(rng.choice(["female", "male"])),
         **present,
@@ -500,7 +502,7 @@ def render(params: SampleParams, image_size: tuple[int, int], rng: np.random.Gen
 
     if params.streaks:
         half = 0.5 * params.streak_span
-        length = rng.uniform(12, 22) * s
+        length = params.streak_length * min(w, h)
         width = max(int(round(4 * s)), 2)
         n_streaks = max(int(params.streak_span * big_r / max(9.0 * s, 3.0)), 2)
         angles = params.streak_angle + np.linspace(-half, half, n_streaks)
