@@ -345,3 +345,87 @@ def test_variants_without_decoder_or_attention(tmp_path, variant):
 def test_full_region_default():
     assert FULL_REGION == (0.0, 0.0, 1.0, 1.0)
     assert math.isclose(cache_region(256, 256)[2], 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: checkpoint → `dermogaze explain` (image files and a prepared split)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny deco_gap_3 trained for one epoch on the hand-crafted collection (conftest), cache at 40 px."""
+    engine = pytest.importorskip("dermogaze.engine")  # temporary guard until the pipeline lands
+    from conftest import write_tiny_isic
+    from dermogaze.config import load_config
+    from dermogaze.data.cache import prepare
+
+    root = tmp_path_factory.mktemp("explain_e2e")
+    prepare(write_tiny_isic(root / "isic"), root / "cache", size=40, progress=False)
+    cfg = load_config("tiny", [f"data.cache={root / 'cache'}", "train.epochs=1"])
+    result = engine.train(cfg, root / "run", progress=False)
+    return root / "cache", Path(result["best"])
+
+
+def test_cli_explain_image_files(tmp_path, trained_run, capsys):
+    from dermogaze.cli import main
+
+    _, ckpt = trained_run
+    inputs = _image_inputs(tmp_path)
+    out = tmp_path / "explained"
+    assert main(["explain", "--checkpoint", str(ckpt), *map(str, inputs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 explanation(s)" in printed
+    for path in inputs:
+        rec = json.loads((out / f"{path.stem.replace(' ', '_')}.json").read_text())
+        validate_record(rec)
+        w, h = Image.open(path).size
+        assert rec["image_size"] == {"width": w, "height": h} and rec["image_path"] == str(path)
+        assert rec["n_steps"] == 2 and rec["ground_truth"] is None
+        for name in rec["files"].values():
+            assert (out / name).is_file()
+        assert set(rec["files"]) == {"gazes", "masks"}
+
+
+def test_cli_explain_prepared_split_with_ground_truth(tmp_path, trained_run):
+    from dermogaze.cli import main
+
+    cache, ckpt = trained_run
+    out = tmp_path / "split"
+    assert main(["explain", "--checkpoint", str(ckpt), "--data", str(cache), "--split", "val", "--out", str(out),
+                 "--limit", "1"]) == 0  # fmt: skip
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["ISIC_0000011.json", "ISIC_0000011_gazes.png", "ISIC_0000011_masks.png"]
+    rec = json.loads((out / "ISIC_0000011.json").read_text())
+    validate_record(rec)
+    assert rec["image_size"] == {"width": 40, "height": 40}  # the cache image
+    assert rec["input_region"] == {"x0": 4.0, "y0": 4.0, "x1": 36.0, "y1": 36.0}  # its 32 px center crop
+    assert rec["ground_truth"]["diagnosis"] == "melanoma"  # conftest: ISIC_0000011 is a melanoma
+    assert {"lesion", "skin", "streaks"} <= set(rec["ground_truth"]["structures_present"])
+    for s in rec["steps"]:
+        assert 4 <= s["gaze"]["x"] < 36 and 4 <= s["gaze"]["y"] < 36
+        assert s["gt_structure"] in rec["ground_truth"]["structures_present"]
+
+
+def test_cli_explain_bad_input_is_one_clear_line(tmp_path, trained_run, capsys):
+    from dermogaze.cli import main
+
+    cache, ckpt = trained_run
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    cases = [
+        (["explain", "--checkpoint", str(ckpt), str(notes), "--out", str(tmp_path / "o")], "notes.txt: not a readable"),
+        (["explain", "--checkpoint", str(ckpt), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")],
+         "nope.jpg: no such image file"),
+        (["explain", "--checkpoint", str(ckpt), "--data", str(cache), "--split", "Test", "--out", str(tmp_path / "o")],
+         "has no split 'Test'"),
+        (["explain", "--checkpoint", str(ckpt), "--split", "test", "--out", str(tmp_path / "o")],
+         "--split needs --data"),
+        (["explain", "--checkpoint", str(tmp_path / "missing.pt"), str(notes), "--out", str(tmp_path / "o")],
+         "missing.pt"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("dermogaze: error:") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # nothing written when the inputs are bad
