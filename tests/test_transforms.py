@@ -8,7 +8,13 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from dermogaze.data.transforms import RandomRot90, center_crop_box, eval_transform, train_transform
+from dermogaze.data.transforms import (
+    RandomRot90,
+    ToNormalizedFloat,
+    center_crop_box,
+    eval_transform,
+    train_transform,
+)
 
 
 def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -104,3 +110,19 @@ def test_random_rot90_is_exact_and_shared():
 def test_normalisation_needs_both_statistics():
     with pytest.raises(ValueError):
         eval_transform(8, mean=(0.5, 0.5, 0.5))
+
+
+def test_fused_normalisation_matches_torchvision():
+    """ToNormalizedFloat == v2.ToDtype(float32, scale=True) + v2.Normalize, also on a non-contiguous input."""
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.integers(0, 256, (3, 9, 9), dtype=np.uint8))
+    x = torch.rot90(x, 1, dims=(-2, -1))  # non-contiguous view
+    mean, std = (0.7, 0.55, 0.4), (0.15, 0.2, 0.12)
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])(tv_tensors.Image(x))
+    mask = tv_tensors.Mask(x[0])
+    out, mask_out = ToNormalizedFloat(mean, std)(tv_tensors.Image(x), mask)
+    assert isinstance(out, tv_tensors.Image) and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), reference.as_subclass(torch.Tensor), rtol=1e-5, atol=1e-5)
+    assert mask_out is mask  # masks pass through
+    scaled = ToNormalizedFloat()(tv_tensors.Image(x))
+    torch.testing.assert_close(scaled.as_subclass(torch.Tensor), x.float() / 255)

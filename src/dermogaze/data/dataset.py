@@ -101,8 +101,8 @@ class DermoscopyDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = index % len(self)
         a = self.arrays()
-        # (S, S, 3) uint8 → (3, S, S); the copy detaches the sample from the read-only memory map.
-        image = tv_tensors.Image(torch.from_numpy(np.array(a.images[index])).permute(2, 0, 1))
+        # (S, S, 3) uint8 → contiguous (3, S, S); the copy detaches the sample from the read-only memory map.
+        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(a.images[index].transpose(2, 0, 1))))
         sample: dict[str, Any] = {"image": image}
         if self.has_masks:
             sample["masks"] = tv_tensors.Mask(torch.from_numpy(np.array(a.masks[index]).view(np.uint8)))  # (6, S, S)
@@ -113,8 +113,8 @@ class DermoscopyDataset(Dataset):
         size = self.image_size
         if self.has_masks:
             masks = out["masks"].as_subclass(torch.Tensor)
-            present = masks.flatten(1).amax(dim=1) > 0  # (6,) bool
-            masks = masks.to(torch.float32)
+            present = masks.amax(dim=(1, 2)) > 0  # (6,) bool, no copy of a rotated view
+            masks = masks.to(torch.float32, memory_format=torch.contiguous_format)
         else:
             masks = torch.zeros(NUM_STRUCTURES, size, size)
             present = torch.zeros(NUM_STRUCTURES, dtype=torch.bool)
