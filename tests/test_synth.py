@@ -358,6 +358,19 @@ def test_refuses_to_overwrite_foreign_data(tmp_path):
     assert (real / "ISIC_0000000.jpg").read_bytes() == b"precious"
 
 
+def test_rerun_removes_stale_synthetic_splits_only(tmp_path):
+    kw = {"image_size": (64, 48), "progress": False}
+    synth.write_synthetic_isic(tmp_path, counts={"Training": 2, "Validation": 1}, **kw)
+    foreign = tmp_path / "ISIC-2017_Test_v2_Data"
+    foreign.mkdir()
+    (foreign / "ISIC_0000000.jpg").write_bytes(b"precious")
+    synth.write_synthetic_isic(tmp_path, counts={"Training": 2, "Validation": 0}, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ISIC-2017_Test_v2_Data", *(f"ISIC-2017_Training_{x}" for x in (
+            "Data", "Part1_GroundTruth", "Part2_GroundTruth", "Part3_GroundTruth.csv", "synth_truth.json"))])
+    assert (foreign / "ISIC_0000000.jpg").read_bytes() == b"precious"
+
+
 def test_rerun_replaces_and_interrupted_run_leaves_previous_split(tmp_path, monkeypatch):
     root = tmp_path / "root"
     kw = {"counts": {"Training": 3}, "image_size": (64, 48), "progress": False}

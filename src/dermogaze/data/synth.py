@@ -83,7 +83,8 @@ counts. Ids are 7 digits, unique across splits: Training ``0000000 + i``, Valida
 Writing is atomic per split: everything is written into a hidden temporary folder inside
 ``out_dir`` and moved into place at the end, the Part 3 CSV (the index of the split) last, so an
 interrupted run never leaves a split that looks complete. Existing split folders are replaced only
-if they were written by this generator (their sidecar exists); anything else is refused.
+if they were written by this generator (their sidecar exists); anything else is refused. Synthetic
+splits of an earlier run that the new run does not write are removed (one folder, one dataset).
 """
 
 from __future__ import annotations
@@ -782,6 +783,17 @@ def _publish(tmp: Path, out_dir: Path, split: str) -> None:
         os.replace(src, dest)
 
 
+def _remove_split(out_dir: Path, split: str) -> None:
+    """Delete a synthetic split, its Part 3 CSV first and its sidecar (the mark of ownership) last."""
+    entries = _split_entries(split)
+    for name in [entries[-1], *entries[:-2], entries[-2]]:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def write_synthetic_isic(
     out_dir: str | os.PathLike,
     *,
@@ -795,7 +807,9 @@ def write_synthetic_isic(
 
     Args:
         out_dir: folder to write into (created if missing). Split entries already there are
-            replaced only if this generator wrote them.
+            replaced only if this generator wrote them (their sidecar exists); synthetic splits of
+            an earlier run that this run does not write are removed, so the folder holds one
+            dataset. Other files are left alone.
         counts: images per official split name (``Training``, ``Validation``, ``Test_v2`` or
             ``Test``); default :data:`DEFAULT_COUNTS`. A count of 0 skips the split.
         image_size: ``(width, height)`` of every picture, at least 32×32.
@@ -827,6 +841,11 @@ def write_synthetic_isic(
         if existing and not truth_path(out, split).is_file():
             raise DermogazeError(f"{out / existing[0]} exists and was not written by dermogaze's synthetic "
                                  f"generator (no {truth_path(out, split).name}); refusing to overwrite it")
+
+    for split in _ID_BASE:  # earlier synthetic splits that this run does not write would mix two datasets
+        if split not in todo and truth_path(out, split).is_file():
+            logger.info("synth: removing the synthetic %s split of an earlier run from %s", split, out)
+            _remove_split(out, split)
 
     with tqdm(total=sum(todo.values()), desc="synth", unit="img", disable=not progress) as bar:
         for split, n in todo.items():
