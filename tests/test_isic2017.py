@@ -285,3 +285,10 @@ def test_csv_without_melanoma_column(tmp_path: Path):
     path.write_text("image_id,nevus\nISIC_1,1.0\n")
     with pytest.raises(DataError, match="labels.csv: expected columns image_id and melanoma"):
         isic2017.read_labels_csv(path)
+
+
+def test_decode_superpixels_accepts_wider_integer_arrays():
+    rgb = np.array([[[44, 1, 0], [255, 255, 255]]], dtype=np.int64)
+    np.testing.assert_array_equal(decode_superpixels(rgb), [[300, 16777215]])
+    with pytest.raises(ValueError):
+        decode_superpixels(np.array([[[256, 0, 0]]]))

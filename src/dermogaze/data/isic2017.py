@@ -143,10 +143,17 @@ def decode_superpixels(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"superpixel map must have shape (H, W, 3), got {rgb.shape}")
-    if not np.issubdtype(rgb.dtype, np.integer) or rgb.min(initial=0) < 0 or rgb.max(initial=0) > 255:
-        raise ValueError("superpixel map must hold 8-bit integer channel values")
-    c = rgb.astype(np.uint32)
-    return c[..., 0] | (c[..., 1] << np.uint32(8)) | (c[..., 2] << np.uint32(16))
+    if rgb.dtype != np.uint8:
+        if not np.issubdtype(rgb.dtype, np.integer) or rgb.min(initial=0) < 0 or rgb.max(initial=0) > 255:
+            raise ValueError("superpixel map must hold 8-bit integer channel values")
+        rgb = rgb.astype(np.uint8)
+    # In place on one uint32 array (a 6000×4000 map would need 3× the memory as a (H, W, 3) uint32 copy).
+    index = rgb[..., 2].astype(np.uint32)  # B
+    index <<= np.uint32(8)
+    index |= rgb[..., 1]  # G
+    index <<= np.uint32(8)
+    index |= rgb[..., 0]  # R
+    return index  # R + (G << 8) + (B << 16)
 
 
 def image_size(path: Path) -> tuple[int, int]:
