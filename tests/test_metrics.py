@@ -374,3 +374,39 @@ def test_accumulator_without_decoder_gives_diagnosis_only():
     assert m["diagnosis"]["auc"] == pytest.approx(roc_auc_score(labels, probs))
     assert acc.predictions["ids"] == ["0", "1", "2", "3"]
     assert "Structures" not in format_table(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation figures (plots.py): written, readable, robust to undefined values
+# ----------------------------------------------------------------------------------------------
+
+
+def _png_size(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_evaluation_figures_are_written(tmp_path):
+    from dermogaze import plots
+
+    _, norm = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 5]))
+    reloaded = json.loads(json.dumps(norm.tolist()).replace("NaN", "null"))  # what metrics.json holds
+    path = plots.plot_confusion_matrix(reloaded, tmp_path / "cm.png", counts=np.ones((6, 6), int), accuracy=0.5)
+    assert _png_size(path)[0] > 400
+    labels, probs = np.array([0, 1, 1, 0, 1]), np.array([0.2, 0.9, 0.4, 0.6, 0.7])
+    assert _png_size(plots.plot_roc(labels, probs, tmp_path / "roc.png", title="test"))[0] > 400
+    assert _png_size(plots.plot_roc([1, 1], [0.3, 0.8], tmp_path / "roc1.png"))[0] > 400  # one class: no crash
+    rows = [
+        {"epoch": 1, "train_loss": 1.0, "train_diag": 0.5, "val_loss": 1.2, "val_diag": 0.6, "val_auc": None,
+         "best": True, "time_s": 2.0},
+        {"epoch": 2, "train_loss": 0.8, "train_diag": 0.4, "val_loss": 1.0, "val_diag": 0.5, "val_auc": 0.7,
+         "best": True, "time_s": 2.0},
+    ]  # fmt: skip
+    history = tmp_path / "metrics.jsonl"
+    history.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert plots.read_history(history) == rows
+    assert _png_size(plots.plot_training_curves(history, tmp_path / "curves.png"))[0] > 400
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file

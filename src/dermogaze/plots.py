@@ -88,8 +88,7 @@ def plot_confusion_matrix(
     n = m.shape[0]
     labels = _short(structures)
     fig, ax = plt.subplots(figsize=(1.05 * n + 2.2, 1.0 * n + 1.2))
-    cmap = plt.get_cmap("Blues").copy()
-    cmap.set_bad("#e0e0e0")
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#e0e0e0")
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=1.0)
     for i in range(n):
         if np.isnan(m[i]).all():
