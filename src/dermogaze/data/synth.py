@@ -24,7 +24,8 @@ What a picture holds
   - ``pigment_network``: dark, irregular (warped, rotated) grid lines over a blob-shaped part of
     the lesion (40-80 % of it); region = that part of the lesion.
   - ``negative_network``: light reticular lines around darker holes over another part of the
-    lesion (15-35 %, disjoint from the pigment network); region = that part.
+    lesion (15-35 %, disjoint from the pigment network unless that covers over 90 % of the
+    lesion); region = that part.
   - ``milia_like_cyst``: 1-3 clusters of 3-7 small bright round dots (radius ≈ 2-3.5 px at
     320×240) inside the lesion; region = the cluster discs (radius ≈ 10-16 px) ∩ lesion.
   - ``streaks``: dark radial lines (≈ 4 px wide at 320×240) crossing the lesion border over an
@@ -56,8 +57,8 @@ melanomas). Three *morphological cues* are then drawn so that the label is exact
   smooth border, i.e. a lesion nearly symmetric under a 180° rotation.
 * ``colour_variety``: light brown + dark brown + black (+ red with probability 1/2), i.e. ≥ 3
   colours; otherwise one or two browns (a darker centre when two).
-* ``blue_grey_veil``: a blue-grey patch over 25-45 % of the lesion (the only pixels of the picture
-  whose blue channel exceeds red).
+* ``blue_grey_veil``: a blue-grey patch over 25-45 % of the lesion (the only colour drawn whose
+  blue channel exceeds its red one).
 
 Melanomas draw all three cues with probability 0.55 and each pair with 0.15; benign lesions draw
 no cue with probability 0.7 and each single cue with 0.1. Every cue is therefore visible at low
