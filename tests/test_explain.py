@@ -279,20 +279,23 @@ def _odd_png(tmp_path):
     return path
 
 
-def _image_inputs(tmp_path):
-    inputs = [_odd_png(tmp_path)]
-    if THUMBNAIL.is_file():
-        inputs.append(THUMBNAIL)  # real 250×250 JPEG
-    else:  # pragma: no cover - the shared folder is part of the project's checkout
-        rng = np.random.default_rng(1)
-        Image.fromarray(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)).save(tmp_path / "thumb.jpg")
-        inputs.append(tmp_path / "thumb.jpg")
-    return inputs
+def _odd_jpeg(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "portrait.JPG"
+    Image.fromarray(rng.integers(0, 256, (333, 251, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def _image_inputs(tmp_path, *, real: bool):
+    """Odd-sized PNG (333×251 RGBA) plus, with ``real``, the real 250×250 ISIC JPEG (else an odd JPEG)."""
+    if real and THUMBNAIL.is_file():
+        return [_odd_png(tmp_path), THUMBNAIL]
+    return [_odd_png(tmp_path), _odd_jpeg(tmp_path)]
 
 
 def test_explain_image_writes_valid_json_and_figures(tmp_path, tiny_model):
     mean, std = [0.6, 0.5, 0.4], [0.2, 0.2, 0.2]
-    for path in _image_inputs(tmp_path):
+    for path in _image_inputs(tmp_path, real=False):
         x, orig = load_user_image(path, 32, mean, std)
         expl = explain_image(tiny_model, x, orig, image_id=path.stem, image_path=str(path))
         files = save_explanation(expl, tmp_path / "out")
@@ -371,7 +374,7 @@ def test_cli_explain_image_files(tmp_path, trained_run, capsys):
     from dermogaze.cli import main
 
     _, ckpt = trained_run
-    inputs = _image_inputs(tmp_path)
+    inputs = _image_inputs(tmp_path, real=True)
     out = tmp_path / "explained"
     assert main(["explain", "--checkpoint", str(ckpt), *map(str, inputs), "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -412,6 +412,11 @@ def superpixel_means(scores: np.ndarray, superpixels: np.ndarray, n_superpixels:
 def superpixel_auc(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> np.ndarray:
     """ISIC 2017 Task 2 ROC AUC per feature, pooling the superpixels of every image.
 
+    Only the four dermoscopic features are scored (decision): Task 2 labels superpixels with
+    those four only, and a lesion label per superpixel would have to be invented from the Part 1
+    mask; the lesion and skin segmentations are measured by the per-structure Jaccard instead.
+    Superpixels cropped away by the center crop are left out (they have no pixel to score).
+
     Args:
         scores: per image ``(n_i, F)`` superpixel scores (only visible superpixels).
         labels: per image ``(n_i, F)`` superpixel labels in [0, 1]; ``>= 0.5`` is positive.
