@@ -423,6 +423,23 @@ def read_image_file(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def check_image_file(path: str | Path) -> tuple[int, int]:
+    """Cheap check that ``path`` is an image Pillow can open (header only); returns ``(width, height)``.
+
+    Raises:
+        DataError: missing file or not an image (names the file). A file whose header is fine but
+            whose data is truncated is only caught when :func:`read_image_file` decodes it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+
+
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 ``(x / 255 - mean) / std`` (SPEC §3)."""
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0  # (3, H, W), a copy
@@ -531,7 +548,7 @@ def run_explain(
         for p in paths:
             if p.is_dir():
                 raise DataError(f"{p} is a folder: give image files (or --data CACHE and a split name)")
-            read_image_file(p)  # fail fast, naming the file, before any work
+            check_image_file(p)  # fail fast, naming the file, before any work
         jobs = [("file", (p, i)) for p, i in zip(paths, _unique_ids(paths), strict=True)]
     else:
         from .data.cache import load_info, load_split
