@@ -195,7 +195,7 @@ def read_image(path: Path, draft_size: int | None = None) -> np.ndarray:
                 if min(im.size) < min(draft_size, full_w, full_h):
                     return read_image(path, None)
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
 
@@ -211,7 +211,7 @@ def read_lesion_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("L")) >= 128
+            return np.asarray(im if im.mode == "L" else im.convert("L")) >= 128
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable lesion mask ({exc})") from None
 
@@ -231,7 +231,7 @@ def read_superpixels(path: Path) -> np.ndarray:
             im.load()
             if im.mode not in ("RGB", "RGBA", "P"):
                 raise DataError(f"{path}: superpixel map must be an RGB PNG, got mode {im.mode}")
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable superpixel map ({exc})") from None
     return decode_superpixels(rgb)
