@@ -469,3 +469,10 @@ def test_pixel_fraction_percentages_are_consistent(tiny_cache):
     _, info = tiny_cache
     # lesion' + skin + the 64 pixels holding a structure (16 + 16 + 0 + 32) cover every pixel once.
     assert math.isclose(sum(info["pixel_fraction"][:2]) + 64 / 1024, 1.0)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(32, 16), (48, 16), (3000, 256), (767, 256), (100, 256), (7, 3)])
+def test_nearest_indices_match_pillow(n_in, n_out):
+    row = np.arange(n_in, dtype=np.int32)[None, :].repeat(2, axis=0)  # mode "I" image of column indices
+    reference = np.asarray(Image.fromarray(row).resize((n_out, 2), Image.NEAREST))[0]
+    np.testing.assert_array_equal(cache_mod.nearest_indices(n_in, n_out), reference)

@@ -109,8 +109,11 @@ class _Processed:
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each output index for a nearest resize: ``floor((i + 0.5) * n_in / n_out)``."""
-    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+    """Source index of each output index for a nearest resize: ``floor((i + 0.5) * n_in / n_out)``.
+
+    Computed in integers (``((2i + 1) * n_in) // (2 * n_out)``), so no rounding error can move a pixel.
+    """
+    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
 
 
 def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
