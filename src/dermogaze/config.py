@@ -129,6 +129,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return float(value)
     if int in allowed and float not in allowed and not isinstance(value, int):
         raise DermogazeError(f"{source}: {key} must be an integer, got {value!r}")
+    if str in allowed and isinstance(value, bool):
+        # YAML 1.1 reads a bare on/off/yes/no as a boolean: ``model.batch_norm=off``, ``train.amp=off``.
+        return "on" if value else "off"
     if str in allowed and not isinstance(value, str):
         return str(value)
     return value
