@@ -8,6 +8,7 @@ from torch import nn
 from dermogaze.config import load_config
 from dermogaze.errors import DermogazeError
 from dermogaze.models import GazeOutput, build_model, list_models
+from dermogaze.models.decoder import conv3x3_single_output, upsample_conv3x3
 
 TINY = 0.125  # 8/16/32/64 channels instead of 64/128/256/512
 VARIANTS = ["vgg", "vgg_gap", "vgg_attconvlstm", "vgg_attconvlstm_gap", "deco_gap_3", "deco_gap_5", "deco_gap_17"]
@@ -146,6 +147,14 @@ def test_parameter_groups_partition_the_trainable_parameters():
             assert groups["attention"] == []
 
 
+def plain_block(block, x):
+    """A decoder block the plain way: upsample, then every layer as a module (nn.Conv2d included)."""
+    x = F.interpolate(x, scale_factor=2, mode="nearest")
+    for layer in block:
+        x = layer(x)
+    return x
+
+
 def reference_decoder(decoder, hidden, skips, skip):
     """The decoder written as T separate passes (Fig. 3), from its own layers."""
     masks, classes = [], []
@@ -156,7 +165,7 @@ def reference_decoder(decoder, hidden, skips, skip):
                 x = (x + s) / 2
             up = F.interpolate(x, scale_factor=2, mode="nearest")
             pools.append(up.mean(dim=(2, 3)))  # GAP before the block (after the upsampling)
-            x = block(up)
+            x = plain_block(block, x)
         masks.append(x[:, 0])
         classes.append(decoder.classifier(torch.cat(pools, dim=1)))
     return torch.stack(masks, dim=1), torch.stack(classes, dim=1)
@@ -176,6 +185,25 @@ def test_batched_decoder_equals_one_pass_per_step(skip):
     model.decoder.skip = not skip
     with torch.no_grad():
         assert not torch.allclose(model.decoder(hidden, skips)[0], masks)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(8, 4), (5, 1)])
+def test_fast_decoder_convolutions_equal_the_plain_ones(n_in, n_out):
+    """Upsampling folded into the conv, and the one-channel conv: same values and gradients as the plain ops."""
+    torch.manual_seed(0)
+    x = torch.randn(3, n_in, 6, 7, requires_grad=True)
+    w = torch.randn(n_out, n_in, 3, 3, requires_grad=True)
+    b = torch.randn(n_out, requires_grad=True)
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    cases = [(upsample_conv3x3(x, w, b), F.conv2d(up, w, b, padding=1))]
+    if n_out == 1:
+        cases.append((conv3x3_single_output(up, w, b), F.conv2d(up, w, b, padding=1)))
+    for got, want in cases:
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(want)
+        for dg, dw in zip(torch.autograd.grad(got, (x, w, b), g), torch.autograd.grad(want, (x, w, b), g), strict=True):
+            torch.testing.assert_close(dg, dw, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["deco_gap_3", "deco_gap_17"])

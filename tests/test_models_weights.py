@@ -165,12 +165,15 @@ def test_paper_configuration_parameter_count_and_layer_plan():
         "diagnosis VGG blocks 4-5": PAPER_BLOCKS_4_5,
         "diagnosis top": PAPER_DIAGNOSIS_TOP,
     }
-    # One forward at 224 px: shapes, and each decoder conv's (channels in, channels out, input size).
+    # One forward at 224 px: shapes, and each decoder conv's (channels in, channels out, resolution);
+    # a block works at twice the size of its input (×2 upsampling first).
     plan = []
-    hooks = [
-        m.register_forward_hook(lambda m, i, o: plan.append((m.in_channels, m.out_channels, i[0].shape[-1])))
-        for m in model.decoder.blocks.modules() if isinstance(m, nn.Conv2d)
-    ]
+
+    def record(block, inputs, output):
+        assert output.shape[-1] == 2 * inputs[0].shape[-1]
+        plan.extend((m.in_channels, m.out_channels, output.shape[-1]) for m in block if isinstance(m, nn.Conv2d))
+
+    hooks = [block.register_forward_hook(record) for block in model.decoder.blocks]
     with torch.no_grad():
         out = model(torch.randn(1, 3, 224, 224))
     for h in hooks:

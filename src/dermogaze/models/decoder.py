@@ -28,8 +28,11 @@ Decisions where SPEC §4 and the paper are silent:
 * Conv biases are kept (as in torchvision's VGG); BN is trainable here even when the VGG parts
   have ``batch_norm="frozen"`` (there are no ImageNet statistics for a decoder). With
   ``batch_norm=False`` the BN layers are absent.
-* Speed (issue 6): the decoder runs ONCE on all ``T`` steps as one batch of ``T*B`` maps
-  (step-major), not ``T`` times; the skip maps are broadcast over the steps, never copied.
+* Speed (issue 6), all exact: the decoder runs ONCE on all ``T`` steps as one batch of ``T*B``
+  maps (step-major), not ``T`` times; the skip maps are broadcast over the steps, never copied;
+  each upsampling is folded into the next convolution (a stride-2 transposed convolution with
+  16/36 of the multiply-adds, :func:`upsample_conv3x3`); the one-channel mask convolution avoids
+  oneDNN's slow single-output path (:func:`conv3x3_single_output`).
 """
 
 from __future__ import annotations
@@ -46,18 +49,88 @@ from ..structures import NUM_STRUCTURES
 CONVS_PER_BLOCK: tuple[int, ...] = (3, 2, 2)
 
 
-def _block(c_in: int, c_out: int, n_convs: int, batch_norm: bool, last: bool) -> nn.Sequential:
-    """``n_convs`` 3×3 convs: ``c_in → c_in`` then ``c_in → c_out``; BN + ReLU after each except a bare last."""
-    layers: list[nn.Module] = []
-    for j in range(n_convs):
-        out = c_out if j == n_convs - 1 else c_in
-        layers.append(nn.Conv2d(c_in, out, kernel_size=3, padding=1))
-        if last and j == n_convs - 1:
-            break
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+#: Nearest ×2 upsampling followed by a 3-tap filter ``(w0, w1, w2)`` (zero padding 1) equals a stride-2
+#: transposed filter of 4 taps: input cell ``m`` reaches outputs ``2m-1 .. 2m+2`` with weights
+#: ``(w2, w1+w2, w0+w1, w0)``. Row ``k`` of this matrix gives tap ``k`` from ``(w0, w1, w2)``.
+_UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``conv3x3(nearest_upsample_x2(x))`` (padding 1) computed as one stride-2 transposed convolution.
+
+    Exact up to float rounding, with 16 instead of 36 multiply-adds per input cell and output channel
+    pair (4 output cells × 9 taps), and without materialising (or storing for backward) the
+    upsampled map. The 4×4 transposed kernel is derived from the 3×3 weight at every call, so
+    gradients reach ``weight`` as usual.
+
+    Args:
+        x: ``(N, C, h, w)``.
+        weight: ``(O, C, 3, 3)`` of the convolution applied after the upsampling.
+        bias: ``(O,)`` or ``None``.
+
+    Returns:
+        ``(N, O, 2h, 2w)``.
+    """
+    taps = torch.tensor(_UPSAMPLE_TAPS, dtype=weight.dtype, device=weight.device)  # (4, 3)
+    kernel = torch.einsum("ki,lj,ocij->cokl", taps, taps, weight)  # (C, O, 4, 4), transposed-conv layout
+    return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
+
+
+def conv3x3_single_output(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 3×3 convolution (padding 1) with ONE output channel, as a 1×1 convolution to 9 maps + 9 shifts.
+
+    oneDNN handles one output channel poorly (a few GFLOP/s on CPU); projecting onto the 9 taps
+    first (a matrix product) and adding the 9 shifted maps gives the same result several times
+    faster, forward and backward.
+
+    Args:
+        x: ``(N, C, H, W)``; weight: ``(1, C, 3, 3)``; bias: ``(1,)`` or ``None``.
+
+    Returns:
+        ``(N, 1, H, W)``.
+    """
+    n, c, h, w = x.shape
+    per_tap = weight[0].permute(1, 2, 0).reshape(9, c, 1, 1)  # (C, 3, 3) -> (9 taps, C, 1, 1), row-major taps
+    z = F.pad(F.conv2d(x, per_tap), (1, 1, 1, 1))  # (N, 9, H+2, W+2)
+    out = z[:, 0:1, 0:h, 0:w]
+    for k in range(1, 9):
+        dy, dx = divmod(k, 3)
+        out = out + z[:, k : k + 1, dy : dy + h, dx : dx + w]
+    return out if bias is None else out + bias.view(1, 1, 1, 1)
+
+
+class DecoderBlock(nn.Sequential):
+    """×2 nearest upsampling, then ``n`` conv 3×3 (+ BN + ReLU, except a bare last conv of the last block).
+
+    The layers are ordinary modules (so parameters and state dict are those of the plain block);
+    :meth:`forward` evaluates the same function faster: the upsampling is folded into the first
+    convolution (:func:`upsample_conv3x3`) and a one-channel conv uses :func:`conv3x3_single_output`.
+
+    Shape:
+        ``(N, c_in, h, w) -> (N, c_out, 2h, 2w)``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, n_convs: int, batch_norm: bool, last: bool):
+        layers: list[nn.Module] = []
+        for j in range(n_convs):
+            out = c_out if j == n_convs - 1 else c_in
+            layers.append(nn.Conv2d(c_in, out, kernel_size=3, padding=1))
+            if last and j == n_convs - 1:
+                break
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        for i, layer in enumerate(self):
+            if i == 0:
+                x = upsample_conv3x3(x, layer.weight, layer.bias)
+            elif isinstance(layer, nn.Conv2d) and layer.out_channels == 1:
+                x = conv3x3_single_output(x, layer.weight, layer.bias)
+            else:
+                x = layer(x)
+        return x
 
 
 class StructureClassifier(nn.Module):
@@ -115,7 +188,7 @@ class StructureDecoder(nn.Module):
         self.skip = skip
         self.batch_norm = batch_norm
         self.blocks = nn.ModuleList(
-            _block(c_in, c_out, n, batch_norm, last=(k == len(levels) - 1))
+            DecoderBlock(c_in, c_out, n, batch_norm, last=(k == len(levels) - 1))
             for k, (c_in, c_out, n) in enumerate(zip(levels, outs, CONVS_PER_BLOCK, strict=True))
         )
         self.classifier = StructureClassifier(sum(levels), num_structures)
@@ -139,7 +212,7 @@ class StructureDecoder(nn.Module):
                 # (T, B, c, h', w') + (B, c, h', w') broadcast over T -> (T*B, c, h', w')
                 x = (x.unflatten(0, (steps, batch)) + skip).mul_(0.5).flatten(0, 1)
             pools.append(x.mean(dim=(2, 3)))  # GAP before the block (T*B, c)
-            x = block(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x = block(x)  # ×2 nearest upsampling (folded into the first conv) and the block
         # (T*B, 1, H, W) -> (T, B, H, W) -> (B, T, H, W)
         mask_logits = x[:, 0].unflatten(0, (steps, batch)).transpose(0, 1).contiguous()
         structure = self.classifier(torch.cat(pools, dim=1))  # (T*B, 448) -> (T*B, 6)
