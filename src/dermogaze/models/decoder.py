@@ -55,7 +55,7 @@ CONVS_PER_BLOCK: tuple[int, ...] = (3, 2, 2)
 _UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 
 
-def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, taps: Tensor | None = None) -> Tensor:
     """``conv3x3(nearest_upsample_x2(x))`` (padding 1) computed as one stride-2 transposed convolution.
 
     Exact up to float rounding, with 16 instead of 36 multiply-adds per input cell and output channel
@@ -67,11 +67,14 @@ def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         x: ``(N, C, h, w)``.
         weight: ``(O, C, 3, 3)`` of the convolution applied after the upsampling.
         bias: ``(O,)`` or ``None``.
+        taps: :data:`_UPSAMPLE_TAPS` as a ``(4, 3)`` tensor on the weight's device (made if ``None``).
 
     Returns:
         ``(N, O, 2h, 2w)``.
     """
-    taps = torch.tensor(_UPSAMPLE_TAPS, dtype=weight.dtype, device=weight.device)  # (4, 3)
+    if taps is None:
+        taps = torch.tensor(_UPSAMPLE_TAPS, device=weight.device)
+    taps = taps.to(weight.dtype)  # (4, 3)
     kernel = torch.einsum("ki,lj,ocij->cokl", taps, taps, weight)  # (C, O, 4, 4), transposed-conv layout
     return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
 
@@ -121,11 +124,12 @@ class DecoderBlock(nn.Sequential):
                 layers.append(nn.BatchNorm2d(out))
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+        self.register_buffer("upsample_taps", torch.tensor(_UPSAMPLE_TAPS), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         for i, layer in enumerate(self):
             if i == 0:
-                x = upsample_conv3x3(x, layer.weight, layer.bias)
+                x = upsample_conv3x3(x, layer.weight, layer.bias, self.upsample_taps)
             elif isinstance(layer, nn.Conv2d) and layer.out_channels == 1:
                 x = conv3x3_single_output(x, layer.weight, layer.bias)
             else:
