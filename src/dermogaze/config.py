@@ -127,6 +127,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise DermogazeError(f"{source}: {key} must be true or false, got {value!r}")
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if float in allowed and str not in allowed and isinstance(value, str):
+        # YAML 1.1 reads ``1e-4`` (no dot) as a string: ``-o train.lr_encoder=1e-4`` must still work.
+        try:
+            return float(value)
+        except ValueError:
+            raise DermogazeError(f"{source}: {key} must be a number, got {value!r}") from None
     if int in allowed and float not in allowed and not isinstance(value, int):
         raise DermogazeError(f"{source}: {key} must be an integer, got {value!r}")
     if str in allowed and isinstance(value, bool):
