@@ -119,3 +119,55 @@ def realdata_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real ISIC files not found at {path} (see shared/realdata/README.md)")
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipeline fixtures (train / evaluate / demo / distributed tests): a small synthetic dataset and a
+# tiny trained run, each created once per session.
+# ----------------------------------------------------------------------------------------------
+
+#: The synthetic dataset of the pipeline tests: tiny, so that it is written and prepared in seconds.
+PIPELINE_COUNTS = {"Training": 24, "Validation": 8, "Test_v2": 8}
+PIPELINE_IMAGE_SIZE = (64, 48)  # (width, height) of the written JPEGs
+PIPELINE_CACHE_SIZE = 40  # prepared size; configs/tiny.yaml center-crops 32 px
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny synthetic ISIC 2017 folder and its prepared cache (24/8/8 images), created once per session.
+
+    Returns:
+        ``{"isic": folder in the official layout, "cache": prepared cache folder}``.
+    """
+    from dermogaze.data.cache import prepare
+    from dermogaze.data.synth import write_synthetic_isic
+
+    root = tmp_path_factory.mktemp("pipeline_data")
+    isic = write_synthetic_isic(
+        root / "isic", counts=PIPELINE_COUNTS, image_size=PIPELINE_IMAGE_SIZE, seed=0, progress=False
+    )
+    cache = root / "cache"
+    prepare(isic, cache, size=PIPELINE_CACHE_SIZE, progress=False)
+    return {"isic": Path(isic), "cache": cache}
+
+
+@pytest.fixture(scope="session")
+def pipeline_cache(pipeline_data: dict[str, Path]) -> Path:
+    """The prepared cache of :func:`pipeline_data` (splits ``train``/``val``/``test``)."""
+    return pipeline_data["cache"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_tiny_run(pipeline_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-epoch run of ``configs/tiny.yaml`` on :func:`pipeline_cache`, trained once.
+
+    Returns:
+        The run folder (``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``).
+    """
+    from dermogaze.config import load_config
+    from dermogaze.engine import train
+
+    cfg = load_config("tiny", [f"data.cache={pipeline_cache}"])
+    run = tmp_path_factory.mktemp("pipeline_runs") / "tiny"
+    train(cfg, run, progress=False)
+    return run

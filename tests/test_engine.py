@@ -1,0 +1,374 @@
+"""Training engine: checkpoints, exact resume, optimiser recipe, reproducibility pieces, evaluation outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import pickle
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from dermogaze.config import load_config
+from dermogaze.errors import DataError, DermogazeError
+from dermogaze.structures import STRUCTURES
+
+
+def _rows(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock time."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and resume
+# --------------------------------------------------------------------------------------------
+def test_resumed_run_reproduces_the_uninterrupted_run(pipeline_cache, pipeline_tiny_run, tmp_path):
+    from dermogaze.engine import load_checkpoint, train
+
+    run = tmp_path / "interrupted"
+    first = train(load_config("tiny", [f"data.cache={pipeline_cache}", "train.epochs=1"]), run, progress=False)
+    assert first["epochs"] == 1 and len(_rows(run)) == 1
+    after_one = load_checkpoint(run / "last.pt")
+    assert after_one["epoch"] == 1
+
+    train(load_config("tiny", [f"data.cache={pipeline_cache}"]), run, resume=True, progress=False)
+
+    reference = _rows(pipeline_tiny_run)
+    assert len(reference) == 2
+    assert _rows(run) == reference  # both epochs' train/val loss terms and AUC, exactly
+    a, b = load_checkpoint(pipeline_tiny_run / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
+    # The second epoch really changed the weights (the comparison above is not between two copies of epoch 1).
+    changed = [k for k in a["model"] if a["model"][k].is_floating_point() and
+               not torch.equal(a["model"][k], after_one["model"][k])]  # fmt: skip
+    assert changed
+    # Adam's moments continue too.
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert sa["step"] == sb["step"]
+        torch.testing.assert_close(sb["exp_avg"], sa["exp_avg"], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_contents(pipeline_cache, pipeline_tiny_run):
+    from dermogaze.data.cache import load_info
+    from dermogaze.engine import CHECKPOINT_KEYS, load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(pipeline_tiny_run / "best.pt")
+    assert set(CHECKPOINT_KEYS) <= set(ckpt)
+    info = load_info(pipeline_cache)
+    assert ckpt["mean"] == pytest.approx(info["mean"]) and ckpt["std"] == pytest.approx(info["std"])
+    assert ckpt["structures"] == list(STRUCTURES)
+    assert ckpt["variant"] == "deco_gap_3" and ckpt["image_size"] == 32
+    cfg = load_config("tiny", [f"data.cache={pipeline_cache}"])
+    assert ckpt["config"] == cfg.to_dict()
+    assert ckpt["config"] == json.loads(json.dumps(ckpt["config"]))  # plain data
+    # best.pt is the epoch of lowest validation loss in metrics.jsonl.
+    rows = _rows(pipeline_tiny_run)
+    assert ckpt["epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
+    assert ckpt["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in rows))
+    model = model_from_checkpoint(ckpt)
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    # The resolved config is also in the run folder.
+    assert (pipeline_tiny_run / "config.yaml").is_file()
+    assert load_config(pipeline_tiny_run / "config.yaml").to_dict() == cfg.to_dict()
+
+
+def test_truncated_checkpoint_is_a_clear_error(pipeline_tiny_run, tmp_path):
+    from dermogaze.engine import load_checkpoint
+
+    data = (pipeline_tiny_run / "last.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DermogazeError, match=r"truncated\.pt.*truncated or corrupt"):
+        load_checkpoint(bad)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(DermogazeError, match="empty.pt"):
+        load_checkpoint(empty)
+    with pytest.raises(DermogazeError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_foreign_files_are_refused(tmp_path):
+    from dermogaze.engine import load_checkpoint
+
+    weights = tmp_path / "state_dict.pt"
+    torch.save({"features.0.weight": torch.zeros(2)}, weights)  # a plain state dict, not a run's checkpoint
+    with pytest.raises(DermogazeError, match="not a dermogaze checkpoint"):
+        load_checkpoint(weights)
+    pickled = tmp_path / "object.pt"
+    with open(pickled, "wb") as f:
+        pickle.dump({"format": "dermogaze-checkpoint", "x": Path("/")}, f, protocol=2)  # weights_only refuses a Path
+    with pytest.raises(DermogazeError, match="object.pt"):
+        load_checkpoint(pickled)
+
+
+def test_model_from_checkpoint_refuses_other_variants(pipeline_tiny_run):
+    from dermogaze.engine import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(pipeline_tiny_run / "best.pt")
+    with pytest.raises(DermogazeError, match="holds a 'deco_gap_3' model, not 'vgg_gap'"):
+        model_from_checkpoint(ckpt, variant="vgg_gap")
+    # A checkpoint that names another variant than its weights belong to (files mixed up by hand).
+    forged = dict(ckpt, variant="deco_gap_17")
+    with pytest.raises(DermogazeError, match="do not fit its 'deco_gap_17' model"):
+        model_from_checkpoint(forged)
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    from dermogaze.engine import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"a": torch.ones(3)})
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"a": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser recipe and run-level checks
+# --------------------------------------------------------------------------------------------
+def _tiny_model(**overrides):
+    from dermogaze.models import build_model
+
+    return build_model("deco_gap_3", width=0.125, image_size=32, steps=2, batch_norm="on", **overrides)
+
+
+def test_optimizer_follows_the_paper_recipe():
+    from dermogaze.engine import build_optimizer
+
+    torch.manual_seed(0)
+    model = _tiny_model()
+    cfg = load_config(None, ["train.lr_encoder=1e-4"])
+    opt = build_optimizer(model, cfg)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert {k: g["lr"] for k, g in groups.items()} == {"encoder": 1e-4, "attention": 1e-2, "branches": 1e-4}
+    for g in groups.values():
+        assert g["betas"] == (0.92, 0.96) and g["weight_decay"] == 1e-6
+    expected = model.parameter_groups()
+    for name, g in groups.items():
+        assert [id(p) for p in g["params"]] == [id(p) for p in expected[name]]
+    assert sum(len(g["params"]) for g in groups.values()) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_lr_zero_groups_are_frozen_and_left_out():
+    from dermogaze.engine import build_optimizer
+
+    model = _tiny_model()
+    attention = list(model.attention.parameters())
+    cfg = load_config(None, ["train.lr_encoder=1e-4", "train.lr_attention=0"])
+    opt = build_optimizer(model, cfg)
+    assert [g["name"] for g in opt.param_groups] == ["encoder", "branches"]
+    assert not any(p.requires_grad for p in attention)
+
+    # The paper's frozen encoder (lr 0) needs pretrained weights; the model is frozen through freeze_encoder.
+    model = _tiny_model()
+    cfg = load_config(None, ["model.weights=some/vgg16_bn.pth"])
+    opt = build_optimizer(model, cfg)
+    assert [g["name"] for g in opt.param_groups] == ["attention", "branches"]
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_frozen_random_encoder_is_refused():
+    from dermogaze.engine import build_optimizer
+
+    with pytest.raises(DermogazeError, match=r"-o train\.lr_encoder=1e-4"):
+        build_optimizer(_tiny_model(), load_config(None, []))  # paper recipe (lr_encoder 0), no weights
+
+
+def test_train_refuses_to_overwrite_a_run(pipeline_cache, pipeline_tiny_run):
+    from dermogaze.engine import train
+
+    before = (pipeline_tiny_run / "metrics.jsonl").read_text()
+    with pytest.raises(DermogazeError, match="--resume"):
+        train(load_config("tiny", [f"data.cache={pipeline_cache}"]), pipeline_tiny_run, progress=False)
+    assert (pipeline_tiny_run / "metrics.jsonl").read_text() == before
+
+
+def test_variants_with_a_decoder_refuse_a_cache_without_masks(pipeline_data, tmp_path):
+    from dermogaze.data.cache import load_info, prepare
+    from dermogaze.engine import train
+
+    isic = tmp_path / "isic"
+    shutil.copytree(pipeline_data["isic"], isic)
+    for folder in isic.glob("*_Part[12]_GroundTruth"):
+        shutil.rmtree(folder)
+    cache = tmp_path / "cache"
+    prepare(isic, cache, size=40, progress=False)
+    assert load_info(cache)["has_masks"] is False
+    with pytest.raises(DataError, match="no structure masks"):
+        train(load_config("tiny", [f"data.cache={cache}"]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_image_size_larger_than_the_cache_is_refused(pipeline_cache, tmp_path):
+    from dermogaze.engine import train
+
+    cfg = load_config("tiny", [f"data.cache={pipeline_cache}", "model.image_size=64"])
+    with pytest.raises(DataError, match="40 px"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducibility pieces
+# --------------------------------------------------------------------------------------------
+class _RandomItems(Dataset):
+    """Each item draws from the three global generators, like a random augmentation does."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i):
+        return (float(torch.rand(())), float(np.random.rand()), random.random())
+
+
+def test_epoch_seeded_items_depend_only_on_seed_epoch_and_index():
+    from dermogaze.engine import EpochSeededDataset
+
+    ds = EpochSeededDataset(_RandomItems(), seed=3)
+    ds.set_epoch(1)
+    forward = [ds[i] for i in range(6)]
+    torch.manual_seed(123)
+    np.random.seed(7)
+    backward = [ds[i] for i in reversed(range(6))][::-1]
+    assert forward == backward  # neither the order nor the global state matters
+    assert len(set(forward)) == 6  # items differ from each other
+    ds.set_epoch(2)
+    assert all(a != b for a, b in zip(forward, [ds[i] for i in range(6)], strict=True))
+    # The wrapper leaves the global generators where they were.
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    ds[0]
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_epoch_seeded_items_do_not_depend_on_loader_workers():
+    from dermogaze.engine import EpochSeededDataset
+
+    ds = EpochSeededDataset(_RandomItems(), seed=0)
+    ds.set_epoch(4)
+    single = [tuple(float(v) for v in row) for b in DataLoader(ds, batch_size=2) for row in zip(*b, strict=True)]
+    multi = [
+        tuple(float(v) for v in row)
+        for b in DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork")
+        for row in zip(*b, strict=True)
+    ]
+    assert single == multi
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    from dermogaze.engine import get_rng_state, set_rng_state
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    state = get_rng_state()
+    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.standard_normal())
+    torch.save({"rng": state}, tmp_path / "rng.pt")
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.standard_normal())
+    assert torch.equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and got[3] == expected[3]
+
+
+@pytest.mark.parametrize("n", [24, 26])
+def test_distributed_shards_make_up_the_single_process_batches(n):
+    """With N ranks of batch b, global batch k is single-process batch k of size N*b (engine docstring)."""
+    world, per_rank, epoch = 2, 2, 3
+    single = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=0)
+    single.set_epoch(epoch)
+    order = list(single)
+    shards = []
+    for rank in range(world):
+        s = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=0)
+        s.set_epoch(epoch)
+        shards.append(list(s))
+    steps = len(shards[0]) // per_rank
+    for k in range(steps):
+        ranks = [set(sh[k * per_rank : (k + 1) * per_rank]) for sh in shards]
+        padded = order + order[: (-n) % world]  # DistributedSampler repeats the first samples to pad
+        assert set().union(*ranks) == set(padded[k * world * per_rank : (k + 1) * world * per_rank])
+
+
+def test_shard_sampler_covers_each_index_once():
+    from dermogaze.engine import ShardSampler
+
+    shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11))
+
+
+def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
+    import contextlib
+
+    from dermogaze.engine import autocast_factory
+
+    with caplog.at_level(logging.WARNING, logger="dermogaze.engine"):
+        factory = autocast_factory(torch.device("cpu"), "bf16")
+    assert factory is contextlib.nullcontext
+    assert "float32" in caplog.text
+    with pytest.raises(DermogazeError, match="fp8"):
+        autocast_factory(torch.device("cpu"), "fp8")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+def test_evaluate_checkpoint_writes_metrics_predictions_and_figures(pipeline_cache, pipeline_tiny_run, tmp_path):
+    from dermogaze.data.dataset import DermoscopyDataset
+    from dermogaze.engine import evaluate_checkpoint, load_checkpoint, model_from_checkpoint
+
+    result = evaluate_checkpoint(pipeline_tiny_run / "best.pt", pipeline_cache, "test", tmp_path, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["confusion_matrix.png", "metrics.json", "predictions.csv", "roc.png"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["info"]["split"] == "test" and metrics["n_images"] == 8
+    assert {"diagnosis", "structures", "superpixel_auc"} <= set(metrics)
+
+    # Independent forward pass: the same probabilities, the AUC that scikit-learn gives on them.
+    model = model_from_checkpoint(load_checkpoint(pipeline_tiny_run / "best.pt"))
+    ds = DermoscopyDataset(pipeline_cache, "test", image_size=32)
+    with torch.no_grad():
+        images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+        probs = model(images).melanoma_prob.numpy()
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image_id", "melanoma", "label"]
+    assert [r["image_id"] for r in rows] == ds.ids
+    np.testing.assert_allclose([float(r["melanoma"]) for r in rows], probs, atol=2e-6)
+    assert [int(r["label"]) for r in rows] == ds.labels.tolist()
+    assert metrics["diagnosis"]["auc"] == pytest.approx(roc_auc_score(ds.labels, probs))
+    assert result["metrics"]["diagnosis"]["n"] == 8
+
+
+def test_evaluate_refuses_a_cache_smaller_than_the_model_input(pipeline_data, pipeline_tiny_run, tmp_path):
+    from dermogaze.data.cache import prepare
+    from dermogaze.engine import evaluate_checkpoint
+
+    small = tmp_path / "cache24"
+    prepare(pipeline_data["isic"], small, size=24, progress=False)
+    with pytest.raises(DataError, match="24 px images but the model .* takes 32 px"):
+        evaluate_checkpoint(pipeline_tiny_run / "best.pt", small, "test", tmp_path / "out", progress=False)
