@@ -108,6 +108,8 @@ class DecoderBlock(nn.Sequential):
     The layers are ordinary modules (so parameters and state dict are those of the plain block);
     :meth:`forward` evaluates the same function faster: the upsampling is folded into the first
     convolution (:func:`upsample_conv3x3`) and a one-channel conv uses :func:`conv3x3_single_output`.
+    Those two convolutions are evaluated from their modules' weights, so forward hooks registered on
+    those ``nn.Conv2d`` modules do not fire (hook the block instead).
 
     Shape:
         ``(N, c_in, h, w) -> (N, c_out, 2h, 2w)``.
