@@ -9,6 +9,15 @@ from dermogaze.models.attention import AttentiveConvLSTM
 C, H, W, B = 6, 5, 7, 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscribed shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def conv(x, w, b=None):
     return F.conv2d(x, w, b, padding=1)
 

@@ -16,6 +16,15 @@ WITH_ATTENTION = {"vgg_attconvlstm", "vgg_attconvlstm_gap", "deco_gap_3", "deco_
 WITH_DECODER = {"deco_gap_3", "deco_gap_5", "deco_gap_17"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscribed shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny(name, **kw):
     torch.manual_seed(0)
     return build_model(name, **{"width": TINY, "image_size": 32, "steps": 2, **kw})

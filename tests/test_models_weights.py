@@ -14,6 +14,15 @@ from dermogaze.models.diagnosis import DiagnosisBranch
 from dermogaze.models.encoder import VGGEncoder
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: immune to oversubscribed shared cores (the largest case is a single 224 px forward)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def torchvision_vgg():
     torch.manual_seed(0)
