@@ -120,7 +120,7 @@ def test_model_from_checkpoint_refuses_other_variants(pipeline_tiny_run):
     from dermogaze.engine import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(pipeline_tiny_run / "best.pt")
-    with pytest.raises(DermogazeError, match="holds a 'deco_gap_3' model, not 'vgg_gap'"):
+    with pytest.raises(DermogazeError, match="best.pt holds a 'deco_gap_3' model, not 'vgg_gap'"):
         model_from_checkpoint(ckpt, variant="vgg_gap")
     # A checkpoint that names another variant than its weights belong to (files mixed up by hand).
     forged = dict(ckpt, variant="deco_gap_17")

@@ -376,7 +376,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         map_location: where to put its tensors.
 
     Returns:
-        The checkpoint dict.
+        The checkpoint dict, plus ``path`` (the file it was read from).
 
     Raises:
         DermogazeError: the file is missing, truncated/corrupt, holds objects a weights-only load
@@ -407,6 +407,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise DermogazeError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    ckpt["path"] = str(path)  # where it was read from (for messages; not part of the saved file)
     return ckpt
 
 
@@ -428,8 +429,9 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], *, variant: str | None = None
     from .models import build_model
 
     name = ckpt["variant"]
+    where = ckpt.get("path", "the checkpoint")
     if variant is not None and variant != name:
-        raise DermogazeError(f"the checkpoint holds a {name!r} model, not {variant!r}")
+        raise DermogazeError(f"{where} holds a {name!r} model, not {variant!r}")
     kwargs = dict(ckpt.get("model_kwargs") or _model_overrides(Config.from_dict(ckpt["config"])))
     kwargs["weights"] = None  # the checkpoint holds every weight: never fetch ImageNet ones
     try:
@@ -437,14 +439,14 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], *, variant: str | None = None
     except DermogazeError:
         raise
     except (KeyError, ValueError, TypeError) as exc:
-        raise DermogazeError(f"cannot rebuild the {name!r} model of the checkpoint: {exc}") from None
+        raise DermogazeError(f"cannot rebuild the {name!r} model of {where}: {exc}") from None
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise DermogazeError(
-            f"the checkpoint's weights do not fit its {name!r} model (a checkpoint of another variant or width?): "
+            f"the weights in {where} do not fit its {name!r} model (a checkpoint of another variant or width?): "
             f"{detail[:300]}"
         ) from None
     model.eval()

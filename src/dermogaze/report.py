@@ -1,0 +1,353 @@
+"""The one-command demo (``dermogaze demo``) and the Markdown report it writes.
+
+:func:`run_demo` runs the whole pipeline on the built-in synthetic dataset: synthesise it
+(:func:`dermogaze.data.synth.write_synthetic_isic`), prepare it (:func:`dermogaze.data.cache.prepare`),
+train ``configs/demo.yaml`` (:func:`dermogaze.engine.train`), evaluate the best checkpoint on the
+test split (:func:`dermogaze.engine.evaluate_checkpoint`), explain a few test images
+(:func:`dermogaze.explain.run_explain`) and write ``OUT/report.md`` (:func:`write_report`)::
+
+    OUT/data/isic/           the synthetic dataset, in the ISIC 2017 layout
+    OUT/data/cache/          its prepared cache
+    OUT/data/demo_data.json  what the data was made with (a re-run with the same recipe reuses it)
+    OUT/train/               the run folder: config.yaml, metrics.jsonl, last.pt, best.pt
+    OUT/eval/                metrics.json, predictions.csv, confusion_matrix.png, roc.png
+    OUT/explain/             <id>.json, <id>_gazes.png, <id>_masks.png for a few test images
+    OUT/training_curves.png  loss terms and validation AUC/AP per epoch
+    OUT/report.md            all of the above on one page (relative links)
+
+Decisions: a re-run reuses the synthetic data and cache when ``demo_data.json`` matches the recipe
+and the cache loads (synthesis is the slow part), but always retrains. ``--fast`` is a smoke run
+(fewer images, two epochs): it exercises every stage but is not expected to reach the floors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import DermogazeError
+
+logger = logging.getLogger(__name__)
+
+#: The synthetic dataset of the demo: official split → images; pictures of (width, height);
+#: prepared at ``cache_size`` and center-cropped to the demo's 64 px input (the paper's 224/256 ratio).
+DEMO_DATA: dict[str, Any] = {
+    "counts": {"Training": 320, "Validation": 80, "Test_v2": 160},
+    "image_size": [128, 96],
+    "seed": 0,
+    "cache_size": 72,
+}
+#: ``--fast``: the same recipe on fewer images, and fewer epochs.
+FAST_DATA: dict[str, Any] = {**DEMO_DATA, "counts": {"Training": 96, "Validation": 32, "Test_v2": 32}}
+FAST_OVERRIDES = ["train.epochs=2"]
+#: How many test images the demo explains.
+EXPLAIN_COUNT = 4
+#: What the demo must reach on its synthetic test split (issue 5): diagnosis AUC and the mean
+#: Jaccard of the lesion and skin structures.
+DEMO_FLOORS = {"auc": 0.80, "jaccard_lesion_skin": 0.5}
+
+
+def prepare_demo_data(data_dir: str | Path, recipe: Mapping[str, Any], *, progress: bool = True) -> Path:
+    """Synthesise and prepare the demo dataset, or reuse it when it matches ``recipe``.
+
+    Args:
+        data_dir: ``OUT/data``.
+        recipe: :data:`DEMO_DATA` or :data:`FAST_DATA`.
+        progress: show progress bars.
+
+    Returns:
+        The prepared cache folder.
+    """
+    from .data.cache import load_info, prepare
+    from .data.synth import write_synthetic_isic
+
+    data_dir = Path(data_dir)
+    stamp_path = data_dir / "demo_data.json"
+    cache = data_dir / "cache"
+    stamp = {**recipe, "dermogaze_version": __version__}
+    if stamp_path.is_file():
+        try:
+            same = json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))
+            info = load_info(cache) if same else None
+        except (ValueError, DermogazeError):
+            same, info = False, None
+        if same and info is not None:
+            logger.info("reusing the synthetic dataset and cache in %s", data_dir)
+            return cache
+    stamp_path.unlink(missing_ok=True)
+    isic = write_synthetic_isic(
+        data_dir / "isic",
+        counts=recipe["counts"],
+        image_size=tuple(recipe["image_size"]),
+        seed=recipe["seed"],
+        progress=progress,
+    )
+    prepare(isic, cache, size=recipe["cache_size"], progress=progress)
+    tmp = stamp_path.with_name(stamp_path.name + ".tmp")
+    tmp.write_text(json.dumps(stamp, indent=2) + "\n")
+    os.replace(tmp, stamp_path)
+    return cache
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    *,
+    fast: bool = False,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Run the whole pipeline on the synthetic dataset and write ``OUT/report.md``.
+
+    Args:
+        out_dir: output folder (see the module docstring for its layout).
+        fast: smaller and shorter (a smoke run).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        workers: data-loader workers.
+        progress: show progress bars.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    from .config import load_config
+    from .engine import evaluate_checkpoint, train
+    from .explain import run_explain
+    from .plots import plot_training_curves
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = FAST_DATA if fast else DEMO_DATA
+    timings: dict[str, float] = {}
+    start = tic = time.perf_counter()
+
+    logger.info("demo 1/4: synthetic dataset and cache in %s", out / "data")
+    cache = prepare_demo_data(out / "data", recipe, progress=progress)
+    timings["data (synthesise + prepare)"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    cfg = load_config("demo", [*(FAST_OVERRIDES if fast else [])])
+    cfg.data.cache = str(cache)
+    cfg.data.workers = workers
+    cfg.train.device = device
+    logger.info("demo 2/4: training %s (width %g, %d px, T=%d, %d epochs)", cfg.model.name, cfg.model.width,
+                cfg.model.image_size, cfg.model.steps, cfg.train.epochs)  # fmt: skip
+    summary = train(cfg, out / "train", overwrite=True, progress=progress)
+    timings["train"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    logger.info("demo 3/4: evaluating the best checkpoint on the test split")
+    best = out / "train" / "best.pt"
+    evaluation = evaluate_checkpoint(best, cache, "test", out / "eval", device=device, progress=progress)
+    timings["evaluate"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    logger.info("demo 4/4: explaining %d test images", EXPLAIN_COUNT)
+    records = run_explain(
+        best, ["test"], out / "explain", data=cache, limit=EXPLAIN_COUNT, device=device, progress=progress
+    )
+    curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
+    timings["explain + figures"] = time.perf_counter() - tic
+    timings["total"] = time.perf_counter() - start
+
+    report = write_report(
+        out,
+        metrics=evaluation["metrics"],
+        history=summary["history"],
+        records=records,
+        timings=timings,
+        config=cfg.to_dict(),
+        recipe=recipe,
+        files={
+            "curves": curves,
+            **evaluation["files"],
+            "explain_dir": out / "explain",
+            "run": out / "train",
+        },
+        fast=fast,
+    )
+    logger.info("demo finished in %.1f s", timings["total"])
+    return report
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    return Path(os.path.relpath(Path(path), base)).as_posix()
+
+
+def metrics_markdown(metrics: Mapping[str, Any]) -> str:
+    """Markdown tables of an evaluation (diagnosis, structures, per-structure Jaccard and Task 2 AUC).
+
+    Args:
+        metrics: :meth:`dermogaze.metrics.EvaluationAccumulator.compute` output.
+
+    Returns:
+        Markdown text.
+    """
+    d = metrics.get("diagnosis", {})
+    lines = [
+        f"**Diagnosis** (melanoma vs rest, {d.get('n', 0)} images, {d.get('n_pos', 0)} melanoma)",
+        "",
+        "| AUC | AP | sensitivity | specificity | accuracy |",
+        "|---|---|---|---|---|",
+        f"| {_fmt(d.get('auc'))} | {_fmt(d.get('ap'))} | {_fmt(d.get('sensitivity'))} | "
+        f"{_fmt(d.get('specificity'))} | {_fmt(d.get('accuracy'))} |",
+    ]
+    s = metrics.get("structures")
+    if s:
+        sp = metrics.get("superpixel_auc") or {}
+        lines += [
+            "",
+            f"**Structures** ({s.get('n_images', 0)} images with ground truth)",
+            "",
+            "| mAP@IoU[.50:.95] class-aware | class-agnostic | classification accuracy | Jaccard lesion+skin "
+            "| mean Jaccard |",
+            "|---|---|---|---|---|",
+            f"| {_fmt(s.get('map_iou_class_aware'))} | {_fmt(s.get('map_iou_class_agnostic'))} | "
+            f"{_fmt(s.get('accuracy'))} | {_fmt(s.get('jaccard_lesion_skin'))} | {_fmt(s.get('jaccard_mean'))} |",
+            "",
+            "| structure | images present | Jaccard | Task 2 superpixel AUC |",
+            "|---|---|---|---|",
+        ]
+        for name, value in s.get("jaccard", {}).items():
+            task2 = _fmt(sp.get(name)) if name in sp else ""
+            lines.append(f"| {name} | {s.get('jaccard_n', {}).get(name, 0)} | {_fmt(value)} | {task2} |")
+        if sp:
+            lines.append(f"| *Task 2 mean* | | | {_fmt(sp.get('mean'))} |")
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
+    timings: Mapping[str, float],
+    config: Mapping[str, Any],
+    recipe: Mapping[str, Any],
+    files: Mapping[str, Path],
+    fast: bool = False,
+) -> Path:
+    """Write ``OUT/report.md``: timings, configuration, metrics, curves, Fig. 6, ROC and gaze figures.
+
+    Image links are relative to ``OUT``, so the folder can be moved or viewed on a code host.
+
+    Args:
+        out_dir: the demo folder (the report goes to ``out_dir/report.md``).
+        metrics: the test-split evaluation.
+        history: the training rows of ``metrics.jsonl``.
+        records: explanation records (:func:`dermogaze.explain.run_explain`).
+        timings: stage → seconds.
+        config: the resolved training configuration (``Config.to_dict()``).
+        recipe: the synthetic data recipe.
+        files: paths of ``curves``, ``roc``, ``confusion_matrix``, ``metrics``, ``predictions``,
+            ``explain_dir`` and ``run`` (those present are linked).
+        fast: the run was a ``--fast`` smoke run.
+
+    Returns:
+        The report's path.
+    """
+    out = Path(out_dir)
+    m, t = config["model"], config["train"]
+    d = metrics.get("diagnosis", {})
+    s = metrics.get("structures") or {}
+    auc, jac = d.get("auc"), s.get("jaccard_lesion_skin")
+    best = [r for r in history if r.get("best")]
+    lines = [
+        "# dermogaze demo report",
+        "",
+        "The whole pipeline on the built-in synthetic dataset (SPEC §8), written by `dermogaze demo`"
+        + (" with `--fast` (a smoke run: small data, two epochs; not expected to reach the floors)" if fast else "")
+        + ".",
+        "",
+        f"- dermogaze {__version__}; synthetic data: "
+        + ", ".join(f"{k} {v}" for k, v in recipe["counts"].items())
+        + f" images of {recipe['image_size'][0]}×{recipe['image_size'][1]} px, prepared at {recipe['cache_size']} px",
+        f"- model: `{m['name']}`, width {m['width']}, {m['image_size']} px input, T = {m['steps']} gazes, "
+        f"batch norm {m['batch_norm'] or 'variant default'}, encoder trained from scratch (no ImageNet weights)",
+        f"- training: {t['epochs']} epochs, batch {t['batch_size']}, Adam betas {tuple(t['betas'])}, learning rates "
+        f"encoder {t['lr_encoder']:g} / attentive ConvLSTM {t['lr_attention']:g} / branches {t['lr_branches']:g}, "
+        f"loss balancing `{config['loss']['balancing']}`, seed {t['seed']}",
+        "- kept checkpoint: epoch "
+        + (f"{best[-1]['epoch']} (validation loss {_fmt(best[-1].get('val_loss'), 4)})" if best else "n/a"),
+        "",
+        "## Result on the synthetic test split",
+        "",
+        f"- diagnosis AUC **{_fmt(auc)}** (floor {DEMO_FLOORS['auc']}), mean Jaccard of lesion and skin "
+        f"**{_fmt(jac)}** (floor {DEMO_FLOORS['jaccard_lesion_skin']})",
+        "",
+        metrics_markdown(metrics),
+        "",
+        "## Time",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in timings.items()],
+        "",
+        "## Training curves",
+        "",
+    ]
+    if "curves" in files:
+        lines += [f"![training curves]({_rel(files['curves'], out)})", ""]
+    lines += ["## Structure classification (Fig. 6) and ROC", ""]
+    if "confusion_matrix" in files:
+        lines += [f"![confusion matrix]({_rel(files['confusion_matrix'], out)})", ""]
+    if "roc" in files:
+        lines += [f"![ROC and precision-recall]({_rel(files['roc'], out)})", ""]
+    lines += ["## Sequences of gazes (Figs. 5, 7, 8)", ""]
+    explain_dir = Path(files.get("explain_dir", out / "explain"))
+    for rec in records:
+        gt = rec.get("ground_truth") or {}
+        path = " → ".join(
+            f"{st['structure'] or '?'}" + ("" if st.get("structure_correct") is None else
+                                            (" ✓" if st["structure_correct"] else f" ✗ (GT {st['gt_structure']})"))
+            for st in rec.get("steps", [])
+        )  # fmt: skip
+        lines += [
+            f"### {rec['image_id']}: P(melanoma) = {rec['melanoma_probability']:.3f}"
+            + (f", ground truth {gt['diagnosis']}" if gt else ""),
+            "",
+            f"Gazes: {path}" if path else "",
+            "",
+        ]
+        for key, caption in (("gazes", "gaze path, attention maps and masks"), ("masks", "GT vs predicted masks")):
+            name = (rec.get("files") or {}).get(key)
+            if name:
+                lines += [f"![{rec['image_id']} {caption}]({_rel(explain_dir / name, out)})", ""]
+    lines += [
+        "## Files",
+        "",
+        "| path | what it is |",
+        "|---|---|",
+        "| `data/isic/` | the synthetic dataset in the ISIC 2017 layout (images, superpixels, Part 1-3 ground truth) |",
+        "| `data/cache/` | the prepared cache (resized arrays, training mean/std, structure presences) |",
+        "| `train/config.yaml` | the resolved training configuration |",
+        "| `train/metrics.jsonl` | per epoch: training and validation loss terms, validation AUC and AP |",
+        "| `train/best.pt`, `train/last.pt` | checkpoints: lowest validation loss, and the last epoch |",
+        "| `eval/metrics.json` | every evaluation metric of the test split |",
+        "| `eval/predictions.csv` | `image_id,melanoma,label` (ISIC 2017 Part 3 submission shape) |",
+        "| `eval/confusion_matrix.png`, `eval/roc.png` | Fig. 6 and the ROC / precision-recall curves |",
+        "| `explain/` | per explained image: JSON record, gaze figure, mask figure |",
+        "| `training_curves.png` | the curves above |",
+        "",
+    ]
+    path = out / "report.md"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    return path
+
