@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dermogaze.models.commands",
     "dermogaze.commands",
     "dermogaze.explain",
+    "dermogaze.bench",
 )
 
 
