@@ -9,6 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dermogaze import engine
+from dermogaze.cli import main
+from dermogaze.config import load_config
+from dermogaze.data.cache import prepare
 from dermogaze.errors import DataError
 from dermogaze.explain import (
     FULL_REGION,
@@ -358,10 +362,7 @@ def test_full_region_default():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A tiny deco_gap_3 trained for one epoch on the hand-crafted collection (conftest), cache at 40 px."""
-    engine = pytest.importorskip("dermogaze.engine")  # temporary guard until the pipeline lands
     from conftest import write_tiny_isic
-    from dermogaze.config import load_config
-    from dermogaze.data.cache import prepare
 
     root = tmp_path_factory.mktemp("explain_e2e")
     prepare(write_tiny_isic(root / "isic"), root / "cache", size=40, progress=False)
@@ -371,8 +372,6 @@ def trained_run(tmp_path_factory):
 
 
 def test_cli_explain_image_files(tmp_path, trained_run, capsys):
-    from dermogaze.cli import main
-
     _, ckpt = trained_run
     inputs = _image_inputs(tmp_path, real=True)
     out = tmp_path / "explained"
@@ -391,8 +390,6 @@ def test_cli_explain_image_files(tmp_path, trained_run, capsys):
 
 
 def test_cli_explain_prepared_split_with_ground_truth(tmp_path, trained_run):
-    from dermogaze.cli import main
-
     cache, ckpt = trained_run
     out = tmp_path / "split"
     assert main(["explain", "--checkpoint", str(ckpt), "--data", str(cache), "--split", "val", "--out", str(out),
@@ -411,8 +408,6 @@ def test_cli_explain_prepared_split_with_ground_truth(tmp_path, trained_run):
 
 
 def test_cli_explain_bad_input_is_one_clear_line(tmp_path, trained_run, capsys):
-    from dermogaze.cli import main
-
     cache, ckpt = trained_run
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
