@@ -1,0 +1,91 @@
+"""The one-command demo: data reuse, the report, and (slow) the whole demo reaching its floors."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from dermogaze.report import DEMO_FLOORS
+
+SMALL_RECIPE = {"counts": {"Training": 6, "Validation": 3, "Test_v2": 3}, "image_size": [48, 40], "seed": 0,
+                "cache_size": 40}  # fmt: skip
+
+
+def test_demo_data_is_reused_when_the_recipe_matches(tmp_path, monkeypatch):
+    import dermogaze.data.synth as synth
+    from dermogaze.data.cache import load_info
+    from dermogaze.report import prepare_demo_data
+
+    calls = []
+    real = synth.write_synthetic_isic
+    monkeypatch.setattr(synth, "write_synthetic_isic", lambda *a, **k: calls.append(k) or real(*a, **k))
+    cache = prepare_demo_data(tmp_path, SMALL_RECIPE, progress=False)
+    assert len(calls) == 1 and load_info(cache)["counts"] == {"train": 6, "val": 3, "test": 3}
+    info_mtime = (cache / "info.json").stat().st_mtime_ns
+
+    assert prepare_demo_data(tmp_path, SMALL_RECIPE, progress=False) == cache
+    assert len(calls) == 1  # reused: nothing synthesised or prepared again
+    assert (cache / "info.json").stat().st_mtime_ns == info_mtime
+
+    changed = {**SMALL_RECIPE, "counts": {"Training": 4, "Validation": 3, "Test_v2": 3}}
+    prepare_demo_data(tmp_path, changed, progress=False)
+    assert len(calls) == 2 and load_info(cache)["counts"]["train"] == 4
+
+    (cache / "info.json").unlink()  # a broken cache is rebuilt, not reused
+    prepare_demo_data(tmp_path, changed, progress=False)
+    assert len(calls) == 3 and load_info(cache)["counts"]["train"] == 4
+
+
+def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
+    from dermogaze.config import load_config
+    from dermogaze.engine import evaluate_checkpoint
+    from dermogaze.explain import run_explain
+    from dermogaze.plots import plot_training_curves, read_history
+    from dermogaze.report import write_report
+
+    best = pipeline_tiny_run / "best.pt"
+    evaluation = evaluate_checkpoint(best, pipeline_cache, "test", tmp_path / "eval", progress=False)
+    records = run_explain(best, ["test"], tmp_path / "explain", data=pipeline_cache, limit=2, progress=False)
+    history = read_history(pipeline_tiny_run / "metrics.jsonl")
+    curves = plot_training_curves(history, tmp_path / "training_curves.png")
+    report = write_report(
+        tmp_path, metrics=evaluation["metrics"], history=history, records=records,
+        timings={"train": 1.0, "total": 2.0}, config=load_config("tiny").to_dict(), recipe=SMALL_RECIPE,
+        files={"curves": curves, **evaluation["files"], "explain_dir": tmp_path / "explain"},
+    )  # fmt: skip
+    text = report.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    # curves, confusion matrix, ROC, and a gaze + mask figure per explained image
+    assert len(links) == 3 + 2 * len(records)
+    for link in links:
+        assert not Path(link).is_absolute() and (tmp_path / link).is_file(), link
+    auc = evaluation["metrics"]["diagnosis"]["auc"]
+    assert f"diagnosis AUC **{auc:.3f}**" in text
+    for rec in records:
+        assert rec["image_id"] in text
+
+
+@pytest.mark.slow
+def test_demo_learns_within_its_budget(tmp_path, capsys):
+    """`dermogaze demo`, end to end on its own configuration: the floors of issue 5 on the synthetic test split."""
+    import json
+
+    from dermogaze.cli import main
+
+    out = tmp_path / "demo"
+    tic = time.perf_counter()
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    wall = time.perf_counter() - tic
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    auc = metrics["diagnosis"]["auc"]
+    jaccard = metrics["structures"]["jaccard_lesion_skin"]
+    print(f"demo: {wall:.0f} s, test AUC {auc:.3f}, Jaccard lesion+skin {jaccard:.3f}")
+    assert auc >= DEMO_FLOORS["auc"]
+    assert jaccard >= DEMO_FLOORS["jaccard_lesion_skin"]
+    assert (out / "report.md").is_file() and (out / "train" / "best.pt").is_file()
+    assert len(list((out / "explain").glob("*_gazes.png"))) == 4
