@@ -30,6 +30,9 @@ Decisions where SPEC §4 and the paper are silent:
   ``batch_norm=False`` the BN layers are absent.
 * Speed (issue 6), all exact: the decoder runs ONCE on all ``T`` steps as one batch of ``T*B``
   maps (step-major), not ``T`` times; the skip maps are broadcast over the steps, never copied;
+  in training mode each batch norm still normalises every step's ``B`` maps with their own
+  statistics (and updates its running statistics once per step), so the batched decoder computes
+  exactly what ``T`` separate calls compute, losses and gradients included;
   each upsampling is folded into the next convolution (a stride-2 transposed convolution with
   16/36 of the multiply-adds, :func:`upsample_conv3x3`); the one-channel mask convolution avoids
   oneDNN's slow single-output path (:func:`conv3x3_single_output`).
@@ -128,12 +131,20 @@ class DecoderBlock(nn.Sequential):
         super().__init__(*layers)
         self.register_buffer("upsample_taps", torch.tensor(_UPSAMPLE_TAPS), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, steps: int = 1) -> Tensor:  # type: ignore[override]
+        """Run the block on ``x``, which holds ``steps`` equal groups of maps (step-major).
+
+        A batch norm in training mode normalises each group with that group's own statistics and
+        updates its running statistics once per group, in step order: exactly as ``steps``
+        separate calls of the block would (the decoder run on each ``H_t``).
+        """
         for i, layer in enumerate(self):
             if i == 0:
                 x = upsample_conv3x3(x, layer.weight, layer.bias, self.upsample_taps)
             elif isinstance(layer, nn.Conv2d) and layer.out_channels == 1:
                 x = conv3x3_single_output(x, layer.weight, layer.bias)
+            elif isinstance(layer, nn.BatchNorm2d) and layer.training and steps > 1:
+                x = torch.cat([layer(group) for group in x.chunk(steps)], dim=0)  # statistics per step
             else:
                 x = layer(x)
         return x
@@ -218,7 +229,7 @@ class StructureDecoder(nn.Module):
                 # (T, B, c, h', w') + (B, c, h', w') broadcast over T -> (T*B, c, h', w')
                 x = (x.unflatten(0, (steps, batch)) + skip).mul_(0.5).flatten(0, 1)
             pools.append(x.mean(dim=(2, 3)))  # GAP before the block (T*B, c)
-            x = block(x)  # ×2 nearest upsampling (folded into the first conv) and the block
+            x = block(x, steps)  # ×2 nearest upsampling (folded into the first conv) and the block
         # (T*B, 1, H, W) -> (T, B, H, W) -> (B, T, H, W)
         mask_logits = x[:, 0].unflatten(0, (steps, batch)).transpose(0, 1).contiguous()
         structure = self.classifier(torch.cat(pools, dim=1))  # (T*B, 448) -> (T*B, 6)
