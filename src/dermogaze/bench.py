@@ -112,6 +112,7 @@ class BenchOptions:
     explain_size: int = 224
     explain_repeats: int = 10
     memory: bool = True  # measure peak memory in child processes
+    threads: int | None = None  # torch.set_num_threads; None = PyTorch's default (the cores)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -545,6 +546,8 @@ def run_benchmark(opts: BenchOptions, *, progress: bool = True) -> dict[str, Any
     """
     _check_options(opts)
     device = resolve_device(opts.device)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     load_baseline_module()  # fail early, before any measurement
     threads = torch.get_num_threads()
     matmul_n = opts.matmul_size or (8192 if device.type == "cuda" else 2048)
@@ -769,7 +772,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
         repeats=args.repeats, warmup=args.warmup, seed=args.seed, tolerance=args.tolerance,
         matmul_size=args.matmul_size, explain_size=args.explain_size, explain_repeats=args.explain_repeats,
-        memory=not args.no_memory,
+        memory=not args.no_memory, threads=args.threads,
     )  # fmt: skip
     results = run_benchmark(opts, progress=not args.no_progress)
     print(format_report(results))
@@ -813,6 +816,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="image size of the explanation latency (224)")
     p.add_argument("--explain-repeats", type=_positive_int, default=d.explain_repeats,
                    help="timed explanations (10)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: PyTorch's, i.e. the cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     p.add_argument("--json", metavar="OUT", default=None, help="also write every figure to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,0 +1,252 @@
+"""``dermogaze bench`` and the baseline formulation (``benchmarks/baseline.py``). No timing is tested.
+
+* The baseline (one conv per gate, ``W_a * X'`` every step, the decoder once per step, the encoder's
+  backward computed) computes the same loss and gradients as dermogaze's model on the same weights
+  and batch, at a tiny size, for every decoder variant.
+* FLOP counting: ``FlopCounterMode`` against hand-computed counts (forward hooks give each
+  convolution's and dense layer's shapes), up to the paper configuration on the meta device.
+* ``dermogaze bench`` runs end to end on a tiny configuration and prints every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dermogaze import bench
+from dermogaze.cli import main
+from dermogaze.config import LossConfig
+from dermogaze.errors import DermogazeError
+from dermogaze.losses import GazeLoss
+from dermogaze.models.attention import GATE_ORDER, RECURRENT_ORDER
+from dermogaze.structures import NUM_STRUCTURES
+
+TINY = dict(image_size=32, width=0.125, batch=2, steps=2)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscribed shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_pair(variant: str = "deco_gap_3", **kw):
+    opts = bench.BenchOptions(variant=variant, **{**TINY, **kw})
+    model, baseline = bench.build_pair(opts, CPU)
+    batch = bench.make_batch(opts.batch, opts.image_size, seed=opts.seed)
+    return model, baseline, batch
+
+
+def test_make_batch_layout():
+    batch = bench.make_batch(3, 32, seed=1)
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["masks"].shape == (3, NUM_STRUCTURES, 32, 32)
+    assert set(batch["masks"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(batch["present"], batch["masks"].flatten(2).amax(-1) > 0)
+    assert batch["present"].any(dim=1).all()  # at least one structure per image
+    assert batch["label"].tolist() == [0, 1, 0]
+    again = bench.make_batch(3, 32, seed=1)
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_from_gazenet_splits_the_fused_gate_weights():
+    model, baseline, _ = tiny_pair()
+    att, base = model.attention, baseline.attention
+    c = att.channels
+    for k, name in enumerate(RECURRENT_ORDER):  # u_h = [U_a; U_i; U_f; U_o; U_g]
+        assert torch.equal(getattr(base, f"u_{name}").weight, att.u_h.weight[k * c : (k + 1) * c])
+    for k, name in enumerate(GATE_ORDER):  # w_x = [W_i; W_f; W_o; W_g]
+        assert torch.equal(getattr(base, f"w_{name}").weight, att.w_x.weight[k * c : (k + 1) * c])
+        assert torch.equal(getattr(base, f"w_{name}").bias, att.w_x.bias[k * c : (k + 1) * c])
+    assert torch.equal(base.w_a.weight, att.w_a.weight) and torch.equal(base.v_a.weight, att.v_a.weight)
+    # ten separate C -> C convolutions (+ V_a), as the straightforward formulation has
+    assert sum(isinstance(m, nn.Conv2d) and m.out_channels == c for m in base.modules()) == 10
+    # every parameter of the model, under its own name, holds the same values
+    mapped = baseline.gazenet_tensors()
+    assert set(mapped) == {n for n, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        assert torch.equal(mapped[name], p.detach()), name
+    # the baseline's encoder is trainable (lr 0 in the optimiser), the model's is frozen
+    assert all(p.requires_grad for n, p in baseline.encoder.named_parameters() if n.split(".")[0] in ("0", "3"))
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("variant", ["deco_gap_3", "deco_gap_5", "deco_gap_17"])
+def test_baseline_computes_the_same_loss_and_gradients(variant):
+    model, baseline, batch = tiny_pair(variant)
+    loss_fn = GazeLoss(LossConfig())
+    terms = {}
+    for name, net in (("model", model), ("baseline", baseline)):
+        net.zero_grad(set_to_none=True)
+        terms[name] = loss_fn(net(batch["image"]), batch)
+        terms[name]["loss"].backward()
+    torch.testing.assert_close(terms["model"]["loss"], terms["baseline"]["loss"], rtol=1e-5, atol=0)
+    for key in ("diag", "seg", "cls"):
+        torch.testing.assert_close(terms["model"][key], terms["baseline"][key], rtol=1e-5, atol=1e-7)
+    for (tm, sm), (tb, sb) in zip(terms["model"]["matching"], terms["baseline"]["matching"], strict=True):
+        np.testing.assert_array_equal(tm, tb)
+        np.testing.assert_array_equal(sm, sb)
+
+    grads = baseline.gazenet_tensors(grad=True)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    largest = max(float(grads[n].abs().max()) for n, _ in trained)
+    for name, p in trained:
+        assert p.grad is not None, name
+        # atol: conv biases before a training-mode batch norm have an analytically zero gradient (rounding noise)
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-5 * largest, msg=name)
+    # the baseline computed the encoder's backward (lr 0), the model did not
+    assert baseline.encoder[0].weight.grad is not None and baseline.encoder[0].weight.grad.abs().sum() > 0
+    assert model.encoder[0].weight.grad is None
+    # the decoder's batch-norm statistics moved the same way (T per-step updates)
+    base_buffers = dict(baseline.named_buffers())
+    for name, buf in model.decoder.named_buffers():
+        if name.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked"):
+            continue
+        torch.testing.assert_close(buf, base_buffers[f"decoder.{name}"], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_compare_formulations_agrees_and_detects_a_difference():
+    model, baseline, batch = tiny_pair()
+    loss_fn = GazeLoss(LossConfig())
+    agreement, flops = bench.compare_formulations(model, baseline, loss_fn, batch, tolerance=1e-5)
+    assert agreement["ok"], agreement
+    assert agreement["matching_equal"] and agreement["baseline_encoder_backward"]
+    assert agreement["grad_max_rel_diff"] <= 1e-5 and not agreement["grad_missing"]
+    # the frozen encoder's backward is skipped: fewer FLOPs for dermogaze
+    assert flops["dermogaze"]["forward_backward"] < flops["baseline"]["forward_backward"]
+    assert flops["baseline"]["forward_backward"] > 2 * flops["baseline"]["forward"]
+
+    with torch.no_grad():  # a wrong forget-gate weight in the baseline must be noticed
+        baseline.attention.u_f.weight.mul_(1.01)
+    agreement, _ = bench.compare_formulations(model, baseline, loss_fn, batch, tolerance=1e-5)
+    assert not agreement["ok"]
+    assert agreement["grad_max_rel_diff"] > 1e-4
+
+
+def _hand_flops(net: nn.Module, run) -> tuple[int, list[int], int]:
+    """FLOPs from each Conv2d/Linear's shapes (2 per multiply-add), via forward hooks.
+
+    Returns:
+        forward FLOPs, forward FLOPs of each layer call, backward FLOPs (the weight gradient costs
+        what the forward costs, and so does the input gradient, when the input needs one).
+    """
+    per_layer: list[int] = []
+    backward = [0]
+
+    def hook(m, inputs, out):
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            per_layer.append(2 * out.numel() * k)
+        else:
+            per_layer.append(2 * out.numel() * m.in_features)
+        backward[0] += per_layer[-1] * (2 if inputs[0].requires_grad else 1)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(per_layer), per_layer, backward[0]
+
+
+def test_flop_counter_matches_hand_counts_forward_and_backward():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 5))  # fmt: skip
+    x = torch.randn(2, 3, 6, 6)
+    conv1 = 2 * (2 * 8 * 6 * 6) * (3 * 9)
+    conv2 = 2 * (2 * 4 * 6 * 6) * (8 * 9)
+    dense = 2 * (2 * 5) * (4 * 6 * 6)
+    fwd, out = bench.count_flops(lambda: net(x))
+    assert fwd == conv1 + conv2 + dense
+    bwd, _ = bench.count_flops(lambda: out.sum().backward())
+    # weight gradients for every layer; input gradients for all but the first (x needs no gradient)
+    assert bwd == conv1 + 2 * conv2 + 2 * dense
+
+
+def test_baseline_flops_at_the_paper_configuration_by_hand():
+    """Counted on the meta device (shapes only): about 500 GFLOP per image forward+backward (issue 6)."""
+    opts = bench.BenchOptions()  # 224 px, T = 5, width 1, deco_gap_3
+    model, baseline = bench.build_pair(opts, torch.device("meta"))
+    images = torch.empty(1, 3, 224, 224, device="meta")
+    fwd, out = bench.count_flops(lambda: baseline(images))
+    hand, per_layer, hand_backward = _hand_flops(baseline, lambda: baseline(images))
+    assert fwd == hand
+    # attention: W_a, U_a and 8 gate convs C -> C at 28x28 and V_a, at every step (T = 5)
+    _, attention_layers, _ = _hand_flops(baseline.attention, lambda: baseline(images))
+    assert len(attention_layers) == 11 * 5
+    assert attention_layers.count(2 * 256 * 28 * 28 * 256 * 9) == 10 * 5
+    loss = out.logits.sum() + out.masks.sum() + out.structure_logits.sum()
+    bwd, _ = bench.count_flops(lambda: loss.backward())
+    # no input gradient for the first conv (the image) nor for the five U convs of H_0 = 0
+    assert bwd == hand_backward == 2 * fwd - per_layer[0] - 5 * 2 * 256 * 28 * 28 * 256 * 9
+    assert 450e9 < fwd + bwd < 550e9
+
+    model_fwd, model_out = bench.count_flops(lambda: model(images))
+    assert model_fwd < fwd  # W_a * X' once, no recurrent convolutions of H_0 = 0
+
+
+def test_load_baseline_module_needs_a_checkout(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "repository_root", lambda: tmp_path)
+    monkeypatch.delitem(sys.modules, bench.BASELINE_MODULE, raising=False)
+    with pytest.raises(DermogazeError, match="checkout"):
+        bench.load_baseline_module()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(DermogazeError, match="no CUDA GPU"):
+        bench.run_benchmark(bench.BenchOptions(device="cuda", **TINY), progress=False)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(DermogazeError, match="multiples of 32"):
+        bench.run_benchmark(bench.BenchOptions(image_size=48), progress=False)
+    with pytest.raises(DermogazeError, match="attentive ConvLSTM"):
+        bench.build_pair(bench.BenchOptions(variant="vgg", **TINY), CPU)
+
+
+def test_bench_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--image-size", "32", "--width", "0.125", "--batch", "2", "--steps", "2", "--repeats", "1",
+        "--warmup", "0", "--explain-size", "32", "--explain-repeats", "2", "--tolerance", "1e-5",
+        "--no-progress", "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    for field in (
+        "FLOPs per image, forward", "FLOPs per image, forward+backward", "median step time", "achieved GFLOP/s",
+        "peak RSS (MB)", "rise during 2 steps", "speed-up (baseline time / dermogaze time)", "fp32 matmul",
+        "utilisation, dermogaze in the baseline's FLOPs", "peak memory, dermogaze / baseline",
+        "agreement (same weights and batch, fp32)", "matching equal", "OK", "explain latency", "load average",
+    ):
+        assert field in text, field
+
+    r = json.loads(out.read_text())
+    assert r["config"]["image_size"] == 32 and r["config"]["batch"] == 2 and r["config"]["steps"] == 2
+    fl = r["flops_per_image"]
+    assert 0 < fl["dermogaze"]["forward_backward"] < fl["baseline"]["forward_backward"]
+    for kind in ("baseline", "dermogaze"):
+        assert len(r["step_time_s"][kind]["samples"]) == 1 and r["step_time_s"][kind]["median"] > 0
+        assert r["memory"][kind]["peak_mb"] > 0
+        step = r["flops_per_image"][kind]["forward_backward"] * 2
+        assert math.isclose(r["achieved_gflops"][kind], step / r["step_time_s"][kind]["median"] / 1e9)
+    assert math.isclose(r["speedup"], r["step_time_s"]["baseline"]["median"] / r["step_time_s"]["dermogaze"]["median"])
+    u = r["utilisation"]["dermogaze_in_baseline_flops"]
+    expected = fl["baseline"]["forward_backward"] * 2 / r["step_time_s"]["dermogaze"]["median"] / 1e9
+    assert math.isclose(u, expected / r["matmul"]["gflops"])
+    assert r["agreement"]["ok"] and r["targets"]["agreement"]
+    assert len(r["explain"]["samples"]) == 2 and r["explain"]["image_size"] == 32
+    assert set(r["targets"]) == {"speedup", "memory", "utilisation", "agreement"}
