@@ -372,3 +372,14 @@ def test_evaluate_refuses_a_cache_smaller_than_the_model_input(pipeline_data, pi
     prepare(pipeline_data["isic"], small, size=24, progress=False)
     with pytest.raises(DataError, match="24 px images but the model .* takes 32 px"):
         evaluate_checkpoint(pipeline_tiny_run / "best.pt", small, "test", tmp_path / "out", progress=False)
+
+
+def test_channels_last_training_matches_contiguous(pipeline_cache, tmp_path):
+    """Same losses up to rounding (the kernels differ; Adam's first step, ~lr·sign(g), amplifies that a little)."""
+    from dermogaze.engine import train
+
+    base = [f"data.cache={pipeline_cache}", "train.epochs=1", "train.max_train_batches=1"]
+    a = train(load_config("tiny", base), tmp_path / "a", progress=False)["history"][0]
+    b = train(load_config("tiny", [*base, "train.channels_last=true"]), tmp_path / "b", progress=False)["history"][0]
+    for key in ("train_loss", "val_loss", "val_seg", "val_cls"):
+        assert b[key] == pytest.approx(a[key], rel=1e-3), key
