@@ -383,3 +383,23 @@ def test_channels_last_training_matches_contiguous(pipeline_cache, tmp_path):
     b = train(load_config("tiny", [*base, "train.channels_last=true"]), tmp_path / "b", progress=False)["history"][0]
     for key in ("train_loss", "val_loss", "val_seg", "val_cls"):
         assert b[key] == pytest.approx(a[key], rel=1e-3), key
+
+
+def test_cosine_schedule_follows_the_position_in_the_run(pipeline_cache, tmp_path):
+    import math
+
+    from dermogaze.engine import lr_schedule, train
+
+    f = lr_schedule("cosine", epoch=2, epochs=4, steps=10)  # batch i of epoch 2 is step 10 + i of 40
+    assert f(0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 40)))
+    assert f(10) == pytest.approx(0.5)  # half way
+    assert lr_schedule("constant", 3, 4, 10)(7) == 1.0
+    with pytest.raises(DermogazeError, match="linear"):
+        lr_schedule("linear", 1, 1, 1)
+
+    # In a run: the rate of the last step of each epoch is logged (2 epochs of 2 steps: steps 1 and 3 of 4).
+    cfg = load_config("tiny", [f"data.cache={pipeline_cache}", "train.max_train_batches=2",
+                               "train.lr_schedule=cosine"])  # fmt: skip
+    rows = train(cfg, tmp_path / "run", progress=False)["history"]
+    for row, step in zip(rows, (1, 3), strict=True):
+        assert row["lr_attention"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * step / 4)))

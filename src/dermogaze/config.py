@@ -76,6 +76,7 @@ class TrainConfig:
     grad_clip: float | None = None
     max_train_batches: int | None = None  # cut epochs short (tests, smoke runs)
     sync_bn: bool = False  # distributed CUDA runs: SyncBatchNorm instead of per-process statistics
+    lr_schedule: str = "constant"  # "constant" (paper) | "cosine" (per step, from the base rates to 0)
 
 
 @dataclass

@@ -42,6 +42,11 @@ Decisions where the paper and SPEC are silent:
 - **Mixed precision** (``train.amp``): autocast on CUDA only (bf16 or fp16, the context chosen
   once); fp16 uses a ``GradScaler``. On CPU ``amp`` is ignored with a warning. The loss always
   runs in float32.
+- **Learning-rate schedule.** ``train.lr_schedule="constant"`` is the paper's; ``"cosine"``
+  (used by the demo) anneals every group's rate per step from its base value to 0. The factor
+  depends only on the position in the run, so resume needs no scheduler state. The rates of the
+  epoch's last step are logged as ``lr_<group>`` in ``metrics.jsonl``. On resume the rates,
+  betas and weight decay come from the configuration, not from the saved optimiser state.
 - **Validation** metrics during training are the loss terms (sample-weighted means) and the
   diagnosis AUC and AP; the full SPEC §6 evaluation is :func:`evaluate_checkpoint`.
 """
@@ -510,10 +515,50 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Adam:
                 p.requires_grad_(False)
             logger.info("%s frozen (lr 0): %d tensors", name, len(params))
             continue
-        groups.append({"params": params, "lr": lrs[name], "name": name})
+        groups.append({"params": params, "lr": lrs[name], "initial_lr": lrs[name], "name": name})
     if not groups:
         raise DermogazeError("every learning rate is 0: nothing to train")
     return torch.optim.Adam(groups, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+#: Learning-rate schedules: factor applied to every group's base rate at training progress p ∈ [0, 1).
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda p: 1.0,  # the paper's recipe
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),  # from the base rates down to 0
+}
+
+
+def lr_schedule(name: str, epoch: int, epochs: int, steps: int) -> Callable[[int], float]:
+    """Factor on the base learning rates for batch ``i`` of ``epoch`` (1-based) of ``epochs``.
+
+    The factor is a function of the position in the run only (no scheduler state), so a resumed run
+    follows the same schedule; extending ``train.epochs`` on resume stretches a cosine schedule
+    from that point on.
+
+    Args:
+        name: a key of :data:`LR_SCHEDULES`.
+        epoch: the current epoch, 1-based.
+        epochs: total epochs of the run.
+        steps: optimiser steps per epoch.
+
+    Raises:
+        DermogazeError: unknown schedule.
+    """
+    if name not in LR_SCHEDULES:
+        raise DermogazeError(f"unknown train.lr_schedule {name!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    fn = LR_SCHEDULES[name]
+    total = max(epochs * steps, 1)
+    return lambda i: fn(((epoch - 1) * steps + i) / total)
+
+
+def _apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: Config) -> None:
+    """Set each group's base rate, betas and weight decay from ``cfg`` (after loading a saved state)."""
+    t = cfg.train
+    lrs = {"encoder": t.lr_encoder, "attention": t.lr_attention, "branches": t.lr_branches}
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lrs[group["name"]]
+        group["betas"] = tuple(t.betas)
+        group["weight_decay"] = t.weight_decay
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -544,6 +589,7 @@ def train_one_epoch(
     grad_clip: float | None = None,
     max_batches: int | None = None,
     channels_last: bool = False,
+    lr_scale: Callable[[int], float] | None = None,
     dist: DistInfo = DistInfo(),
     progress: bool = True,
 ) -> dict[str, float]:
@@ -561,6 +607,8 @@ def train_one_epoch(
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         max_batches: stop after this many batches (smoke runs).
         channels_last: feed images in channels-last memory format.
+        lr_scale: batch index → factor on each group's ``initial_lr`` (see :func:`lr_schedule`);
+            None keeps the rates as they are.
         dist: the process's place in the run; loss terms are averaged over all ranks.
         progress: show a tqdm bar (rank 0 only).
 
@@ -586,6 +634,10 @@ def train_one_epoch(
             out = model(images)
         terms = loss_fn(_float_output(out), batch)
         loss = terms["loss"]
+        if lr_scale is not None:
+            factor = lr_scale(i)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -849,6 +901,7 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        _apply_hyperparameters(optimizer, cfg)  # the config's rates, betas and decay, not the saved ones
         if ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = int(ckpt["epoch"])
@@ -877,6 +930,9 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
     val_loader = DataLoader(
         val_set, batch_size=per_rank, sampler=ShardSampler(len(val_set), dist.rank, dist.world_size), **loader_kw
     )
+
+    steps_per_epoch = len(train_loader) if t.max_train_batches is None else min(len(train_loader), t.max_train_batches)
+    lr_schedule(t.lr_schedule, 1, t.epochs, steps_per_epoch)  # an unknown schedule fails before any work
 
     net: nn.Module = model
     if t.compile:
@@ -912,8 +968,8 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
         train_set.set_epoch(epoch)
         train_terms = train_one_epoch(
             net, train_loader, loss_fn, optimizer, device=device, epoch=epoch, autocast=autocast, scaler=scaler,
-            grad_clip=t.grad_clip, max_batches=t.max_train_batches, channels_last=t.channels_last, dist=dist,
-            progress=progress,
+            grad_clip=t.grad_clip, max_batches=t.max_train_batches, channels_last=t.channels_last,
+            lr_scale=lr_schedule(t.lr_schedule, epoch, t.epochs, steps_per_epoch), dist=dist, progress=progress,
         )  # fmt: skip
         val = run_inference(
             model, val_loader, device=device, loss_fn=loss_fn, autocast=autocast, channels_last=t.channels_last,
@@ -928,6 +984,7 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
         row.update({f"train_{k}": _finite_or_none(v) for k, v in train_terms.items()})
         row.update({f"val_{k}": _finite_or_none(v) for k, v in val.losses.items()})
         row.update({f"val_{k}": v for k, v in scores.items()})
+        row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})  # at the epoch's last step
         row.update({"best": improved, "time_s": round(time.perf_counter() - tic, 3)})
         rngs = _all_gather(get_rng_state(), dist)  # every rank's generators, for an exact resume
         if dist.is_main:
