@@ -34,11 +34,11 @@ Decisions where the paper and SPEC are silent:
   shards to equal length (a few samples repeat in an epoch whose size does not divide the world
   size); validation shards are strided without padding and predictions are gathered from all
   ranks (de-duplicated by sample index) before the AUC. Loss terms are averaged over samples
-  across ranks. BatchNorm statistics are per rank unless ``train.sync_bn`` (CUDA only) converts
-  them to ``SyncBatchNorm``; with BatchNorm off or frozen, a run on N processes follows the
-  single-process run with the same global batch and seed up to floating-point rounding (the
-  diagnosis loss is a per-sample mean; the structure losses are batch-level means, so their
-  per-rank average differs slightly from the global one).
+  across ranks. BatchNorm statistics are per rank unless ``train.sync_bn`` (CUDA, trainable batch
+  norm ``model.batch_norm="on"``) converts them to ``SyncBatchNorm``. With batch norm off or
+  frozen, a run on N processes follows the single-process run with the same global batch and
+  seed up to floating-point rounding (the diagnosis loss is a per-sample mean; the structure
+  losses are batch-level means, so their per-rank average differs slightly from the global one).
 - **Mixed precision** (``train.amp``): autocast on CUDA only (bf16 or fp16, the context chosen
   once); fp16 uses a ``GradScaler``. On CPU ``amp`` is ignored with a warning. The loss always
   runs in float32.
@@ -938,8 +938,8 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
     if t.compile:
         net = torch.compile(net)
     if dist.enabled:
-        if t.sync_bn and device.type == "cuda":
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        if t.sync_bn and device.type == "cuda" and getattr(model, "init_kwargs", {}).get("batch_norm") == "on":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # shares the parameters: the optimiser is unchanged
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
