@@ -403,3 +403,13 @@ def test_cosine_schedule_follows_the_position_in_the_run(pipeline_cache, tmp_pat
     rows = train(cfg, tmp_path / "run", progress=False)["history"]
     for row, step in zip(rows, (1, 3), strict=True):
         assert row["lr_attention"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * step / 4)))
+
+
+def test_validation_map_matches_the_evaluation(pipeline_cache, pipeline_tiny_run, tmp_path):
+    from dermogaze.engine import evaluate_checkpoint
+
+    last = _rows(pipeline_tiny_run)[-1]
+    result = evaluate_checkpoint(pipeline_tiny_run / "last.pt", pipeline_cache, "val", tmp_path, figures=False,
+                                 progress=False)  # fmt: skip
+    assert last["val_map"] == pytest.approx(result["metrics"]["structures"]["map_iou_class_aware"], abs=1e-12)
+    assert last["val_auc"] == pytest.approx(result["metrics"]["diagnosis"]["auc"], abs=1e-12)

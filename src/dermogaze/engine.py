@@ -8,7 +8,7 @@ validation loss.
 Run folder written by :func:`train` (only rank 0 writes)::
 
     RUN/config.yaml      the resolved configuration
-    RUN/metrics.jsonl    one JSON line per epoch: train/validation loss terms, validation AUC/AP
+    RUN/metrics.jsonl    one JSON line per epoch: train/validation loss terms, validation AUC/AP/mAP
     RUN/last.pt          checkpoint after the latest epoch (continue with ``--resume RUN``)
     RUN/best.pt          checkpoint of the epoch with the lowest validation loss (evaluate/explain it)
 
@@ -47,8 +47,9 @@ Decisions where the paper and SPEC are silent:
   depends only on the position in the run, so resume needs no scheduler state. The rates of the
   epoch's last step are logged as ``lr_<group>`` in ``metrics.jsonl``. On resume the rates,
   betas and weight decay come from the configuration, not from the saved optimiser state.
-- **Validation** metrics during training are the loss terms (sample-weighted means) and the
-  diagnosis AUC and AP; the full SPEC §6 evaluation is :func:`evaluate_checkpoint`.
+- **Validation** metrics during training are the loss terms (sample-weighted means), the
+  diagnosis AUC and AP and, for decoder variants, the class-aware structure mAP over IoU
+  thresholds (``val_map``); the full SPEC §6 evaluation is :func:`evaluate_checkpoint`.
 """
 
 from __future__ import annotations
@@ -677,6 +678,8 @@ class InferenceResult:
         ids: image ids, in the order of ``indices``.
         probs: melanoma probabilities ``(N,)``.
         labels: diagnosis labels ``(N,)`` (1 = melanoma).
+        map_iou: per-image class-aware structure mAP over IoU thresholds ``(N,)`` (NaN for images
+            without ground-truth structures, or when not computed).
     """
 
     losses: dict[str, float]
@@ -684,6 +687,7 @@ class InferenceResult:
     ids: list[str]
     probs: np.ndarray
     labels: np.ndarray
+    map_iou: np.ndarray
 
 
 @torch.no_grad()
@@ -696,6 +700,7 @@ def run_inference(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     channels_last: bool = False,
     on_batch: Callable[[GazeOutput, Mapping[str, Any]], None] | None = None,
+    structure_map: bool = False,
     dist: DistInfo = DistInfo(),
     progress: bool = True,
     desc: str = "eval",
@@ -715,6 +720,8 @@ def run_inference(
         channels_last: feed images in channels-last memory format.
         on_batch: called with the float32 outputs and the batch (e.g. to feed an
             :class:`~dermogaze.metrics.EvaluationAccumulator`), on this rank's batches only.
+        structure_map: compute each image's class-aware mAP over IoU thresholds
+            (:func:`dermogaze.metrics.map_iou`) for decoder variants, to gather with the predictions.
         dist: the process's place in the run.
         progress: show a tqdm bar (rank 0 only).
         desc: the bar's label.
@@ -729,6 +736,7 @@ def run_inference(
     ids: list[str] = []
     probs: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    maps: list[float] = []
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True):
         batch = _to_device(batch, device)
         images = batch["image"]  # (B, 3, H, W)
@@ -744,6 +752,7 @@ def run_inference(
             count += n
         if on_batch is not None:
             on_batch(out, batch)
+        maps.extend(_structure_map(out, batch) if structure_map else [math.nan] * images.shape[0])
         indices.extend(int(i) for i in batch["index"])
         ids.extend(batch["id"])
         probs.append(out.melanoma_prob.cpu().numpy())
@@ -757,12 +766,14 @@ def run_inference(
         ids,
         np.concatenate(probs) if probs else np.zeros(0, np.float32),
         np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        np.asarray(maps, dtype=np.float64),
     )
     parts = _all_gather(local, dist)
     all_idx = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
     all_ids = [i for p in parts for i in p[1]]
     all_probs = np.concatenate([p[2] for p in parts])
     all_labels = np.concatenate([p[3] for p in parts])
+    all_maps = np.concatenate([p[4] for p in parts])
     order_idx, first = np.unique(all_idx, return_index=True)  # sorted, duplicates dropped
     return InferenceResult(
         losses=losses,
@@ -770,7 +781,22 @@ def run_inference(
         ids=[all_ids[j] for j in first],
         probs=all_probs[first].astype(np.float64),
         labels=all_labels[first].astype(np.int64),
+        map_iou=all_maps[first],
     )
+
+
+def _structure_map(out: GazeOutput, batch: Mapping[str, Any]) -> list[float]:
+    """Per-image class-aware mAP@IoU of a batch (NaN without decoder or without GT structures)."""
+    from .metrics import map_iou
+
+    n = out.logits.shape[0]
+    if out.masks is None or out.structure_logits is None or "present" not in batch:
+        return [math.nan] * n
+    masks = out.masks.cpu().numpy()  # (B, T, H, W)
+    classes = out.structure_logits.argmax(-1).cpu().numpy()  # (B, T)
+    gt = batch["masks"].cpu().numpy() > 0.5  # (B, 6, H, W)
+    present = batch["present"].cpu().numpy().astype(bool)  # (B, 6)
+    return [map_iou(gt[b], present[b], masks[b], classes[b]) if present[b].any() else math.nan for b in range(n)]
 
 
 def diagnosis_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
@@ -973,7 +999,7 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
         )  # fmt: skip
         val = run_inference(
             model, val_loader, device=device, loss_fn=loss_fn, autocast=autocast, channels_last=t.channels_last,
-            dist=dist, progress=progress, desc=f"epoch {epoch} val",
+            structure_map=True, dist=dist, progress=progress, desc=f"epoch {epoch} val",
         )  # fmt: skip
         scores = diagnosis_scores(val.probs, val.labels)
         val_loss = val.losses["loss"]
@@ -984,6 +1010,8 @@ def _train(cfg: Config, out: Path, *, resume: bool, overwrite: bool, progress: b
         row.update({f"train_{k}": _finite_or_none(v) for k, v in train_terms.items()})
         row.update({f"val_{k}": _finite_or_none(v) for k, v in val.losses.items()})
         row.update({f"val_{k}": v for k, v in scores.items()})
+        if not np.all(np.isnan(val.map_iou)):
+            row["val_map"] = float(np.nanmean(val.map_iou))  # class-aware mAP@IoU[.50:.95]
         row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})  # at the epoch's last step
         row.update({"best": improved, "time_s": round(time.perf_counter() - tic, 3)})
         rngs = _all_gather(get_rng_state(), dist)  # every rank's generators, for an exact resume

@@ -278,10 +278,13 @@ def write_report(
         + ", ".join(f"{k} {v}" for k, v in recipe["counts"].items())
         + f" images of {recipe['image_size'][0]}×{recipe['image_size'][1]} px, prepared at {recipe['cache_size']} px",
         f"- model: `{m['name']}`, width {m['width']}, {m['image_size']} px input, T = {m['steps']} gazes, "
-        f"batch norm {m['batch_norm'] or 'variant default'}, encoder trained from scratch (no ImageNet weights)",
+        f"batch norm {m['batch_norm'] or 'variant default'}, "
+        + (f"encoder weights `{m['weights']}`" if m.get("weights") else "encoder trained from scratch (no ImageNet"
+           " weights)"),
         f"- training: {t['epochs']} epochs, batch {t['batch_size']}, Adam betas {tuple(t['betas'])}, learning rates "
         f"encoder {t['lr_encoder']:g} / attentive ConvLSTM {t['lr_attention']:g} / branches {t['lr_branches']:g}, "
-        f"loss balancing `{config['loss']['balancing']}`, seed {t['seed']}",
+        f"{t.get('lr_schedule', 'constant')} schedule, loss balancing `{config['loss']['balancing']}`, "
+        f"seed {t['seed']}",
         "- kept checkpoint: epoch "
         + (f"{best[-1]['epoch']} (validation loss {_fmt(best[-1].get('val_loss'), 4)})" if best else "n/a"),
         "",
