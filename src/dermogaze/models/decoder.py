@@ -91,7 +91,10 @@ def conv3x3_single_output(x: Tensor, weight: Tensor, bias: Tensor | None) -> Ten
 
     oneDNN handles one output channel poorly (a few GFLOP/s on CPU); projecting onto the 9 taps
     first (a matrix product) and adding the 9 shifted maps gives the same result several times
-    faster, forward and backward.
+    faster, forward and backward. The shifted sum is itself a fixed 3×3 convolution of the 9 maps
+    with one-hot kernels (tap ``k = 3·dy + dx`` is read at offset ``(dy, dx)``), which keeps the
+    backward pass to two convolutions (a padded map and eight shifted slices would cost a
+    zero-filled full-size map each in the backward pass).
 
     Args:
         x: ``(N, C, H, W)``; weight: ``(1, C, 3, 3)``; bias: ``(1,)`` or ``None``.
@@ -99,14 +102,11 @@ def conv3x3_single_output(x: Tensor, weight: Tensor, bias: Tensor | None) -> Ten
     Returns:
         ``(N, 1, H, W)``.
     """
-    n, c, h, w = x.shape
+    c = x.shape[1]
     per_tap = weight[0].permute(1, 2, 0).reshape(9, c, 1, 1)  # (C, 3, 3) -> (9 taps, C, 1, 1), row-major taps
-    z = F.pad(F.conv2d(x, per_tap), (1, 1, 1, 1))  # (N, 9, H+2, W+2)
-    out = z[:, 0:1, 0:h, 0:w]
-    for k in range(1, 9):
-        dy, dx = divmod(k, 3)
-        out = out + z[:, k : k + 1, dy : dy + h, dx : dx + w]
-    return out if bias is None else out + bias.view(1, 1, 1, 1)
+    z = F.conv2d(x, per_tap)  # (N, 9, H, W): z_k = the map tap k contributes
+    shifts = torch.eye(9, dtype=z.dtype, device=z.device).view(1, 9, 3, 3)  # tap k -> kernel position divmod(k, 3)
+    return F.conv2d(z, shifts, bias, padding=1)  # out[y, x] = Σ_k z_k[y + dy_k - 1, x + dx_k - 1] + bias
 
 
 def _normalise_relu(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
