@@ -29,6 +29,8 @@ diagnosis branch (melanoma logits). Variants are registered constructors (timm's
   so rebuilding from it must not need the ImageNet file; ``weights_source`` keeps the original value.
 * Encoder freezing (the paper's encoder learning rate of 0) is not a build option: the training
   code calls :meth:`GazeNet.freeze_encoder`, which also stops the encoder's backward pass.
+* On the CPU the forward pass runs in channels-last layout whatever the input's layout (oneDNN's
+  own layout: its convolutions then make no reorder copies; same results up to float rounding).
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ class GazeNet(nn.Module):
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if images.shape[-2] % IMAGE_MULTIPLE or images.shape[-1] % IMAGE_MULTIPLE:
             raise ValueError(f"image sides must be multiples of {IMAGE_MULTIPLE}, got {tuple(images.shape[-2:])}")
+        if images.device.type == "cpu":  # oneDNN's native layout: no reorder copies in its convolutions
+            images = images.contiguous(memory_format=torch.channels_last)
         x_prime, skips = self.encoder(images)  # X' (B, C, H/8, W/8); pool1, pool2, pool3
         if self.attention is None:
             return GazeOutput(logits=self.diagnosis(x_prime))
