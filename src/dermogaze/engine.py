@@ -813,9 +813,11 @@ def diagnosis_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float |
 def _check_data_for_model(info: Mapping[str, Any], cache: str | Path, cfg: Config, needs_masks: bool) -> None:
     size = int(info["size"])
     if cfg.model.image_size > size:
+        fit = size // 32 * 32
         raise DataError(
             f"cache {cache} holds {size} px images, smaller than model.image_size={cfg.model.image_size} "
-            f"(prepare it with a larger --size, or pass -o model.image_size=<= {size})"
+            f"(prepare it with --size {cfg.model.image_size * 8 // 7} or more"
+            + (f", or pass -o model.image_size={fit})" if fit else ")")
         )
     if needs_masks and not info.get("has_masks", False):
         raise DataError(
