@@ -31,7 +31,7 @@ def test_item_shapes_dtypes_and_values(tiny_cache_dir):
     item = ds[0]
     assert set(item) == {"image", "masks", "present", "label", "id", "index"}
     assert item["image"].dtype == torch.float32 and item["image"].shape == (3, CROP, CROP)
-    assert item["masks"].dtype == torch.float32 and item["masks"].shape == (6, CROP, CROP)
+    assert item["masks"].dtype == torch.uint8 and item["masks"].shape == (6, CROP, CROP)
     assert item["present"].dtype == torch.bool and item["present"].shape == (6,)
     assert item["label"].dtype == torch.int64 and item["label"].ndim == 0 and item["label"].item() == 1
     assert item["id"] == "ISIC_0000001" and item["index"] == 0
@@ -41,7 +41,7 @@ def test_item_shapes_dtypes_and_values(tiny_cache_dir):
         crop = np.asarray(arrays.images[i])[4:12, 4:12].transpose(2, 0, 1) / 255.0  # (3, 8, 8)
         expected = (crop - np.array(ds.mean)[:, None, None]) / np.array(ds.std)[:, None, None]
         np.testing.assert_allclose(item["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(item["masks"].numpy(), arrays.masks[i][:, 4:12, 4:12].astype(np.float32))
+        np.testing.assert_array_equal(item["masks"].numpy(), arrays.masks[i][:, 4:12, 4:12].astype(np.uint8))
         assert item["label"].item() == arrays.labels[i]
     assert ds[-1]["id"] == "ISIC_0000004"
     with pytest.raises(IndexError):
@@ -103,7 +103,7 @@ def test_classification_only_cache(tiny_isic_factory, tmp_path):
     ds = DermoscopyDataset(tmp_path / "cache", "val", train=True, image_size=CROP)
     assert not ds.has_masks
     item = ds[1]
-    assert item["masks"].shape == (6, CROP, CROP) and item["masks"].dtype == torch.float32
+    assert item["masks"].shape == (6, CROP, CROP) and item["masks"].dtype == torch.uint8
     assert not item["masks"].any() and not item["present"].any()
     assert item["label"].item() == 0 and item["image"].shape == (3, CROP, CROP)
     with pytest.raises(DataError, match="no superpixel maps"):

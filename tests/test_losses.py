@@ -388,6 +388,15 @@ def test_no_decoder_loss_is_the_focal_term():
     assert logits.grad.abs().sum() > 0
 
 
+def test_uint8_masks_give_the_float_loss():
+    """The dataset sends masks as uint8 (a quarter of the bytes); the loss casts them itself."""
+    out, batch = random_batch(B=3, T=4, seed=2)
+    expected = GazeLoss(LossConfig(balancing="w"), PAPER_PRESENCES)(out, batch)
+    got = GazeLoss(LossConfig(balancing="w"), PAPER_PRESENCES)(out, {**batch, "masks": batch["masks"].to(torch.uint8)})
+    for term in ("loss", "diag", "seg", "cls"):
+        assert got[term].item() == expected[term].item(), term
+
+
 def test_batch_without_any_present_structure_is_finite():
     out, batch = random_batch(B=2, seed=5)
     batch["masks"] = torch.zeros_like(batch["masks"])

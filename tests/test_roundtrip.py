@@ -165,14 +165,14 @@ def test_dataset_items(collection, train):
     for i in range(len(ds)):
         item = ds[i]
         assert item["image"].dtype == torch.float32 and item["image"].shape == (3, CROP, CROP)
-        assert item["masks"].dtype == torch.float32 and item["masks"].shape == (NUM_STRUCTURES, CROP, CROP)
+        assert item["masks"].dtype == torch.uint8 and item["masks"].shape == (NUM_STRUCTURES, CROP, CROP)
         assert item["present"].dtype == torch.bool and item["present"].shape == (NUM_STRUCTURES,)
         assert item["label"].dtype == torch.int64 and item["label"].shape == ()
         assert item["superpixels"].dtype == torch.int64 and item["superpixels"].shape == (CROP, CROP)
         iid = item["id"]
         assert item["index"] == i and iid == arrays.ids[i] and int(item["label"]) == ref[iid]["label"]
         masks = item["masks"].numpy()
-        assert set(np.unique(masks)) <= {0.0, 1.0}
+        assert set(np.unique(masks)) <= {0, 1}
         np.testing.assert_array_equal(item["present"].numpy(), masks.reshape(NUM_STRUCTURES, -1).any(1))
         # The transformed superpixel map still indexes the JSON features: masks stay superpixel-quantised.
         sp = item["superpixels"].numpy()

@@ -23,7 +23,8 @@ class DermoscopyDataset(Dataset):
     ``ds[i]`` is a dict:
 
     * ``image``: float32 ``(3, S, S)``, normalised with the cache's training mean/std;
-    * ``masks``: float32 ``(6, S, S)`` of 0/1 in STRUCTURES order (zeros without masks);
+    * ``masks``: uint8 ``(6, S, S)`` of 0/1 in STRUCTURES order (zeros without masks); uint8, not
+      float, so a DataLoader worker sends a quarter of the bytes (the loss casts on the device);
     * ``present``: bool ``(6,)``, a mask has at least one pixel *after* this sample's transforms
       (all False without masks);
     * ``label``: int64 scalar tensor (1 = melanoma); ``id``: str; ``index``: int;
@@ -114,9 +115,9 @@ class DermoscopyDataset(Dataset):
         if self.has_masks:
             masks = out["masks"].as_subclass(torch.Tensor)
             present = masks.amax(dim=(1, 2)) > 0  # (6,) bool, no copy of a rotated view
-            masks = masks.to(torch.float32, memory_format=torch.contiguous_format)
+            masks = masks.contiguous()
         else:
-            masks = torch.zeros(NUM_STRUCTURES, size, size)
+            masks = torch.zeros(NUM_STRUCTURES, size, size, dtype=torch.uint8)
             present = torch.zeros(NUM_STRUCTURES, dtype=torch.bool)
         item = {
             "image": out["image"].as_subclass(torch.Tensor).contiguous(),
