@@ -322,11 +322,5 @@ class Baseline(nn.Module):
         out["attention.w_x.bias"] = cat([getattr(att, f"w_{n}").bias for n in GATE_ORDER])
         return out
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"encoder", "attention", "branches"}``, as :meth:`GazeNet.parameter_groups` (trainable only)."""
-        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "attention": [], "branches": []}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                part = name.split(".", 1)[0]
-                groups[part if part in ("encoder", "attention") else "branches"].append(p)
-        return groups
+    # ``{"encoder", "attention", "branches"}`` by top-level name, which the baseline shares with the model
+    parameter_groups = GazeNet.parameter_groups

@@ -10,6 +10,8 @@ reader is tested against files whose every pixel is known:
 * the lesion mask is the square of rows and columns 4..27;
 * tolerated variations: ``_Segmentation.png`` capitalisation (``ISIC_0000012``), ``.JPG``, the
   test Data folder nested in a folder of its own name, metadata CSVs in the Data folders.
+
+Also ``one_thread``, for modules of tiny-tensor tests (``pytestmark = pytest.mark.usefixtures("one_thread")``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 TINY_SIDE = 32
@@ -98,6 +101,15 @@ def write_tiny_isic(root: Path, *, annotations: bool = True, splits: dict | None
             (part2 / f"{image_id}_features.json").write_text(json.dumps(values))
         (root / f"{prefix}_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscribed shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -332,6 +332,9 @@ def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
     assert "float32" in caplog.text
     with pytest.raises(DermogazeError, match="fp8"):
         autocast_factory(torch.device("cpu"), "fp8")
+    with autocast_factory(torch.device("cpu"), "bf16", cpu=True)():  # the benchmark may measure CPU autocast
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert autocast_factory(torch.device("cpu"), "off", cpu=True) is contextlib.nullcontext
 
 
 # --------------------------------------------------------------------------------------------

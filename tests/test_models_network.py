@@ -16,13 +16,7 @@ WITH_ATTENTION = {"vgg_attconvlstm", "vgg_attconvlstm_gap", "deco_gap_3", "deco_
 WITH_DECODER = {"deco_gap_3", "deco_gap_5", "deco_gap_17"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscribed shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(name, **kw):

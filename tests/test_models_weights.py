@@ -13,14 +13,7 @@ from dermogaze.models import build_model, encoder
 from dermogaze.models.diagnosis import DiagnosisBranch
 from dermogaze.models.encoder import VGGEncoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: immune to oversubscribed shared cores (the largest case is a single 224 px forward)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

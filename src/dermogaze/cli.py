@@ -25,6 +25,26 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_model_size_arguments(parser: argparse.ArgumentParser, image_size: int = 224, steps: int = 5,
+                             width: float = 1.0) -> None:  # fmt: skip
+    """``--image-size``, ``--steps`` (T) and ``--width`` (defaults: the paper's configuration)."""
+    parser.add_argument("--image-size", type=positive_int, default=image_size,
+                        help=f"input size, multiple of 32 ({image_size})")  # fmt: skip
+    parser.add_argument("--steps", type=positive_int, default=steps, help=f"T, number of gazes ({steps})")
+    parser.add_argument("--width", type=float, default=width, help="channel multiplier (1.0 = the paper)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermogaze",

@@ -21,6 +21,18 @@ from .errors import DermogazeError
 logger = logging.getLogger(__name__)
 
 
+def _add_runtime_arguments(p: argparse.ArgumentParser, *, amp: bool = True, from_config: bool = False) -> None:
+    """``--device``, ``--amp``, ``--workers``, ``--no-progress``; ``from_config``: unset leaves the config's."""
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None if from_config else "auto",
+                   help="compute device (default: auto)")  # fmt: skip
+    if amp:
+        p.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None if from_config else "off",
+                       help="mixed precision on CUDA (default: off)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None if from_config else 0, metavar="N",
+                   help="data-loader worker processes" + ("" if from_config else " (default: 0)"))  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train``, ``evaluate`` and ``demo`` subcommands."""
     p = subparsers.add_parser(
@@ -38,11 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a config key, e.g. -o train.epochs=3 -o model.width=0.5 (repeatable)",
     )  # fmt: skip
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision on CUDA (default: off)")
-    p.add_argument("--workers", type=int, metavar="N", help="data-loader worker processes")
     p.add_argument("--seed", type=int, metavar="S", help="random seed (a CPU run is repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime_arguments(p, from_config=True)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -55,11 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="CACHE", help="prepared cache (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="cache split: train, val or test (default: test)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint folder>/eval_<split>)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     p.add_argument("--batch-size", type=int, metavar="N", help="default: the training batch size")
-    p.add_argument("--workers", type=int, default=0, metavar="N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser(
@@ -70,9 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     p.add_argument("--fast", action="store_true", help="a smaller, shorter run (a smoke test, not a result)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--workers", type=int, default=0, metavar="N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime_arguments(p, amp=False)
     p.set_defaults(func=cmd_demo)
 
 

@@ -190,13 +190,17 @@ def cleanup_distributed(dist: DistInfo) -> None:
         torch_dist.destroy_process_group()
 
 
-def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+def autocast_factory(
+    device: torch.device, amp: str, *, cpu: bool = False
+) -> Callable[[], contextlib.AbstractContextManager]:
     """One autocast context, chosen once (timm style).
 
     Args:
         device: the compute device.
         amp: ``"off"``, ``"bf16"`` or ``"fp16"``. Mixed precision is used on CUDA only; on
-            another device it is ignored with a warning.
+            another device it is ignored with a warning, unless ``cpu``.
+        cpu: allow autocast on the CPU too (the benchmark measures it; bf16 needs AVX-512 BF16 to be
+            fast, fp16 is mostly slow there).
 
     Returns:
         A zero-argument callable returning a context manager.
@@ -205,11 +209,11 @@ def autocast_factory(device: torch.device, amp: str) -> Callable[[], contextlib.
         raise DermogazeError(f"unknown train.amp {amp!r}: expected off, bf16 or fp16")
     if amp == "off":
         return contextlib.nullcontext
-    if device.type != "cuda":
+    if device.type != "cuda" and not cpu:
         logger.warning("mixed precision (--amp %s) is for CUDA GPUs; running in float32 on %s", amp, device)
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return functools.partial(torch.autocast, device_type="cuda", dtype=dtype)
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
 def _all_reduce_sum(values: list[float], dist: DistInfo) -> list[float]:
@@ -567,10 +571,17 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _float_output(out: GazeOutput) -> GazeOutput:
-    """The model outputs in float32 (the loss and metrics never run in reduced precision)."""
-    tensors = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-    return dataclasses.replace(out, **{k: v.float() for k, v in tensors.items() if v is not None})
+def _forward(
+    model: nn.Module, batch: Mapping[str, Any], device: torch.device, channels_last: bool, autocast: Callable
+) -> tuple[dict[str, Any], GazeOutput]:
+    """Move ``batch`` to ``device`` and run the model on its images; the outputs in float32."""
+    batch = _to_device(batch, device)
+    images = batch["image"]  # (B, 3, H, W)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        out = model(images)
+    return batch, out.float()
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -627,13 +638,8 @@ def train_one_epoch(
     for i, batch in enumerate(loader):
         if i >= total:
             break
-        batch = _to_device(batch, device)
-        images = batch["image"]  # (B, 3, H, W)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out = model(images)
-        terms = loss_fn(_float_output(out), batch)
+        batch, out = _forward(model, batch, device, channels_last, autocast)
+        terms = loss_fn(out, batch)
         loss = terms["loss"]
         if lr_scale is not None:
             factor = lr_scale(i)
@@ -658,7 +664,7 @@ def train_one_epoch(
                 f"training diverged: the loss is {values[0]} at epoch {epoch}, batch {i + 1} "
                 "(lower the learning rates, e.g. -o train.lr_attention=1e-3)"
             )
-        n = images.shape[0]
+        n = batch["image"].shape[0]
         sums = [s + v * n for s, v in zip(sums, values, strict=True)]
         count += n
         bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_TERMS, values, strict=True)}, refresh=False)
@@ -738,21 +744,15 @@ def run_inference(
     labels: list[np.ndarray] = []
     maps: list[float] = []
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True):
-        batch = _to_device(batch, device)
-        images = batch["image"]  # (B, 3, H, W)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out = model(images)
-        out = _float_output(out)
+        batch, out = _forward(model, batch, device, channels_last, autocast)
+        n = batch["image"].shape[0]
         if loss_fn is not None:
             terms = loss_fn(out, batch)
-            n = images.shape[0]
             sums = [s + float(terms[k]) * n for s, k in zip(sums, LOSS_TERMS, strict=True)]
             count += n
         if on_batch is not None:
             on_batch(out, batch)
-        maps.extend(_structure_map(out, batch) if structure_map else [math.nan] * images.shape[0])
+        maps.extend(_structure_map(out, batch) if structure_map else [math.nan] * n)
         indices.extend(int(i) for i in batch["index"])
         ids.extend(batch["id"])
         probs.append(out.melanoma_prob.cpu().numpy())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import add_model_size_arguments
 from .gazenet import GazeNet, build_model, list_models
 
 
@@ -47,15 +48,6 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``dermogaze model {list,summary}``."""
@@ -68,9 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p_sum = sub.add_parser("summary", help="build a variant and print its parameter counts per module")
     p_sum.add_argument("name", help=f"variant: {', '.join(list_models())}")
-    p_sum.add_argument("--image-size", type=_positive_int, default=224, help="input size, multiple of 32 (224)")
-    p_sum.add_argument("--steps", type=_positive_int, default=5, help="T, number of gazes (5)")
-    p_sum.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper)")
+    add_model_size_arguments(p_sum)
     p_sum.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
                        help="decoder skip averaging (default: the variant's)")
     p_sum.add_argument("--batch-norm", choices=("on", "off", "frozen"), default=None,

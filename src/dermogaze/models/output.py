@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from torch import Tensor
 
@@ -36,3 +36,8 @@ class GazeOutput:
     @property
     def has_decoder(self) -> bool:
         return self.masks is not None
+
+    def float(self) -> GazeOutput:
+        """The outputs in float32 (after autocast: the loss and metrics never run in reduced precision)."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v.float() for k, v in tensors.items() if v is not None})
