@@ -292,3 +292,35 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert r["agreement"]["ok"] and r["targets"]["agreement"]
     assert len(r["explain"]["samples"]) == 2 and r["explain"]["image_size"] == 32
     assert set(r["targets"]) == {"speedup", "memory", "utilisation", "agreement"}
+
+
+def test_bench_against_its_own_fp32_step(tmp_path, capsys):
+    """``--reference fp32``: the GPU check of ``--amp``/``--channels-last`` (run here on the CPU, tiny)."""
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--image-size", "32", "--width", "0.125", "--batch", "2", "--steps", "2", "--repeats", "1",
+        "--warmup", "0", "--explain-size", "32", "--explain-repeats", "1", "--reference", "fp32",
+        "--amp", "bf16", "--channels-last", "--no-memory", "--no-progress", "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    for field in (
+        "dermogaze step: amp bf16, channels_last", "reference: dermogaze's own step, eager fp32",
+        "speed-up (fp32 eager time / dermogaze time)", "[GPU target >= 3x:", "agreement with the baseline: not checked",
+    ):
+        assert field in text, field
+    assert "float32 first step" not in text
+    r = json.loads(out.read_text())
+    assert r["config"]["reference"] == "fp32" and r["speedup_target"] == 3.0
+    fl = r["flops_per_image"]  # the same network on both sides
+    assert fl["baseline"] == fl["dermogaze"]
+    assert r["targets"] == {"speedup": r["speedup"] >= 3.0, "memory": None, "utilisation": None, "agreement": None}
+
+
+def test_fp32_reference_is_a_copy_of_the_model():
+    model, reference = bench.build_pair(bench.BenchOptions(reference="fp32", **TINY), CPU)
+    assert type(reference) is type(model) and reference is not model
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr() and p.requires_grad == q.requires_grad, name
+    with pytest.raises(DermogazeError, match="--reference"):
+        bench.run_benchmark(bench.BenchOptions(reference="fp16", **TINY), progress=False)
