@@ -4,13 +4,16 @@ Same global batch (4 = 2 per process × 2), same seed, same data. The variant ha
 decoder and batch norm is off, so the loss is a per-sample mean (DDP's average of per-rank means is
 the global mean) and no per-rank batch statistics exist: the two runs must agree up to floating-point
 rounding. The distributed run is interrupted after one epoch and resumed under torchrun, which
-checks distributed resume at the same time.
+checks distributed resume at the same time. A second test launches two torchrun "nodes" of one
+process each on this machine (static rendezvous, ``--node-rank``): every process has
+``LOCAL_RANK`` 0, only the global rank tells them apart.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,20 +35,48 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def test_two_processes_match_one_process(pipeline_cache, tmp_path):
-    from dermogaze.engine import load_checkpoint, train
+@pytest.fixture(scope="module")
+def single_run(pipeline_cache, tmp_path_factory) -> Path:
+    """The single-process run both distributed runs must follow."""
+    from dermogaze.engine import train
 
-    single = tmp_path / "single"
+    single = tmp_path_factory.mktemp("single") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same reduction order in the ops
     try:
         train(load_config("tiny", [f"data.cache={pipeline_cache}", *OVERRIDES]), single, progress=False)
     finally:
         torch.set_num_threads(threads)
+    return single
+
+
+def _assert_follows(single: Path, ddp: Path) -> None:
+    from dermogaze.engine import load_checkpoint
+
+    a, b = _rows(single), _rows(ddp)
+    assert [r["epoch"] for r in b] == [1, 2]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_diag"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key
+        for key in ("val_auc", "val_ap"):
+            assert rb[key] == pytest.approx(ra[key], abs=1e-6), key
+    wa, wb = load_checkpoint(single / "last.pt")["model"], load_checkpoint(ddp / "last.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_processes_match_one_process(pipeline_cache, single_run, tmp_path):
+    from dermogaze.engine import load_checkpoint
 
     ddp = tmp_path / "ddp"
     overrides = [x for o in OVERRIDES for x in ("-o", o)]
@@ -59,14 +90,29 @@ def test_two_processes_match_one_process(pipeline_cache, tmp_path):
 
     _torchrun(["--resume", str(ddp), "-o", "train.epochs=2"])
     assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    _assert_follows(single_run, ddp)
 
-    a, b = _rows(single), _rows(ddp)
-    assert [r["epoch"] for r in b] == [1, 2]
-    for ra, rb in zip(a, b, strict=True):
-        for key in ("train_loss", "val_loss", "val_diag"):
-            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key
-        for key in ("val_auc", "val_ap"):
-            assert rb[key] == pytest.approx(ra[key], abs=1e-6), key
-    wa, wb = load_checkpoint(single / "last.pt")["model"], load_checkpoint(ddp / "last.pt")["model"]
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
+
+def test_two_nodes_match_one_process(pipeline_cache, single_run, tmp_path):
+    """``torchrun --nnodes 2 --node-rank R``, one process per node, both writing to the same --out."""
+    port = _free_port()
+    out = tmp_path / "nodes"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    overrides = [x for o in OVERRIDES for x in ("-o", o)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "dermogaze", "train", "--no-progress", "--data", str(pipeline_cache), "--preset", "tiny",
+             "--out", str(out), *overrides],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    logs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, logs, strict=True):
+        assert p.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert all("world size 2" in stderr for _, stderr in logs)
+    assert sum(stderr.count("epoch 2/2:") for _, stderr in logs) == 1  # only global rank 0 logs
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+    _assert_follows(single_run, out)
