@@ -112,7 +112,7 @@ def test_baseline_computes_the_same_loss_and_gradients(variant):
 def test_compare_formulations_agrees_in_float64_and_leaves_the_originals_alone():
     model, baseline, batch = tiny_pair()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    agreement = bench.compare_formulations(model, baseline, bench.GazeLoss(LossConfig()), batch, tolerance=1e-6)
+    agreement = bench.compare_formulations(model, baseline, GazeLoss(LossConfig()), batch, tolerance=1e-6)
     assert agreement["ok"], agreement
     assert agreement["dtype"] == "float64" and agreement["batch"] == 2
     assert agreement["matching_equal"] and agreement["baseline_encoder_backward"]

@@ -84,7 +84,7 @@ from tqdm import tqdm
 
 from .cli import add_model_size_arguments, positive_int
 from .config import LossConfig, TrainConfig
-from .engine import autocast_factory, resolve_device
+from .engine import autocast_factory, forward_batch, resolve_device
 from .errors import DermogazeError
 from .losses import GazeLoss
 from .models import GazeNet, build_model
@@ -267,13 +267,9 @@ def train_step(
     channels_last: bool = False,
 ) -> float:
     """One training step: forward, :class:`GazeLoss`, backward, optimiser step. Returns the loss."""
-    images = batch["image"]
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        out = net(images)
-    loss = loss_fn(out.float(), batch)["loss"]
+    _, out = forward_batch(net, batch, batch["image"].device, channels_last, autocast)
+    loss = loss_fn(out, batch)["loss"]
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -326,11 +322,9 @@ def _relative(a: Tensor, b: Tensor, floor: float = 0.0) -> float:
     return 0.0 if scale == 0.0 else float((a - b).norm()) / scale
 
 
-def _grads_of(net: nn.Module, loss_fn: GazeLoss, batch: Mapping[str, Any], channels_last: bool = False) -> dict:
+def _grads_of(net: nn.Module, loss_fn: GazeLoss, batch: Mapping[str, Any]) -> dict:
     """Forward, loss and backward of ``net`` (grads left in ``.grad``); FLOPs, loss and matching."""
     images = batch["image"]
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     net.zero_grad(set_to_none=True)
     fwd, out = count_flops(lambda: net(images))
     terms = loss_fn(out, batch)
@@ -339,15 +333,11 @@ def _grads_of(net: nn.Module, loss_fn: GazeLoss, batch: Mapping[str, Any], chann
             "matching": terms["matching"]}  # fmt: skip
 
 
-def _trained_names(model: GazeNet) -> list[str]:
-    return [name for name, p in model.named_parameters() if p.requires_grad]
-
-
 def _gradient_differences(
     model: GazeNet, model_grads: Mapping[str, Tensor | None], base_grads: Mapping[str, Tensor | None]
 ) -> tuple[dict[str, float], list[str]]:
     """Relative difference of every trained gradient (floored, see :data:`GRAD_FLOOR`); missing names."""
-    trained = _trained_names(model)
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
     present = [n for n in trained if base_grads.get(n) is not None]
     total = math.sqrt(sum(float(base_grads[n].double().norm()) ** 2 for n in present))
     diffs: dict[str, float] = {}
@@ -361,40 +351,42 @@ def _gradient_differences(
     return diffs, missing
 
 
-def first_step(
-    model: GazeNet, baseline: nn.Module, loss_fn: GazeLoss, batch: Mapping[str, Any]
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Forward, loss and backward of both formulations in float32, counting FLOPs.
-
-    The gradients are left in ``.grad`` (the caller's optimiser step makes this the first training
-    step). Besides the FLOPs, returns the float32 losses and the largest relative difference of the
-    gradients, for information only: at the paper's size the gradients of this network are sums
-    over millions of nearly cancelling terms, and two float32 summation orders differ by about 1e-3
-    (the baseline against itself in channels-last layout measured 4.1e-3). Whether the two
-    formulations compute the same function is settled by :func:`compare_formulations`.
-
-    Returns:
-        ``(flops, float32)``: ``flops[kind]`` ``forward``/``forward_backward`` for the whole batch;
-        ``float32``: ``loss`` ``{baseline, dermogaze}``, ``loss_rel_diff``, ``grad_max_rel_diff``,
-        ``grad_worst``.
-    """
-    runs = {"baseline": _grads_of(baseline, loss_fn, batch), "dermogaze": _grads_of(model, loss_fn, batch)}
-    flops = {k: {"forward": v["forward"], "forward_backward": v["forward_backward"]} for k, v in runs.items()}
-    model_grads = {n: p.grad for n, p in model.named_parameters()}
-    if hasattr(baseline, "gazenet_tensors"):
-        base_grads = baseline.gazenet_tensors(grad=True)
-    else:  # the fp32 reference: a copy of the model
-        base_grads = {n: p.grad for n, p in baseline.named_parameters()}
-    diffs, _ = _gradient_differences(model, model_grads, base_grads)
+def _differences(base_run: dict, model_run: dict, diffs: Mapping[str, float]) -> dict[str, Any]:
+    """Losses of both runs (:func:`_grads_of`), their relative difference, and the worst gradient."""
     worst = max(diffs, key=diffs.get) if diffs else None
-    losses = {k: runs[k]["loss"] for k in FORMULATIONS}
-    info = {
+    losses = {"baseline": base_run["loss"], "dermogaze": model_run["loss"]}
+    return {
         "loss": losses,
         "loss_rel_diff": abs(losses["baseline"] - losses["dermogaze"]) / max(abs(losses["baseline"]), 1e-30),
         "grad_max_rel_diff": diffs[worst] if worst else 0.0,
         "grad_worst": worst,
     }
-    return flops, info
+
+
+def first_step(
+    model: GazeNet, reference: nn.Module, loss_fn: GazeLoss, batch: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """Forward, loss and backward of both formulations in float32, counting FLOPs.
+
+    The gradients are left in ``.grad`` (the caller's optimiser step makes this the first training
+    step). Against the baseline, also returns the float32 losses and the largest relative difference
+    of the gradients, for information only: at the paper's size the gradients of this network are
+    sums over millions of nearly cancelling terms, and two float32 summation orders differ by about
+    1e-3 (the baseline against itself in channels-last layout measured 4.1e-3). Whether the two
+    formulations compute the same function is settled by :func:`compare_formulations`.
+
+    Returns:
+        ``(flops, float32)``: ``flops[kind]`` ``forward``/``forward_backward`` for the whole batch;
+        ``float32``: ``loss`` ``{baseline, dermogaze}``, ``loss_rel_diff``, ``grad_max_rel_diff``,
+        ``grad_worst``; None when ``reference`` is not the baseline (a copy of the model).
+    """
+    runs = {"baseline": _grads_of(reference, loss_fn, batch), "dermogaze": _grads_of(model, loss_fn, batch)}
+    flops = {k: {"forward": v["forward"], "forward_backward": v["forward_backward"]} for k, v in runs.items()}
+    if isinstance(reference, GazeNet):
+        return flops, None
+    model_grads = {n: p.grad for n, p in model.named_parameters()}
+    diffs, _ = _gradient_differences(model, model_grads, reference.gazenet_tensors(grad=True))
+    return flops, _differences(runs["baseline"], runs["dermogaze"], diffs)
 
 
 def _batch_as(batch: Mapping[str, Any], dtype: torch.dtype, size: int | None) -> dict[str, Any]:
@@ -459,19 +451,14 @@ def compare_formulations(
     gc.collect()
 
     failed = [name for name, rel in diffs.items() if rel > tolerance]
-    worst = max(diffs, key=diffs.get) if diffs else None
+    summary = _differences(base_run, model_run, diffs)
     matching_equal = all(
         np.array_equal(tb, tm) and np.array_equal(sb, sm)
         for (tb, sb), (tm, sm) in zip(base_run["matching"], model_run["matching"], strict=True)
     )
-    losses = {"baseline": base_run["loss"], "dermogaze": model_run["loss"]}
-    loss_rel = abs(losses["baseline"] - losses["dermogaze"]) / max(abs(losses["baseline"]), 1e-30)
     return {
-        "loss": losses,
-        "loss_rel_diff": loss_rel,
+        **summary,
         "matching_equal": matching_equal,
-        "grad_max_rel_diff": diffs[worst] if worst else 0.0,
-        "grad_worst": worst,
         "grad_failed": failed,
         "grad_missing": missing,
         "per_gradient": diffs,
@@ -479,7 +466,7 @@ def compare_formulations(
         "dtype": str(dtype).removeprefix("torch."),
         "batch": int(data["image"].shape[0]),
         "tolerance": tolerance,
-        "ok": loss_rel <= tolerance and matching_equal and not missing and not failed,
+        "ok": summary["loss_rel_diff"] <= tolerance and matching_equal and not missing and not failed,
     }
 
 
@@ -650,7 +637,8 @@ def run_benchmark(opts: BenchOptions, *, progress: bool = True) -> dict[str, Any
     batch = make_batch(opts.batch, opts.image_size, seed=opts.seed, device=device)
     optimizers = {"baseline": paper_optimizer(baseline), "dermogaze": paper_optimizer(model)}
 
-    if opts.reference == "baseline":
+    against_baseline = opts.reference == "baseline"  # the CPU targets are set against the baseline
+    if against_baseline:
         logger.info("agreement: loss and gradients of both formulations in float64 on copies")
         agreement = compare_formulations(model, baseline, loss_fn, batch, opts.tolerance, size=opts.agreement_batch)
     else:  # the reference is the model itself: the baseline's agreement is not this run's question
@@ -700,7 +688,7 @@ def run_benchmark(opts: BenchOptions, *, progress: bool = True) -> dict[str, Any
     achieved = {k: per_step[k] / step[k] / 1e9 for k in FORMULATIONS}
     results["step_time_s"] = {k: {"median": step[k], "samples": times[k]} for k in FORMULATIONS}
     results["speedup"] = step["baseline"] / step["dermogaze"]
-    speedup_target = TARGET_SPEEDUP if opts.reference == "baseline" else TARGET_GPU_SPEEDUP
+    speedup_target = TARGET_SPEEDUP if against_baseline else TARGET_GPU_SPEEDUP
     results["speedup_target"] = speedup_target
     results["achieved_gflops"] = achieved
     results["matmul"] = {"n": matmul_n, "gflops": matmul, "samples_gflops": mm_gflops}
@@ -715,7 +703,6 @@ def run_benchmark(opts: BenchOptions, *, progress: bool = True) -> dict[str, Any
     results["explain"] = {"image_size": opts.explain_size, "median_s": _median(explain), "samples": explain}
     results["load_average_end"] = _load_average()
 
-    against_baseline = opts.reference == "baseline"  # the CPU targets are set against the baseline
     utilisation = results["utilisation"]["dermogaze_in_baseline_flops"]
     targets: dict[str, bool | None] = {
         "speedup": results["speedup"] >= speedup_target,
@@ -845,7 +832,7 @@ def format_report(r: Mapping[str, Any]) -> str:
             f"tolerance {ag['tolerance']:g}: {'OK' if ag['ok'] else 'FAILED'}"
         )
     f32 = ag.get("float32")
-    if f32 and against_baseline:
+    if f32:
         lines.append(
             f"  float32 first step, for information (rounding, not a check): loss rel. diff "
             f"{f32['loss_rel_diff']:.1e}; gradients max rel. diff {f32['grad_max_rel_diff']:.1e} ({f32['grad_worst']})"
@@ -861,7 +848,6 @@ def format_report(r: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .metrics import write_json
 

@@ -571,7 +571,7 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _forward(
+def forward_batch(
     model: nn.Module, batch: Mapping[str, Any], device: torch.device, channels_last: bool, autocast: Callable
 ) -> tuple[dict[str, Any], GazeOutput]:
     """Move ``batch`` to ``device`` and run the model on its images; the outputs in float32."""
@@ -638,7 +638,7 @@ def train_one_epoch(
     for i, batch in enumerate(loader):
         if i >= total:
             break
-        batch, out = _forward(model, batch, device, channels_last, autocast)
+        batch, out = forward_batch(model, batch, device, channels_last, autocast)
         terms = loss_fn(out, batch)
         loss = terms["loss"]
         if lr_scale is not None:
@@ -744,7 +744,7 @@ def run_inference(
     labels: list[np.ndarray] = []
     maps: list[float] = []
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True):
-        batch, out = _forward(model, batch, device, channels_last, autocast)
+        batch, out = forward_batch(model, batch, device, channels_last, autocast)
         n = batch["image"].shape[0]
         if loss_fn is not None:
             terms = loss_fn(out, batch)

@@ -48,7 +48,6 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``dermogaze model {list,summary}``."""
     parser = subparsers.add_parser("model", help="list the network variants or show one's parameter counts")
