@@ -8,7 +8,7 @@ from torch import nn
 from dermogaze.config import load_config
 from dermogaze.errors import DermogazeError
 from dermogaze.models import GazeOutput, build_model, list_models
-from dermogaze.models.decoder import conv3x3_single_output, upsample_conv3x3
+from dermogaze.models.fused_decoder import conv3x3_single_output, upsample_conv3x3
 
 TINY = 0.125  # 8/16/32/64 channels instead of 64/128/256/512
 VARIANTS = ["vgg", "vgg_gap", "vgg_attconvlstm", "vgg_attconvlstm_gap", "deco_gap_3", "deco_gap_5", "deco_gap_17"]
@@ -89,6 +89,7 @@ def batch_norm_state(module):
 
 def test_frozen_encoder_gets_no_gradient_and_keeps_its_statistics():
     model = tiny("deco_gap_5").freeze_encoder()  # batch_norm "on": only the freezing keeps the stats
+    assert model.encoder_frozen and model.batch_norm == "on"
     before = batch_norm_state(model.encoder)
     decoder_before = batch_norm_state(model.decoder)
     model.train()
@@ -107,13 +108,14 @@ def test_frozen_encoder_gets_no_gradient_and_keeps_its_statistics():
     assert model.parameter_groups()["encoder"] == []
     # Unfreezing restores the gradients.
     model.freeze_encoder(False).train()
+    assert not model.encoder_frozen
     assert all(p.requires_grad for p in model.encoder.parameters())
     assert all(m.training for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_frozen_batch_norm_mode():
     model = tiny("deco_gap_3")
-    assert model.init_kwargs["batch_norm"] == "frozen"
+    assert model.init_kwargs["batch_norm"] == model.batch_norm == "frozen"
     vgg_parts = [model.encoder, model.diagnosis.blocks]
     before = [batch_norm_state(m) for m in vgg_parts]
     model.train()

@@ -2,8 +2,9 @@
 
 ``build_model(name, **overrides)`` builds a registered variant; ``list_models()`` names them.
 Parts: :mod:`.encoder` (VGG-16-BN blocks 1-3), :mod:`.attention` (attentive ConvLSTM, Eqs. 1-9),
-:mod:`.decoder` (structure decoder and classifier, Fig. 3), :mod:`.diagnosis` (Fig. 4),
-:mod:`.gazenet` (the whole network and the registry), :mod:`.output` (:class:`GazeOutput`).
+:mod:`.decoder` (structure decoder and classifier, Fig. 3; its fast path in :mod:`.fused_decoder`),
+:mod:`.diagnosis` (Fig. 4), :mod:`.gazenet` (the whole network and the registry), :mod:`.output`
+(:class:`GazeOutput`).
 """
 
 from .gazenet import GazeNet, build_model, list_models, register_model

@@ -17,7 +17,7 @@ ConvLSTM (Eqs. 4-9)::
 
 with ``H_0 = C_0 = 0`` (``t`` runs over ``0 .. T-1``; the paper's ``H_{t-1}`` at ``t = 0`` is ``H_0``).
 
-Speed (issue 6), without changing the equations:
+Speed, without changing the equations:
 
 * ``W_a * X' + b_a`` does not depend on ``t``: computed once per forward.
 * Every convolution of ``H_{t-1}`` is one fused conv ``u_h`` with ``5C`` output channels, in the

@@ -98,7 +98,6 @@ class VGGBlocks(nn.Sequential):
             raise DermogazeError(f"batch_norm must be one of {', '.join(BATCH_NORM_MODES)}, got {batch_norm!r}")
         super().__init__(*_make_layers(cfg, in_channels, width, batch_norm))
         self.batch_norm = batch_norm
-        self.in_channels = in_channels
         convs = [m for m in self if isinstance(m, nn.Conv2d)]
         self.out_channels: int = convs[-1].out_channels
         self.frozen = False
@@ -175,7 +174,6 @@ class VGGEncoder(VGGBlocks):
     Attributes:
         out_channels: channels ``C`` of ``X'`` (256 at width 1).
         skip_channels: channels of the pooled outputs of blocks 1, 2, 3 (64, 128, 256 at width 1).
-        reduction: spatial reduction of ``X'`` (8).
 
     Shape:
         ``forward(x)``: ``(B, 3, H, W) -> (X', skips)`` with ``X'`` ``(B, C, H/8, W/8)`` and
@@ -191,7 +189,6 @@ class VGGEncoder(VGGBlocks):
             elif isinstance(layer, nn.MaxPool2d):
                 skip_channels.append(channels)
         self.skip_channels: tuple[int, ...] = tuple(skip_channels)
-        self.reduction = 2 ** len(self.skip_channels)
 
     def _features(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         skips = []

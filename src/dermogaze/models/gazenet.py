@@ -26,7 +26,7 @@ diagnosis branch (melanoma logits). Variants are registered constructors (timm's
 * ``image_size`` must be a multiple of 32 (five VGG pools); the forward pass accepts any input whose
   sides are multiples of 32 (the value is recorded for the pipeline).
 * ``init_kwargs`` records ``weights=None``: a checkpoint's state dict supersedes the initial weights,
-  so rebuilding from it must not need the ImageNet file; ``weights_source`` keeps the original value.
+  so rebuilding from it must not need the ImageNet file.
 * Encoder freezing (the paper's encoder learning rate of 0) is not a build option: the training
   code calls :meth:`GazeNet.freeze_encoder`, which also stops the encoder's backward pass.
 * On the CPU the forward pass runs in channels-last layout whatever the input's layout (oneDNN's
@@ -79,9 +79,11 @@ class GazeNet(nn.Module):
 
     Attributes:
         variant: registered name, e.g. ``"deco_gap_3"``.
-        needs_masks: the variant has a structure decoder (its loss needs ground-truth masks).
         init_kwargs: resolved build arguments: ``build_model(**model.init_kwargs)`` rebuilds it.
         steps: ``T``; image_size: the input size it was built for.
+        needs_masks: the variant has a structure decoder (its loss needs ground-truth masks).
+        batch_norm: the resolved batch-norm mode, ``"on"``, ``"off"`` or ``"frozen"`` (read-only).
+        encoder_frozen: whether :meth:`freeze_encoder` froze the encoder (read-only).
 
     Shape:
         ``forward(images)``: ``(B, 3, H, W)`` (sides multiples of 32) → :class:`GazeOutput` with
@@ -100,7 +102,6 @@ class GazeNet(nn.Module):
         steps: int = 1,
         image_size: int = 224,
         init_kwargs: dict[str, Any] | None = None,
-        weights_source: str | None = None,
     ):
         super().__init__()
         self.variant = variant
@@ -111,11 +112,21 @@ class GazeNet(nn.Module):
         self.steps = steps
         self.image_size = image_size
         self.init_kwargs: dict[str, Any] = dict(init_kwargs or {})
-        self.weights_source = weights_source
 
     @property
     def needs_masks(self) -> bool:
+        """The variant has a structure decoder (its loss needs ground-truth masks)."""
         return self.decoder is not None
+
+    @property
+    def batch_norm(self) -> str:
+        """The resolved batch-norm mode: ``"on"``, ``"off"`` or ``"frozen"`` (the module docstring says which parts)."""
+        return self.encoder.batch_norm
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the encoder is frozen (:meth:`freeze_encoder`)."""
+        return self.encoder.frozen
 
     def forward(self, images: Tensor) -> GazeOutput:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -177,6 +188,25 @@ class GazeNet(nn.Module):
             if m is not None
         }
 
+    def summary(self) -> str:
+        """A table of the parameter counts per part (``dermogaze model summary``) and the optimiser groups."""
+        kw = self.init_kwargs
+        skip = "n/a" if kw["skip"] is None else ("on" if kw["skip"] else "off")
+        frozen = " (encoder frozen)" if self.encoder_frozen else ""
+        lines = [
+            f"{self.variant}: image {kw['image_size']} px, T={kw['steps']}, width {kw['width']:g}, "
+            f"skip {skip}, batch norm {self.batch_norm}{frozen}",
+            f"{'module':<28}{'parameters':>14}{'trainable':>14}",
+        ]
+        counts = self.module_parameter_counts()
+        lines += [f"{name:<28}{total:>14,}{trainable:>14,}" for name, (total, trainable) in counts.items()]
+        total = sum(t for t, _ in counts.values())
+        trainable = sum(t for _, t in counts.values())
+        lines.append(f"{'total':<28}{total:>14,}{trainable:>14,}")
+        groups = self.parameter_groups()
+        lines.append("optimiser groups: " + ", ".join(f"{k} {sum(p.numel() for p in v):,}" for k, v in groups.items()))
+        return "\n".join(lines)
+
 
 _REGISTRY: dict[str, Callable[..., GazeNet]] = {}
 
@@ -226,8 +256,10 @@ def _create(
 ) -> GazeNet:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise DermogazeError(f"model {name}: steps (T) must be a positive integer, got {steps!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < IMAGE_MULTIPLE \
-            or image_size % IMAGE_MULTIPLE:
+    if (
+        isinstance(image_size, bool) or not isinstance(image_size, int)
+        or image_size < IMAGE_MULTIPLE or image_size % IMAGE_MULTIPLE
+    ):
         raise DermogazeError(
             f"model {name}: image_size must be a positive multiple of {IMAGE_MULTIPLE} "
             f"(five VGG pools), got {image_size!r}"
@@ -275,11 +307,10 @@ def _create(
     init_kwargs = dict(
         name=name, steps=steps, image_size=image_size, width=width, skip=skip, batch_norm=batch_norm, weights=None
     )
-    model = GazeNet(
+    return GazeNet(
         variant=name, encoder=encoder, attention=attention, decoder=decoder, diagnosis=diagnosis, steps=steps,
-        image_size=image_size, init_kwargs=init_kwargs, weights_source=None if weights is None else str(weights),
+        image_size=image_size, init_kwargs=init_kwargs,
     )
-    return model
 
 
 # Table 3, in the paper's order.
