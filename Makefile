@@ -6,9 +6,11 @@ STAMP := $(VENV)/.dermogaze-installed
 
 .PHONY: demo test test-fast bench lint clean
 
+# torch/torchvision: the exact pair this machine installs from its disk (pyproject.toml allows the 2.14 series).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""The straightforward formulation of the gaze network, the reference of ``dermogaze bench`` (issue 6).
+"""The straightforward formulation of the gaze network, the reference of ``benchmarks/bench_train.py``.
 
 Same equations and same weights as :class:`dermogaze.models.GazeNet`, written the way one first
 writes them from the paper, with none of dermogaze's speed-ups:
@@ -27,8 +27,8 @@ the model's parameter names (concatenating the per-gate pieces in the fused orde
 comparison.
 
 This file lives under ``benchmarks/`` (it is a measuring stick, not part of the library).
-``dermogaze bench`` loads it by path from the repository checkout
-(:func:`dermogaze.bench.load_baseline_module`); scripts and tests can import it the same way.
+``bench_train.py`` beside it (also run as ``dermogaze bench``) and ``tests/test_bench.py`` import it
+as the sibling module ``baseline``, with ``benchmarks/`` on ``sys.path``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ Also ``one_thread``, for modules of tiny-tensor tests (``pytestmark = pytest.mar
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+#: ``benchmarks/`` (not part of the package): ``bench_train`` and ``baseline`` import as modules (test_bench.py).
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
 
 TINY_SIDE = 32
 SP_BASE = 300
@@ -177,7 +183,7 @@ def pipeline_tiny_run(pipeline_cache: Path, tmp_path_factory: pytest.TempPathFac
         The run folder (``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``).
     """
     from dermogaze.config import load_config
-    from dermogaze.engine import train
+    from dermogaze.training import train
 
     cfg = load_config("tiny", [f"data.cache={pipeline_cache}"])
     run = tmp_path_factory.mktemp("pipeline_runs") / "tiny"

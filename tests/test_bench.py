@@ -1,34 +1,43 @@
-"""``dermogaze bench`` and the baseline formulation (``benchmarks/baseline.py``). No timing is tested.
+"""The training-step benchmark (``benchmarks/bench_train.py``, also ``dermogaze bench``) and the baseline
+formulation (``benchmarks/baseline.py``). No timing is tested. ``tests/conftest.py`` puts ``benchmarks/``
+on ``sys.path``, so both import as modules.
 
 * The baseline (one conv per gate, ``W_a * X'`` every step, the decoder once per step, the encoder's
   backward computed) computes the same loss and gradients as dermogaze's model on the same weights
   and batch, at a tiny size, for every decoder variant.
 * FLOP counting: ``FlopCounterMode`` against hand-computed counts (forward hooks give each
   convolution's and dense layer's shapes), up to the paper configuration on the meta device.
-* ``dermogaze bench`` runs end to end on a tiny configuration and prints every figure.
+* ``dermogaze bench`` runs end to end on a tiny configuration and prints every figure; outside a
+  checkout it is one clear error; the script prints its own errors as one line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from dermogaze import bench
+import bench_train as bench
+from baseline import Baseline
 from dermogaze.cli import main
 from dermogaze.config import LossConfig
 from dermogaze.errors import DermogazeError
 from dermogaze.losses import GazeLoss
 from dermogaze.models.attention import GATE_ORDER, RECURRENT_ORDER
+from dermogaze.runtime import autocast_factory
 from dermogaze.structures import NUM_STRUCTURES
+from dermogaze.training.loop import train_step
 
 TINY = dict(image_size=32, width=0.125, batch=2, steps=2)
 CPU = torch.device("cpu")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -55,6 +64,7 @@ def test_make_batch_layout():
 
 def test_from_gazenet_splits_the_fused_gate_weights():
     model, baseline, _ = tiny_pair()
+    assert isinstance(baseline, Baseline)
     att, base = model.attention, baseline.attention
     c = att.channels
     for k, name in enumerate(RECURRENT_ORDER):  # u_h = [U_a; U_i; U_f; U_o; U_g]
@@ -186,8 +196,9 @@ def _hand_flops(net: nn.Module, run) -> tuple[int, list[int], int]:
 
 def test_flop_counter_matches_hand_counts_forward_and_backward():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1), nn.Flatten(),
-                        nn.Linear(4 * 6 * 6, 5))  # fmt: skip
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)
+    )
     x = torch.randn(2, 3, 6, 6)
     conv1 = 2 * (2 * 8 * 6 * 6) * (3 * 9)
     conv2 = 2 * (2 * 4 * 6 * 6) * (8 * 9)
@@ -200,7 +211,7 @@ def test_flop_counter_matches_hand_counts_forward_and_backward():
 
 
 def test_baseline_flops_at_the_paper_configuration_by_hand():
-    """Counted on the meta device (shapes only): about 500 GFLOP per image forward+backward (issue 6)."""
+    """Counted on the meta device (shapes only): about 500 GFLOP per image forward+backward."""
     opts = bench.BenchOptions()  # 224 px, T = 5, width 1, deco_gap_3
     model, baseline = bench.build_pair(opts, torch.device("meta"))
     images = torch.empty(1, 3, 224, 224, device="meta")
@@ -221,11 +232,36 @@ def test_baseline_flops_at_the_paper_configuration_by_hand():
     assert model_fwd < fwd  # W_a * X' once, no recurrent convolutions of H_0 = 0
 
 
-def test_load_baseline_module_needs_a_checkout(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "repository_root", lambda: tmp_path)
-    monkeypatch.delitem(sys.modules, bench.BASELINE_MODULE, raising=False)
-    with pytest.raises(DermogazeError, match="checkout"):
-        bench.load_baseline_module()
+def test_bench_command_needs_a_checkout(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # no benchmarks/bench_train.py here nor above
+    assert main(["bench"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dermogaze: error:"), captured.err
+    assert "benchmarks/bench_train.py" in lines[0] and "checkout" in lines[0]
+    assert captured.out == ""
+
+
+def test_script_prints_its_errors_as_one_line():
+    script = REPO_ROOT / "benchmarks" / "bench_train.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--image-size", "48", "--no-progress"], capture_output=True, text=True, cwd="/"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "bench_train: error: --image-size and --explain-size must be multiples of 32 (five VGG pools)"
+    ]
+
+
+def test_bench_help_lists_the_options(monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--image-size", "--steps", "--width", "--batch", "--device", "--amp", "--reference", "--json"):
+        assert option in text, option
+    assert bench.build_parser().parse_args([]).device == "auto"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
@@ -240,13 +276,14 @@ def test_bf16_autocast_step_runs_in_bf16_and_keeps_the_loss_in_float32():
     loss_fn = GazeLoss(LossConfig())
     with torch.no_grad():
         reference = float(loss_fn(model(batch["image"]), batch)["loss"])
-    autocast = bench.autocast_factory(CPU, "bf16", cpu=True)
+    autocast = autocast_factory(CPU, "bf16", cpu=True)
     with autocast():
         out = model(batch["image"])
     assert out.logits.dtype == torch.bfloat16 and out.masks.dtype == torch.bfloat16
     assert all(t.dtype == torch.float32 for t in (out.float().logits, out.float().masks, out.float().attention))
     optimizer = bench.paper_optimizer(model)
-    loss = bench.train_step(model, loss_fn, optimizer, batch, autocast=autocast)
+    terms = train_step(model, loss_fn, optimizer, batch, CPU, autocast=autocast)  # the step the bench times
+    loss = float(terms["loss"].detach())
     assert math.isfinite(loss) and loss == pytest.approx(reference, rel=0.05)  # bf16 keeps ~3 significant digits
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
@@ -258,13 +295,16 @@ def test_bad_options_are_clear_errors():
         bench.build_pair(bench.BenchOptions(variant="vgg", **TINY), CPU)
 
 
-def test_bench_command_end_to_end(tmp_path, capsys):
+def test_bench_command_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)  # dermogaze bench finds benchmarks/bench_train.py from the working folder
     out = tmp_path / "bench.json"
-    code = main([
-        "bench", "--image-size", "32", "--width", "0.125", "--batch", "2", "--steps", "2", "--repeats", "1",
-        "--warmup", "0", "--explain-size", "32", "--explain-repeats", "2", "--agreement-batch", "1",
-        "--no-progress", "--json", str(out),
-    ])  # fmt: skip
+    code = main(
+        [
+            "bench", "--image-size", "32", "--width", "0.125", "--batch", "2", "--steps", "2", "--repeats", "1",
+            "--warmup", "0", "--explain-size", "32", "--explain-repeats", "2", "--agreement-batch", "1",
+            "--no-progress", "--json", str(out),
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     for field in (
@@ -294,14 +334,17 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert set(r["targets"]) == {"speedup", "memory", "utilisation", "agreement"}
 
 
-def test_bench_against_its_own_fp32_step(tmp_path, capsys):
+def test_bench_against_its_own_fp32_step(tmp_path, monkeypatch, capsys):
     """``--reference fp32``: the GPU check of ``--amp``/``--channels-last`` (run here on the CPU, tiny)."""
+    monkeypatch.chdir(REPO_ROOT)
     out = tmp_path / "bench.json"
-    code = main([
-        "bench", "--image-size", "32", "--width", "0.125", "--batch", "2", "--steps", "2", "--repeats", "1",
-        "--warmup", "0", "--explain-size", "32", "--explain-repeats", "1", "--reference", "fp32",
-        "--amp", "bf16", "--channels-last", "--no-memory", "--no-progress", "--json", str(out),
-    ])  # fmt: skip
+    code = main(
+        [
+            "bench", "--image-size", "32", "--width", "0.125", "--batch", "2", "--steps", "2", "--repeats", "1",
+            "--warmup", "0", "--explain-size", "32", "--explain-repeats", "1", "--reference", "fp32",
+            "--amp", "bf16", "--channels-last", "--no-memory", "--no-progress", "--json", str(out),
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     for field in (

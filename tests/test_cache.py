@@ -271,7 +271,7 @@ def test_no_training_split(tiny_isic_dir, tmp_path):
         prepare(tiny_isic_dir, tmp_path / "c", size=SIZE, progress=False)
 
 
-# --------------------------------------------------------------------------- bad input (issue 2, item 6)
+# --------------------------------------------------------------------------- bad input
 
 TRAIN_DATA = "ISIC-2017_Training_Data"
 
@@ -445,14 +445,15 @@ def test_cli_stats_classification_only(tiny_isic_factory, tmp_path, capsys):
 
 
 def test_cli_synth_passes_options(monkeypatch, tmp_path):
-    synth = pytest.importorskip("dermogaze.data.synth")
+    import dermogaze.cli as cli
+
     seen = {}
 
     def fake(out_dir, **kwargs):
         seen.update(out_dir=out_dir, **kwargs)
         return out_dir
 
-    monkeypatch.setattr(synth, "write_synthetic_isic", fake)
+    monkeypatch.setattr(cli, "write_synthetic_isic", fake)
     argv = ["data", "synth", "--out", str(tmp_path / "s"), "--train", "7", "--val", "3", "--test", "0",
             "--width", "64", "--height", "48", "--seed", "5", "--prevalence", "streaks=0.5",
             "--prevalence", "milia_like_cyst=0.25", "--no-progress"]
@@ -469,10 +470,3 @@ def test_pixel_fraction_percentages_are_consistent(tiny_cache):
     _, info = tiny_cache
     # lesion' + skin + the 64 pixels holding a structure (16 + 16 + 0 + 32) cover every pixel once.
     assert math.isclose(sum(info["pixel_fraction"][:2]) + 64 / 1024, 1.0)
-
-
-@pytest.mark.parametrize("n_in,n_out", [(32, 16), (48, 16), (3000, 256), (767, 256), (100, 256), (7, 3)])
-def test_nearest_indices_match_pillow(n_in, n_out):
-    row = np.arange(n_in, dtype=np.int32)[None, :].repeat(2, axis=0)  # mode "I" image of column indices
-    reference = np.asarray(Image.fromarray(row).resize((n_out, 2), Image.NEAREST))[0]
-    np.testing.assert_array_equal(cache_mod.nearest_indices(n_in, n_out), reference)

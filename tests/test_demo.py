@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from dermogaze.report import DEMO_FLOORS
+from dermogaze.demo import DEMO_FLOORS
 
 SMALL_RECIPE = {"counts": {"Training": 6, "Validation": 3, "Test_v2": 3}, "image_size": [48, 40], "seed": 0,
-                "cache_size": 40}  # fmt: skip
+                "cache_size": 40}
 
 
 def test_demo_data_is_reused_when_the_recipe_matches(tmp_path, monkeypatch):
-    import dermogaze.data.synth as synth
+    import dermogaze.demo as demo
     from dermogaze.data.cache import load_info
-    from dermogaze.report import prepare_demo_data
+    from dermogaze.demo import prepare_demo_data
 
     calls = []
-    real = synth.write_synthetic_isic
-    monkeypatch.setattr(synth, "write_synthetic_isic", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = demo.write_synthetic_isic
+    monkeypatch.setattr(demo, "write_synthetic_isic", lambda *a, **k: calls.append(k) or real(*a, **k))
     cache = prepare_demo_data(tmp_path, SMALL_RECIPE, progress=False)
     assert len(calls) == 1 and load_info(cache)["counts"] == {"train": 6, "val": 3, "test": 3}
     info_mtime = (cache / "info.json").stat().st_mtime_ns
@@ -41,21 +41,22 @@ def test_demo_data_is_reused_when_the_recipe_matches(tmp_path, monkeypatch):
 
 def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
     from dermogaze.config import load_config
-    from dermogaze.engine import evaluate_checkpoint
+    from dermogaze.demo import write_report
+    from dermogaze.evaluate import evaluate_checkpoint
     from dermogaze.explain import run_explain
-    from dermogaze.plots import plot_training_curves, read_history
-    from dermogaze.report import write_report
+    from dermogaze.io import read_jsonl
+    from dermogaze.plots import plot_training_curves
 
     best = pipeline_tiny_run / "best.pt"
     evaluation = evaluate_checkpoint(best, pipeline_cache, "test", tmp_path / "eval", progress=False)
     records = run_explain(best, ["test"], tmp_path / "explain", data=pipeline_cache, limit=2, progress=False)
-    history = read_history(pipeline_tiny_run / "metrics.jsonl")
+    history = read_jsonl(pipeline_tiny_run / "metrics.jsonl")
     curves = plot_training_curves(history, tmp_path / "training_curves.png")
     report = write_report(
         tmp_path, metrics=evaluation["metrics"], history=history, records=records,
         timings={"train": 1.0, "total": 2.0}, config=load_config("tiny").to_dict(), recipe=SMALL_RECIPE,
         files={"curves": curves, **evaluation["files"], "explain_dir": tmp_path / "explain"},
-    )  # fmt: skip
+    )
     text = report.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     # curves, confusion matrix, ROC, and a gaze + mask figure per explained image

@@ -29,7 +29,7 @@ OVERRIDES = ["model.name=vgg_attconvlstm_gap", "model.batch_norm=off", "train.ba
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dermogaze", "train", "--no-progress", *args]  # fmt: skip
+           "-m", "dermogaze", "train", "--no-progress", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -48,7 +48,7 @@ def _rows(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def single_run(pipeline_cache, tmp_path_factory) -> Path:
     """The single-process run both distributed runs must follow."""
-    from dermogaze.engine import train
+    from dermogaze.training import train
 
     single = tmp_path_factory.mktemp("single") / "run"
     threads = torch.get_num_threads()
@@ -61,7 +61,7 @@ def single_run(pipeline_cache, tmp_path_factory) -> Path:
 
 
 def _assert_follows(single: Path, ddp: Path) -> None:
-    from dermogaze.engine import load_checkpoint
+    from dermogaze.training.checkpoint import load_checkpoint
 
     a, b = _rows(single), _rows(ddp)
     assert [r["epoch"] for r in b] == [1, 2]
@@ -76,12 +76,12 @@ def _assert_follows(single: Path, ddp: Path) -> None:
 
 
 def test_two_processes_match_one_process(pipeline_cache, single_run, tmp_path):
-    from dermogaze.engine import load_checkpoint
+    from dermogaze.training.checkpoint import load_checkpoint
 
     ddp = tmp_path / "ddp"
     overrides = [x for o in OVERRIDES for x in ("-o", o)]
     first = _torchrun(["--data", str(pipeline_cache), "--preset", "tiny", "--out", str(ddp), *overrides,
-                       "-o", "train.epochs=1"])  # fmt: skip
+                       "-o", "train.epochs=1"])
     assert "world size 2" in first.stderr
     assert first.stderr.count("epoch 1/1:") == 1  # only rank 0 logs
     assert sorted(p.name for p in ddp.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
@@ -106,7 +106,7 @@ def test_two_nodes_match_one_process(pipeline_cache, single_run, tmp_path):
              "-m", "dermogaze", "train", "--no-progress", "--data", str(pipeline_cache), "--preset", "tiny",
              "--out", str(out), *overrides],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     logs = [p.communicate(timeout=300) for p in procs]

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dermogaze import engine
 from dermogaze.cli import main
 from dermogaze.config import load_config
 from dermogaze.data.cache import prepare
+from dermogaze.data.images import load_user_image, read_image_file
 from dermogaze.errors import DataError
 from dermogaze.explain import (
     FULL_REGION,
@@ -20,12 +20,11 @@ from dermogaze.explain import (
     explain_image,
     explain_record,
     gaze_points,
-    load_user_image,
-    read_image_file,
     save_explanation,
 )
 from dermogaze.models import build_model
 from dermogaze.structures import STRUCTURES
+from dermogaze.training import train
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 THUMBNAIL = REALDATA / "ISIC_0000000_thumbnail.jpg"
@@ -48,7 +47,7 @@ RECORD_SCHEMA = {
     "prediction": str,
     "threshold": NUM,
     "ground_truth": (type(None), {"diagnosis": str, "label": int, "prediction_correct": bool,
-                                  "structures_present": (list, type(None))}),  # fmt: skip
+                                  "structures_present": (list, type(None))}),
     "n_steps": int,
     "steps": [
         {
@@ -232,7 +231,7 @@ def test_explain_record_hand_computed():
     rec = explain_record(
         image_id="x", melanoma_prob=0.3, image_hw=(100, 200), attention=att, masks=masks, structure_probs=sprobs,
         gt_masks=gt, label=1,
-    )  # fmt: skip
+    )
     validate_record(rec)
     s1, s2 = rec["steps"]
     assert s1["gaze"] == {"x": 25, "y": 37} and s2["gaze"] == {"x": 175, "y": 12}
@@ -247,7 +246,7 @@ def test_explain_record_hand_computed():
     assert (s2["gt_structure"], s2["structure_correct"]) == ("skin", False)
     assert rec["prediction"] == "benign"
     assert rec["ground_truth"] == {"diagnosis": "melanoma", "label": 1, "prediction_correct": False,
-                                   "structures_present": ["lesion", "skin"]}  # fmt: skip
+                                   "structures_present": ["lesion", "skin"]}
     assert rec["input_region"] == {"x0": 0.0, "y0": 0.0, "x1": 200.0, "y1": 100.0}
 
 
@@ -367,7 +366,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain_e2e")
     prepare(write_tiny_isic(root / "isic"), root / "cache", size=40, progress=False)
     cfg = load_config("tiny", [f"data.cache={root / 'cache'}", "train.epochs=1"])
-    result = engine.train(cfg, root / "run", progress=False)
+    result = train(cfg, root / "run", progress=False)
     return root / "cache", Path(result["best"])
 
 
@@ -393,7 +392,7 @@ def test_cli_explain_prepared_split_with_ground_truth(tmp_path, trained_run):
     cache, ckpt = trained_run
     out = tmp_path / "split"
     assert main(["explain", "--checkpoint", str(ckpt), "--data", str(cache), "--split", "val", "--out", str(out),
-                 "--limit", "1"]) == 0  # fmt: skip
+                 "--limit", "1"]) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["ISIC_0000011.json", "ISIC_0000011_gazes.png", "ISIC_0000011_masks.png"]
     rec = json.loads((out / "ISIC_0000011.json").read_text())
@@ -421,7 +420,7 @@ def test_cli_explain_bad_input_is_one_clear_line(tmp_path, trained_run, capsys):
          "--split needs --data"),
         (["explain", "--checkpoint", str(tmp_path / "missing.pt"), str(notes), "--out", str(tmp_path / "o")],
          "missing.pt"),
-    ]  # fmt: skip
+    ]
     for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -161,38 +161,6 @@ def test_real_validation_csv_and_metadata_as_a_collection(realdata_dir, tmp_path
     assert all(s.segmentation is None and s.features is None for s in split.samples)
 
 
-def test_real_thumbnail_draft_decoding(realdata_dir):
-    path = realdata_dir / "ISIC_0000000_thumbnail.jpg"
-    full = isic2017.read_image(path)
-    assert full.shape == (250, 250, 3) and full.dtype == np.uint8
-    # 250 px cannot be reduced below 100 px by a 1/2 DCT scale (125 ≥ 100): the draft keeps >= 100.
-    small = isic2017.read_image(path, draft_size=100)
-    assert min(small.shape[:2]) >= 100
-    assert small.shape == (125, 125, 3)
-
-
-def test_draft_never_goes_below_target(tmp_path):
-    path = tmp_path / "big.jpg"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (600, 900, 3), dtype=np.uint8)).save(path, quality=90)
-    for target in (64, 75, 150, 256, 300, 600):
-        out = isic2017.read_image(path, draft_size=target)
-        assert min(out.shape[:2]) >= target, target
-    # 600×900 asked for 256: the 1/2 scale (300×450) is the largest reduction that keeps ≥ 256.
-    assert isic2017.read_image(path, draft_size=256).shape == (300, 450, 3)
-
-
-def test_read_image_errors_name_the_file(tmp_path):
-    path = tmp_path / "ISIC_0000001.jpg"
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(DataError, match="ISIC_0000001.jpg.*truncated"):
-        isic2017.read_image(path)
-    path.write_bytes(b"not an image")
-    with pytest.raises(DataError, match="ISIC_0000001.jpg.*unreadable"):
-        isic2017.read_image(path)
-
-
 # --------------------------------------------------------------------------- collections
 
 

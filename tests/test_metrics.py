@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dermogaze.errors import DataError
+from dermogaze.io import read_jsonl, write_json
 from dermogaze.metrics import (
     IOU_THRESHOLDS,
     EvaluationAccumulator,
@@ -19,7 +20,6 @@ from dermogaze.metrics import (
     map_iou,
     pair_with_ground_truth,
     per_structure_jaccard,
-    save_metrics,
     superpixel_auc,
     superpixel_means,
     write_predictions_csv,
@@ -351,7 +351,7 @@ def test_accumulator_matches_per_image_functions(tmp_path):
     np.testing.assert_allclose(acc.predictions["probs"], [0.3, 0.8], rtol=1e-5)
     assert m["diagnosis"]["n"] == 2 and m["diagnosis"]["auc"] == 1.0
 
-    path = save_metrics(m, tmp_path / "metrics.json")
+    path = write_json(m, tmp_path / "metrics.json")
     reloaded = json.loads(path.read_text())  # strict JSON: NaN written as null
     assert reloaded["structures"]["jaccard"]["streaks"] is None
     assert "NaN" not in path.read_text()
@@ -367,7 +367,7 @@ def test_accumulator_matches_per_image_functions(tmp_path):
 def test_accumulator_without_decoder_gives_diagnosis_only():
     acc = EvaluationAccumulator()
     acc.update(GazeOutput(logits=_logits_for([0.2, 0.9, 0.6])), {"label": torch.tensor([0, 1, 0])})
-    acc.update({"logits": _logits_for([0.4]).numpy()}, {"label": np.array([1])})
+    acc.update(GazeOutput(logits=_logits_for([0.4])), {"label": torch.tensor([1])})
     m = acc.compute()
     assert set(m) == {"n_images", "diagnosis"}
     labels, probs = [0, 1, 0, 1], [0.2, 0.9, 0.6, 0.4]
@@ -404,9 +404,9 @@ def test_evaluation_figures_are_written(tmp_path):
          "best": True, "time_s": 2.0},
         {"epoch": 2, "train_loss": 0.8, "train_diag": 0.4, "val_loss": 1.0, "val_diag": 0.5, "val_auc": 0.7,
          "best": True, "time_s": 2.0},
-    ]  # fmt: skip
+    ]
     history = tmp_path / "metrics.jsonl"
     history.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    assert plots.read_history(history) == rows
+    assert read_jsonl(history) == rows
     assert _png_size(plots.plot_training_curves(history, tmp_path / "curves.png"))[0] > 400
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file

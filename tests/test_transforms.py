@@ -12,6 +12,7 @@ from dermogaze.data.transforms import (
     RandomRot90,
     ToNormalizedFloat,
     center_crop_box,
+    center_crop_slices,
     eval_transform,
     train_transform,
 )
@@ -32,6 +33,14 @@ def test_center_crop_box_matches_torchvision(size, crop):
     assert out[0, 0, 0].item() == top * w + left
     ch, cw = (crop, crop) if isinstance(crop, int) else crop
     torch.testing.assert_close(out[0], grid[0, top : top + ch, left : left + cw])
+
+
+@pytest.mark.parametrize("size,crop", [(256, 224), (255, 224), ((30, 40), (20, 21)), (8, 8)])
+def test_center_crop_slices_match_torchvision(size, crop):
+    h, w = (size, size) if isinstance(size, int) else size
+    grid = torch.arange(2 * h * w).reshape(2, h, w)
+    rows, cols = center_crop_slices(size, crop)
+    torch.testing.assert_close(grid[:, rows, cols], v2.CenterCrop(crop)(grid))
 
 
 def test_center_crop_box_rejects_larger_crop():

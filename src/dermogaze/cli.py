@@ -1,8 +1,26 @@
-"""The ``dermogaze`` command line.
+"""The ``dermogaze`` command line: every subcommand, and the only module that knows argparse.
 
-Each area of the package registers its own subcommands (``register(subparsers)`` in the modules
-listed in :data:`COMMAND_MODULES`), so this file only wires them together and turns user errors
-(:class:`~dermogaze.errors.DermogazeError`) into one clear line and a non-zero exit status.
+Subcommands, in the order of the dataflow::
+
+    data synth | prepare | stats     write the synthetic dataset, build a cache, print Tables 1-2
+    model list | summary             the Table 3 variants and their parameter counts
+    train                            a run folder from a preset (torchrun for several processes)
+    evaluate                         every SPEC §6 metric of a checkpoint on a prepared split
+    explain                          gazes, structures, JSON and figures per image
+    demo                             the whole pipeline on the built-in synthetic data
+    bench                            the training-step benchmark of a repository checkout
+
+Shared runtime flags (:func:`_add_runtime_arguments`): ``--device auto|cpu|cuda`` (default
+``auto`` everywhere), ``--amp``, ``--workers``, ``--no-progress``. Library code receives typed
+arguments and raises :class:`~dermogaze.errors.DermogazeError`, which :func:`main` prints as one
+line (no traceback) with exit status 2.
+
+Configuration precedence for ``train``: the preset (``--preset NAME`` or a YAML path) → the
+dataclass defaults it leaves alone (the paper's recipe) → ``-o section.key=value`` overrides →
+the explicit flags (``--data``, ``--device``, ``--amp``, ``--workers``, ``--seed``).
+``--resume RUN`` starts from the configuration stored in ``RUN/last.pt`` instead of a preset;
+overrides and flags still apply (e.g. ``-o train.epochs=30`` to extend a finished run), but the
+model section must stay the same.
 """
 
 from __future__ import annotations
@@ -11,41 +29,368 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 from . import __version__
+from .config import Config, load_config, merge, parse_overrides
+from .data.cache import format_stats, load_info, prepare
+from .data.synth import write_synthetic_isic
+from .demo import run_demo
 from .errors import DermogazeError
+from .evaluate import evaluate_checkpoint
+from .explain import run_explain, summary_line
+from .metrics import format_table
+from .models import build_model, list_models
+from .runtime import AMP_MODES, DEVICES
+from .training import load_checkpoint, train
 
-#: Modules exposing ``register(subparsers)``; order = order in ``dermogaze --help``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "dermogaze.data.commands",
-    "dermogaze.models.commands",
-    "dermogaze.commands",
-    "dermogaze.explain",
-    "dermogaze.bench",
-)
+#: Where ``dermogaze bench`` finds the benchmark, relative to a repository checkout.
+BENCH_SCRIPT = Path("benchmarks") / "bench_train.py"
 
 
-def positive_int(text: str) -> int:
-    """``argparse`` type: an integer of at least 1."""
+# ----------------------------------------------------------------------------------------------
+# Argument types and shared flags
+# ----------------------------------------------------------------------------------------------
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """``argparse`` type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def _add_runtime_arguments(
+    p: argparse.ArgumentParser, *, amp: bool = True, workers: bool = True, from_config: bool = False
+) -> None:
+    """``--device``, ``--amp``, ``--workers``, ``--no-progress``.
+
+    With ``from_config`` (``train``), an unset flag leaves the configuration's value (whose
+    defaults are the same: ``auto``, ``off``, 0).
+    """
+    p.add_argument("--device", choices=DEVICES, default=None if from_config else "auto",
+                   help="compute device (default: auto, the GPU when there is one)")
+    if amp:
+        p.add_argument("--amp", choices=AMP_MODES, default=None if from_config else "off",
+                       help="mixed precision on CUDA (default: off)")
+    if workers:
+        p.add_argument("--workers", type=non_negative_int, default=None if from_config else 0, metavar="N",
+                       help="data-loader worker processes (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+def _parse_prevalences(items: list[str]) -> dict[str, float] | None:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise DermogazeError(f"--prevalence {item!r} must look like NAME=P, e.g. streaks=0.1")
+    return out or None
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    out = write_synthetic_isic(
+        args.out,
+        counts={"Training": args.train, "Validation": args.val, "Test_v2": args.test},
+        image_size=(args.width, args.height),
+        seed=args.seed,
+        prevalences=_parse_prevalences(args.prevalence),
+        progress=not args.no_progress,
+    )
+    print(f"synthetic ISIC 2017 collection written to {out}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    info = prepare(
+        args.isic, args.out, size=args.size, workers=args.workers, skip_bad=args.skip_bad,
+        progress=not args.no_progress, force=args.force,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
+    masks = "with structure masks" if info["has_masks"] else "classification only (no Part 1/Part 2)"
+    print(f"cache {args.out}: {counts}; {masks}; {len(info['skipped'])} bad samples skipped")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    print(format_stats(load_info(args.cache)))
+    return 0
+
+
+def _register_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="synthesise, prepare and inspect datasets")
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = actions.add_parser("synth", help="write the synthetic dataset in the ISIC 2017 layout (SPEC §8)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--train", type=non_negative_int, default=200, help="training images (default 200)")
+    p.add_argument("--val", type=non_negative_int, default=50, help="validation images (default 50)")
+    p.add_argument("--test", type=non_negative_int, default=100, help="test images (default 100)")
+    p.add_argument("--width", type=positive_int, default=320, help="image width in pixels (default 320)")
+    p.add_argument("--height", type=positive_int, default=240, help="image height in pixels (default 240)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument(
+        "--prevalence", action="append", default=[], metavar="NAME=P",
+        help="fraction of images holding a feature (or 'melanoma'); repeatable, e.g. --prevalence streaks=0.1",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = actions.add_parser("prepare", help="decode, resize and cache an ISIC 2017 collection once")
+    p.add_argument("--isic", required=True, type=Path, help="folder with the ISIC-2017_* folders and CSVs")
+    p.add_argument("--out", required=True, type=Path, help="cache folder to write")
+    p.add_argument("--size", type=positive_int, default=256, help="side of the cached square images (default 256)")
+    p.add_argument("--workers", type=positive_int, default=1, help="decoding processes (default 1)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad samples instead of stopping")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = actions.add_parser("stats", help="print Table 1 (structure presence) and Table 2 (w, w') of a cache")
+    p.add_argument("cache", type=Path, help="cache folder written by `dermogaze data prepare`")
+    p.set_defaults(func=_cmd_stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------
+def _cmd_model_list(args: argparse.Namespace) -> int:
+    print("\n".join(list_models()))
+    return 0
+
+
+def _cmd_model_summary(args: argparse.Namespace) -> int:
+    model = build_model(
+        args.name, image_size=args.image_size, steps=args.steps, width=args.width, skip=args.skip,
+        batch_norm=args.batch_norm, weights=args.weights,
+    )
+    if args.freeze_encoder:
+        model.freeze_encoder()
+    print(model.summary())
+    return 0
+
+
+def _register_model(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("model", help="list the network variants or show one's parameter counts")
+    actions = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    p = actions.add_parser("list", help="names of the registered variants (Table 3)")
+    p.set_defaults(func=_cmd_model_list)
+
+    p = actions.add_parser("summary", help="build a variant and print its parameter counts per module")
+    p.add_argument("name", help=f"variant: {', '.join(list_models())}")
+    p.add_argument("--image-size", type=positive_int, default=224, help="input size, multiple of 32 (224)")
+    p.add_argument("--steps", type=positive_int, default=5, help="T, number of gazes (5)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper)")
+    p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
+                   help="decoder skip averaging (default: the variant's)")
+    p.add_argument("--batch-norm", choices=("on", "off", "frozen"), default=None,
+                   help="batch norm mode (default: the variant's)")
+    p.add_argument("--weights", default=None, help="'imagenet' or a vgg16_bn state dict file")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="count the encoder as frozen (the paper's encoder learning rate of 0)")
+    p.set_defaults(func=_cmd_model_summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# train, evaluate
+# ----------------------------------------------------------------------------------------------
+def _train_config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
+    """Resolve the config, run folder and resume flag of ``dermogaze train``."""
+    if args.resume:
+        run = Path(args.resume)
+        if args.out and Path(args.out).resolve() != run.resolve():
+            raise DermogazeError(f"--resume {run} continues that run folder; drop --out {args.out} or make it equal")
+        if args.preset:
+            raise DermogazeError("--resume takes the configuration stored in the run; drop --preset")
+        ckpt = load_checkpoint(run / "last.pt")
+        cfg = Config.from_dict(ckpt["config"], source=f"{run / 'last.pt'} config")
+        merge(cfg, parse_overrides(args.override), source="command line")
+    else:
+        cfg = load_config(args.preset, args.override)
+        name = Path(args.preset).stem if args.preset else cfg.model.name
+        run = Path(args.out) if args.out else Path("runs") / name
+    flags: Mapping[str, tuple[Any, Any]] = {
+        "cache": (cfg.data, args.data),
+        "device": (cfg.train, args.device),
+        "amp": (cfg.train, args.amp),
+        "workers": (cfg.data, args.workers),
+        "seed": (cfg.train, args.seed),
+    }
+    for key, (section, value) in flags.items():
+        if value is not None:
+            setattr(section, key, value)
+    return cfg, run, bool(args.resume)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg, run, resume = _train_config(args)
+    summary = train(cfg, run, resume=resume, progress=not args.no_progress)
+    if summary["is_main"]:
+        print(
+            f"trained {summary['epochs']} epochs; best validation loss {summary['best_val_loss']:.4f} at epoch "
+            f"{summary['best_epoch']}; checkpoints: {summary['best']} (best), {summary['last']} (last)"
+        )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, args.split, args.out, device=args.device, batch_size=args.batch_size,
+        workers=args.workers, amp=args.amp, progress=not args.no_progress,
+    )
+    print(format_table(result["metrics"]))
+    print(f"\nwritten to {result['out_dir']}: " + ", ".join(p.name for p in result["files"].values()))
+    return 0
+
+
+def _register_train_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on a prepared cache (paper recipe by default)",
+        description="Train a gaze network on a prepared cache. Writes RUN/config.yaml, RUN/metrics.jsonl, "
+        "RUN/last.pt and RUN/best.pt. Under torchrun, trains on every process (train.batch_size is the global "
+        "batch).",
+    )
+    p.add_argument("--data", metavar="CACHE", help="prepared cache folder (dermogaze data prepare)")
+    p.add_argument("--preset", metavar="NAME", help="a shipped preset (e.g. deco_gap_3, demo) or a YAML file")
+    p.add_argument("--out", metavar="RUN", help="run folder to write (default: runs/<preset or variant>)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key, e.g. -o train.epochs=3 -o model.width=0.5 (repeatable)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (a CPU run is repeatable)")
+    _add_runtime_arguments(p, from_config=True)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="every SPEC §6 metric of a checkpoint on a prepared split",
+        description="Evaluate a checkpoint on a prepared split: writes metrics.json, predictions.csv "
+        "(image_id,melanoma[,label]), confusion_matrix.png and roc.png, and prints a table.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="RUN/best.pt or RUN/last.pt")
+    p.add_argument("--data", metavar="CACHE", help="prepared cache (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", help="cache split: train, val or test (default: test)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint folder>/eval_<split>)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="default: the training batch size")
+    _add_runtime_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+# ----------------------------------------------------------------------------------------------
+# explain, demo
+# ----------------------------------------------------------------------------------------------
+def _cmd_explain(args: argparse.Namespace) -> int:
+    records = run_explain(
+        args.checkpoint, args.inputs, args.out, data=args.data, split=args.split, limit=args.limit,
+        device=args.device, progress=not args.no_progress,
+    )
+    for rec in records:
+        print(summary_line(rec))
+    print(f"wrote {len(records)} explanation(s) (JSON + figures) to {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    report = run_demo(args.out, fast=args.fast, device=args.device, workers=args.workers,
+                      progress=not args.no_progress)
+    print(f"\nreport: {report}")
+    return 0
+
+
+def _register_explain_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="explain images with a trained checkpoint: gazes, structures, JSON and figures",
+        description=(
+            "Explain the diagnosis of each image: the gaze of every step (arg-max of its attention map, in the "
+            "image's own pixels), its predicted structure and mask, the melanoma probability, and with --data the "
+            "ground truth. Writes OUT/<id>.json, OUT/<id>_gazes.png and, for decoder variants, OUT/<id>_masks.png."
+        ),
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files (JPEG/PNG of any size), or split names (train/val/test) with --data")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'dermogaze train' (RUN/best.pt)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", default=None, help="prepared cache: explain its images, with their ground truth")
+    p.add_argument("--split", default=None, help="split of --data to explain (default: test)")
+    p.add_argument("--limit", type=positive_int, default=None, help="explain at most N images")
+    _add_runtime_arguments(p, amp=False, workers=False)
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the built-in synthetic dataset (a few minutes on a CPU)",
+        description="Synthesise the built-in dataset, prepare it, train a small model, evaluate it on the test "
+        "split, explain a few test images and write OUT/report.md.",
+    )
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
+    p.add_argument("--fast", action="store_true", help="a smaller, shorter run (a smoke test, not a result)")
+    _add_runtime_arguments(p, amp=False)
+    p.set_defaults(func=_cmd_demo)
+
+
+# ----------------------------------------------------------------------------------------------
+# bench (a checkout's benchmarks/, not part of the installed package)
+# ----------------------------------------------------------------------------------------------
+def find_bench_script(start: Path | None = None) -> Path:
+    """``benchmarks/bench_train.py`` of the repository checkout holding ``start`` (default: the working folder).
+
+    Raises:
+        DermogazeError: no checkout around ``start``.
+    """
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / BENCH_SCRIPT).is_file():
+            return folder / BENCH_SCRIPT
+    raise DermogazeError(
+        f"dermogaze bench runs {BENCH_SCRIPT} of a repository checkout, and there is none around {start}: run it "
+        "from the checkout (make bench), or run that script directly"
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = find_bench_script()
+    sys.path.insert(0, str(script.parent))  # the script imports its baseline from the same folder
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+        return int(importlib.import_module(script.stem).main(args.extra) or 0)
+    finally:
+        sys.path.remove(str(script.parent))
 
 
-def add_model_size_arguments(parser: argparse.ArgumentParser, image_size: int = 224, steps: int = 5,
-                             width: float = 1.0) -> None:  # fmt: skip
-    """``--image-size``, ``--steps`` (T) and ``--width`` (defaults: the paper's configuration)."""
-    parser.add_argument("--image-size", type=positive_int, default=image_size,
-                        help=f"input size, multiple of 32 ({image_size})")  # fmt: skip
-    parser.add_argument("--steps", type=positive_int, default=steps, help=f"T, number of gazes ({steps})")
-    parser.add_argument("--width", type=float, default=width, help="channel multiplier (1.0 = the paper)")
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser(
+        "bench",
+        add_help=False,  # every option, --help included, belongs to the benchmark script
+        help="time dermogaze's training step against the straightforward baseline (from a checkout; "
+        "'dermogaze bench --help' lists its options)",
+    ).set_defaults(func=_cmd_bench)
 
 
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dermogaze`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="dermogaze",
         description="Explainable skin-lesion diagnosis from sequences of gazes over dermoscopic structures.",
@@ -53,14 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dermogaze {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    _register_data(sub)
+    _register_model(sub)
+    _register_train_evaluate(sub)
+    _register_explain_demo(sub)
+    _register_bench(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a :class:`DermogazeError` becomes one ``dermogaze: error:`` line (status 2)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    args.extra = extra  # only ``bench`` takes arguments it does not declare (the script's own)
+    if args.extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

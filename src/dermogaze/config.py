@@ -1,9 +1,10 @@
 """One config source: YAML preset → dataclass defaults → command-line overrides.
 
 A run's configuration is a :class:`Config` with four sections (``data``, ``model``, ``loss``,
-``train``). Presets live in ``configs/NAME.yaml`` at the repository root (also installed inside
-the package as ``dermogaze/configs``); a preset only lists what differs from the defaults below,
-which are the paper's recipe (SPEC §5). Overrides are ``section.key=value`` strings whose value is
+``train``). Presets are the package data ``dermogaze/configs/NAME.yaml`` (read through
+``importlib.resources``, so they are found in any install: a checkout, an editable install, a
+wheel); a preset only lists what differs from the defaults below, which are the paper's recipe
+(SPEC §5). Overrides are ``section.key=value`` strings whose value is
 parsed as YAML (``train.epochs=3``, ``model.skip=false``, ``train.betas=[0.9,0.99]``).
 """
 
@@ -12,12 +13,17 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import DermogazeError
+from .io import write_text
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
 
 
 @dataclass
@@ -101,16 +107,14 @@ class Config:
 _SECTIONS = ("data", "model", "loss", "train")
 
 
-def presets_dir() -> Path:
-    """The folder holding the YAML presets (repository ``configs/``, or the installed copy)."""
-    repo = Path(__file__).resolve().parents[2] / "configs"
-    if repo.is_dir():
-        return repo
-    return Path(__file__).resolve().parent / "configs"
+def _presets() -> Traversable:
+    """The package's ``configs`` folder (the shipped presets)."""
+    return resources.files("dermogaze") / "configs"
 
 
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    """Names of the shipped presets (``dermogaze train --preset NAME``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in _presets().iterdir() if p.name.endswith(".yaml"))
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -186,9 +190,9 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     """
     cfg = Config()
     if preset is not None:
-        path = Path(preset)
+        path: Path | Traversable = Path(preset)
         if path.suffix not in (".yaml", ".yml"):
-            path = presets_dir() / f"{preset}.yaml"
+            path = _presets() / f"{preset}.yaml"
             if not path.is_file():
                 raise DermogazeError(
                     f"unknown preset {preset!r}: available presets are {', '.join(available_presets())}"
@@ -206,7 +210,4 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)

@@ -33,7 +33,6 @@ predicted masks).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
@@ -44,21 +43,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 from tqdm import tqdm
 
+from . import plots
+from .data.cache import load_info, load_split
+from .data.images import check_image_file, load_user_image, normalise
+from .data.transforms import center_crop_box, center_crop_slices
 from .errors import DataError, DermogazeError
-from .metrics import BINARY_THRESHOLD, pair_with_ground_truth, to_jsonable, write_json
+from .io import to_jsonable, write_json
+from .metrics import BINARY_THRESHOLD, pair_with_ground_truth
+from .plots import FULL_REGION
+from .runtime import resolve_device
 from .structures import SHORT_NAMES, STRUCTURES
+from .training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: The whole image: ``(top, left, bottom, right)`` fractions.
-FULL_REGION: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
-#: Image files :func:`run_explain` accepts (any size; RGBA, palette and greyscale become RGB).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,8 +76,6 @@ def cache_region(cache_size: int, image_size: int) -> tuple[float, float, float,
     Returns:
         ``(top, left, bottom, right)`` as fractions of the cache image.
     """
-    from .data.transforms import center_crop_box
-
     if image_size > cache_size:
         raise DermogazeError(f"model input {image_size} px is larger than the cached images ({cache_size} px)")
     top, left = center_crop_box(cache_size, image_size)
@@ -197,7 +197,7 @@ def explain_record(
             flat = att[t].reshape(-1)  # (h*w,)
             value = float(flat.max())
             step.update(gaze={"x": points[t][0], "y": points[t][1]}, attention=value,
-                        attention_vs_uniform=value * flat.size)  # fmt: skip
+                        attention_vs_uniform=value * flat.size)
         else:
             step.update(gaze=None, attention=None, attention_vs_uniform=None)
         if sprobs is not None:
@@ -308,7 +308,7 @@ def explain_image(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     out = model(image_tensor.unsqueeze(0).to(device))  # batch of one
-    prob = float(out.logits.float().softmax(-1)[0, 1])
+    prob = float(out.melanoma_prob[0])
     attention = _np(out.attention[0]) if out.attention is not None else None
     masks = _np(out.masks[0]) if out.masks is not None else None
     sprobs = _np(out.structure_logits[0].float().softmax(-1)) if out.structure_logits is not None else None
@@ -317,12 +317,12 @@ def explain_image(
         image_id=image_id, melanoma_prob=prob, image_hw=image.shape[:2], attention=attention, masks=masks,
         structure_probs=sprobs, region=region, gt_masks=gt_masks, present=present, label=label,
         image_path=image_path, structures=structures,
-    )  # fmt: skip
+    )
     return Explanation(
         record=record, image=image, region=tuple(float(v) for v in region), attention=attention, masks=masks,
         structure_probs=sprobs, gt_masks=None if gt_masks is None else np.asarray(gt_masks) > 0,
         present=None if present is None else np.asarray(present, dtype=bool), structures=tuple(structures),
-    )  # fmt: skip
+    )
 
 
 def _title(record: Mapping[str, Any]) -> str:
@@ -344,8 +344,6 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
     Returns:
         ``{"json": path, "gazes": path, "masks": path}`` for the files written.
     """
-    from . import plots
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = expl.record
@@ -354,7 +352,7 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
     steps = rec["steps"]
     short = dict(zip(STRUCTURES, SHORT_NAMES, strict=True))
     labels = [f"{short.get(s['structure'], s['structure'])} {s['structure_probability']:.2f}" if s["structure"] else ""
-              for s in steps]  # fmt: skip
+              for s in steps]
     correct = [s["structure_correct"] for s in steps]
     gt_labels = [short.get(s["gt_structure"], s["gt_structure"]) for s in steps]
     pred_classes = (
@@ -369,14 +367,14 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
             expl.image, expl.attention, points, out / f"{stem}_gazes.png", region=expl.region, masks=expl.masks,
             step_labels=labels, gt_labels=gt_labels if any(g is not None for g in gt_labels) else None,
             correct=correct, mask_colors=mask_colors, title=_title(rec),
-        )  # fmt: skip
+        )
     if expl.masks is not None:
         files["masks"] = plots.plot_masks(
             expl.image, expl.masks, out / f"{stem}_masks.png", region=expl.region, gt_masks=expl.gt_masks,
             present=expl.present, structures=expl.structures, step_labels=labels, correct=correct,
             pred_classes=pred_classes, gt_labels=gt_labels if any(g is not None for g in gt_labels) else None,
             title=_title(rec),
-        )  # fmt: skip
+        )
     rec = dict(rec, files={k: p.name for k, p in files.items()})
     files = {"json": write_json(rec, out / f"{stem}.json"), **files}
     expl.record = rec
@@ -386,92 +384,6 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
 def safe_name(image_id: str) -> str:
     """A file-name-safe version of an image id (letters, digits, ``._-``; others become ``_``)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", image_id).strip(".") or "image"
-
-
-# ----------------------------------------------------------------------------------------------
-# Inputs
-# ----------------------------------------------------------------------------------------------
-
-
-def read_image_file(path: str | Path) -> np.ndarray:
-    """Decode any image file to ``(H, W, 3)`` uint8 RGB (EXIF orientation applied).
-
-    Palette, greyscale and 16-bit images become RGB; an alpha channel is composited on white.
-
-    Raises:
-        DataError: missing file, or a file that is not a readable image (names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, rgba)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise DataError(f"{path}: empty image")
-    return np.ascontiguousarray(rgb)
-
-
-def check_image_file(path: str | Path) -> tuple[int, int]:
-    """Cheap check that ``path`` is an image Pillow can open (header only); returns ``(width, height)``.
-
-    Raises:
-        DataError: missing file or not an image (names the file). A file whose header is fine but
-            whose data is truncated is only caught when :func:`read_image_file` decodes it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-
-
-def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 ``(x / 255 - mean) / std`` (SPEC §3)."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0  # (3, H, W), a copy
-    m = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x - m) / s
-
-
-def load_user_image(
-    path: str | Path, image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Read a user's image of any size and prepare it like the training images.
-
-    The whole image is resized (bilinear, antialiased, as the cache does) to ``image_size ×
-    image_size`` without a crop, then normalised with the training mean/std: the input region is
-    :data:`FULL_REGION`.
-
-    Args:
-        path: a JPEG/PNG (or other Pillow-readable) file.
-        image_size: model input size.
-        mean: per-channel training mean in [0, 1].
-        std: per-channel training std.
-
-    Returns:
-        ``(input (3, S, S) float32, original (H, W, 3) uint8)``.
-
-    Raises:
-        DataError: missing or unreadable file.
-    """
-    original = read_image_file(path)
-    resized = np.asarray(Image.fromarray(original).resize((image_size, image_size), Image.BILINEAR))  # (S, S, 3)
-    return normalise(resized, mean, std), original
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +410,7 @@ def run_explain(
     split: str | None = None,
     limit: int | None = None,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Explain image files, or images of a prepared split, with a trained checkpoint.
@@ -524,8 +436,6 @@ def run_explain(
     Raises:
         DermogazeError / DataError: unreadable checkpoint, missing cache or split, bad image file.
     """
-    from .engine import load_checkpoint, model_from_checkpoint, resolve_device
-
     if limit is not None and limit < 1:
         raise DermogazeError(f"--limit must be at least 1, got {limit}")
     if data is None and split is not None:
@@ -538,7 +448,7 @@ def run_explain(
     model.to(dev).eval()
     image_size = int(ckpt["image_size"])
     mean, std = list(ckpt["mean"]), list(ckpt["std"])
-    structures = tuple(ckpt.get("structures") or STRUCTURES)
+    structures = tuple(ckpt["structures"])
     out = Path(out_dir)
     records: list[dict[str, Any]] = []
 
@@ -551,13 +461,11 @@ def run_explain(
             check_image_file(p)  # fail fast, naming the file, before any work
         jobs = [("file", (p, i)) for p, i in zip(paths, _unique_ids(paths), strict=True)]
     else:
-        from .data.cache import load_info, load_split
-
         info = load_info(data)
         splits = [str(s) for s in inputs] + ([split] if split else [])
         for name in splits or ["test"]:
-            if name not in info.get("splits", []):
-                raise DataError(f"cache {data} has no split {name!r} (it holds {', '.join(info.get('splits', []))})")
+            if name not in info["splits"]:
+                raise DataError(f"cache {data} has no split {name!r} (it holds {', '.join(info['splits'])})")
             arrays = load_split(data, name)
             jobs.extend(("split", (arrays, k, name, int(info["size"]))) for k in range(len(arrays)))
     if limit is not None:
@@ -573,18 +481,17 @@ def run_explain(
         else:
             arrays, k, name, cache_size = payload
             region = cache_region(cache_size, image_size)
-            top = round(region[0] * cache_size)
-            left = round(region[1] * cache_size)
+            rows, cols = center_crop_slices(cache_size, image_size)  # the crop the dataset applies
             image = np.asarray(arrays.images[k])  # (C, C, 3) cache image
-            crop = image[top : top + image_size, left : left + image_size]  # (S, S, 3)
+            crop = image[rows, cols]  # (S, S, 3)
             gt = present = None
             if arrays.masks is not None:
-                gt = np.asarray(arrays.masks[k][:, top : top + image_size, left : left + image_size]) > 0  # (6, S, S)
+                gt = np.asarray(arrays.masks[k][:, rows, cols]) > 0  # (6, S, S)
                 present = gt.reshape(gt.shape[0], -1).any(axis=1)
             expl = explain_image(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
                 region=region, gt_masks=gt, present=present, label=int(arrays.labels[k]), structures=structures,
-            )  # fmt: skip
+            )
         files = save_explanation(expl, out)
         records.append(expl.record)
         log.debug("explained %s → %s", expl.record["image_id"], ", ".join(str(f) for f in files.values()))
@@ -592,11 +499,12 @@ def run_explain(
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line
+# Terminal
 # ----------------------------------------------------------------------------------------------
 
 
-def _summary_line(rec: Mapping[str, Any]) -> str:
+def summary_line(rec: Mapping[str, Any]) -> str:
+    """One line for the terminal: id, P(melanoma), ground truth and the gaze path."""
     gazes = " → ".join(
         f"({s['gaze']['x']},{s['gaze']['y']})" + (f" {s['structure']}" if s["structure"] else "")
         for s in rec["steps"]
@@ -606,36 +514,3 @@ def _summary_line(rec: Mapping[str, Any]) -> str:
     truth = f" [GT {gt['diagnosis']}]" if gt else ""
     line = f"{rec['image_id']}: P(melanoma) {rec['melanoma_probability']:.3f}{truth}"
     return line + (f"  gazes {gazes}" if gazes else "")
-
-
-def _cmd_explain(args: argparse.Namespace) -> int:
-    records = run_explain(
-        args.checkpoint, args.inputs, args.out, data=args.data, split=args.split, limit=args.limit,
-        device=args.device, progress=True,
-    )  # fmt: skip
-    for rec in records:
-        print(_summary_line(rec))
-    print(f"wrote {len(records)} explanation(s) (JSON + figures) to {args.out}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``dermogaze explain`` to the command line."""
-    p = subparsers.add_parser(
-        "explain",
-        help="explain images with a trained checkpoint: gazes, structures, JSON and figures",
-        description=(
-            "Explain the diagnosis of each image: the gaze of every step (arg-max of its attention map, in the "
-            "image's own pixels), its predicted structure and mask, the melanoma probability, and with --data the "
-            "ground truth. Writes OUT/<id>.json, OUT/<id>_gazes.png and, for decoder variants, OUT/<id>_masks.png."
-        ),
-    )
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="image files (JPEG/PNG of any size), or split names (train/val/test) with --data")  # fmt: skip
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'dermogaze train' (RUN/best.pt)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--data", default=None, help="prepared cache: explain its images, with their ground truth")
-    p.add_argument("--split", default=None, help="split of --data to explain (default: test)")
-    p.add_argument("--limit", type=int, default=None, help="explain at most N images")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="device (default: cpu)")
-    p.set_defaults(func=_cmd_explain)

@@ -14,7 +14,7 @@ so the definitions can be read and tested without a model. Conventions shared by
   ``Σ P·G / (Σ P + Σ G - Σ P·G)`` (the complement of the softIoU loss of SPEC §5, ε-free).
 
 What :meth:`EvaluationAccumulator.compute` returns (``NaN`` where a metric is undefined, written
-as ``null`` by :func:`save_metrics`)::
+as ``null`` by :func:`dermogaze.io.write_json`)::
 
     {
       "n_images": int,
@@ -41,22 +41,19 @@ as ``null`` by :func:`save_metrics`)::
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import Tensor
 
 from .errors import DataError
+from .io import write_csv
+from .models.output import GazeOutput
 from .structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, SHORT_NAMES, STRUCTURES
-
-log = logging.getLogger(__name__)
 
 #: IoU thresholds of the 2018 Data Science Bowl metric: 0.50, 0.55, ..., 0.95 (rounded, so that
 #: ``0.6`` really is 0.6 and not ``0.6000000000000001``).
@@ -438,16 +435,12 @@ def superpixel_auc(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -
 # ----------------------------------------------------------------------------------------------
 
 
-def _numpy(x: Any) -> np.ndarray | None:
-    """Tensor or array → numpy (float tensors as float32, whatever their dtype/device)."""
+def _numpy(x: Tensor | None) -> np.ndarray | None:
+    """A tensor on any device → numpy (floating tensors as float32)."""
     if x is None:
         return None
-    if hasattr(x, "detach"):
-        x = x.detach()
-        if x.is_floating_point():
-            x = x.float()
-        return x.cpu().numpy()
-    return np.asarray(x)
+    x = x.detach()
+    return (x.float() if x.is_floating_point() else x).cpu().numpy()
 
 
 def _softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -455,10 +448,6 @@ def _softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def _get(out: Any, name: str) -> Any:
-    return out.get(name) if isinstance(out, Mapping) else getattr(out, name, None)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -470,8 +459,11 @@ def _nanmean(values: Sequence[float]) -> float:
 class EvaluationAccumulator:
     """Collects one evaluation pass batch by batch and computes every SPEC §6 metric at the end.
 
-    Per image it keeps only small things (probability, label, per-image mAP values, pairings,
-    Jaccard values, superpixel means), so memory does not grow with the image size.
+    The one evaluation path of dermogaze: validation during training and ``dermogaze evaluate``
+    both feed one. Per image it keeps only small things (probability, label, per-image mAP values,
+    pairings, Jaccard values, superpixel means), so memory does not grow with the image size, and
+    it pickles cheaply: in a distributed run every rank fills its own from its shard and
+    :meth:`merge` combines the gathered ones.
 
     Args:
         structures: structure names in index order (a checkpoint's ``structures``).
@@ -492,6 +484,7 @@ class EvaluationAccumulator:
         self.features = tuple(s for s in DERMOSCOPIC_FEATURES if s in self.structures)
         self._feature_idx = [self.structures.index(s) for s in self.features]
         self._feature_col = [DERMOSCOPIC_FEATURES.index(s) for s in self.features]
+        self.indices: list[int] = []
         self.ids: list[str] = []
         self.probs: list[float] = []
         self.labels: list[int | None] = []
@@ -509,57 +502,49 @@ class EvaluationAccumulator:
 
     def update(
         self,
-        out: Any,
+        out: GazeOutput,
         batch: Mapping[str, Any],
-        superpixels: Any = None,
         sp_features: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Add one batch.
 
         Args:
-            out: a :class:`~dermogaze.models.output.GazeOutput` (tensors) or any object/mapping
-                with ``logits`` ``(B, 2)`` and, for decoder variants, ``masks`` ``(B, T, H, W)``
-                and ``structure_logits`` ``(B, T, S)`` (tensors or numpy arrays).
-            batch: the collated batch: ``label`` ``(B,)`` (optional: unknown labels are skipped
-                by the diagnosis metrics), ``id`` (list of B str, optional), and for structure
-                metrics ``masks`` ``(B, S, H, W)`` and ``present`` ``(B, S)``.
-            superpixels: ``(B, H, W)`` int superpixel maps cropped like the masks; defaults to
-                ``batch["superpixels"]`` when present.
+            out: the model's output on the batch (``masks`` and ``structure_logits`` feed the
+                structure metrics when the variant has a decoder).
+            batch: the collated batch: ``label`` ``(B,)`` tensor (optional; negative = unknown,
+                skipped by the diagnosis metrics), ``id`` (list of B str, optional), ``index``
+                (dataset indices, optional: they order :attr:`predictions` after a merge), and for
+                the structure metrics ``masks`` ``(B, S, H, W)`` and ``present`` ``(B, S)``, for
+                Task 2 ``superpixels`` ``(B, H, W)`` cropped like the masks.
             sp_features: for each image of the batch, its ``(n_i, 4)`` superpixel labels in
                 :data:`~dermogaze.structures.DERMOSCOPIC_FEATURES` order (``SplitArrays.sp_features``
                 indexed by ``batch["index"]``). Task 2 is computed only when both are given.
         """
-        logits = _numpy(_get(out, "logits"))
-        if logits is None:
-            raise ValueError("model output has no diagnosis logits")
-        probs = _softmax(logits)[:, 1]  # (B,)
+        probs = _numpy(out.melanoma_prob)  # (B,)
         b = probs.shape[0]
-        labels = _numpy(batch.get("label"))
-        ids = batch.get("id")
         start = len(self.ids)
+        ids = batch.get("id")
         if ids is None:  # no ids in the batch: number the images in the order seen
             ids = [str(start + k) for k in range(b)]
+        index = batch.get("index")
+        self.indices.extend(range(start, start + b) if index is None else (int(i) for i in index))
         self.ids.extend(str(i) for i in ids)
         self.probs.extend(float(p) for p in probs)
+        labels = _numpy(batch.get("label"))
         if labels is None:
             self.labels.extend([None] * b)
         else:
             self.labels.extend(int(v) if v >= 0 else None for v in labels.reshape(-1))
 
-        masks = _numpy(_get(out, "masks"))
-        struct_logits = _numpy(_get(out, "structure_logits"))
-        gt = _numpy(batch.get("masks"))
-        present = _numpy(batch.get("present"))
-        if masks is None or struct_logits is None or gt is None or present is None:
+        if out.masks is None or out.structure_logits is None or "present" not in batch:
             return
         self._has_decoder = True
-        struct_probs = _softmax(struct_logits)  # (B, T, S)
+        masks = _numpy(out.masks)  # (B, T, H, W)
+        struct_probs = _softmax(_numpy(out.structure_logits))  # (B, T, S)
         pred_classes = struct_probs.argmax(-1)  # (B, T)
-        gt = gt > 0.5
-        present = present.astype(bool)
-        if superpixels is None:
-            superpixels = batch.get("superpixels")
-        sp = _numpy(superpixels)
+        gt = _numpy(batch["masks"]) > 0.5  # (B, S, H, W)
+        present = _numpy(batch["present"]).astype(bool)  # (B, S)
+        sp = _numpy(batch.get("superpixels"))
         for i in range(b):
             if present[i].any():
                 iou_aware, _ = structure_iou_matrix(gt[i], present[i], masks[i], pred_classes[i])
@@ -576,9 +561,26 @@ class EvaluationAccumulator:
                 self._sp_scores.append(means[visible])
                 self._sp_labels.append(labels_i[visible][:, self._feature_col])
 
+    def merge(self, others: Sequence[EvaluationAccumulator]) -> EvaluationAccumulator:
+        """Add the images of ``others`` (the accumulators of the other ranks) to this one.
+
+        Afterwards :attr:`predictions` are in the order of the dataset indices (each index once).
+        The per-image structure values are concatenated: their means do not depend on the order.
+        """
+        for other in others:
+            for name in ("indices", "ids", "probs", "labels", "_prec_aware", "_prec_agnostic", "_pair_gt",
+                         "_pair_pred", "_jaccard", "_sp_scores", "_sp_labels"):
+                getattr(self, name).extend(getattr(other, name))
+            self._has_decoder |= other._has_decoder
+        order = np.argsort(np.asarray(self.indices, dtype=np.int64), kind="stable")
+        for name in ("indices", "ids", "probs", "labels"):
+            values = getattr(self, name)
+            setattr(self, name, [values[k] for k in order])
+        return self
+
     @property
     def predictions(self) -> dict[str, list]:
-        """``{"ids": [...], "probs": [...], "labels": [... or None]}`` in the order seen."""
+        """``{"ids": [...], "probs": [...], "labels": [... or None]}``, in the order seen (by index after a merge)."""
         return {"ids": list(self.ids), "probs": list(self.probs), "labels": list(self.labels)}
 
     def compute(self) -> dict[str, Any]:
@@ -653,41 +655,6 @@ class EvaluationAccumulator:
 # ----------------------------------------------------------------------------------------------
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into Python values and NaN/inf into ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented, strictly valid JSON (NaN → null), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def save_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the output of :meth:`EvaluationAccumulator.compute` to ``metrics.json`` (atomic, NaN → null)."""
-    return write_json(metrics, path)
-
-
 def write_predictions_csv(predictions: Mapping[str, Sequence], path: str | Path) -> Path:
     """Write ``predictions.csv``: ``image_id,melanoma`` (ISIC 2017 Part 3 shape) and ``label`` when known.
 
@@ -695,22 +662,19 @@ def write_predictions_csv(predictions: Mapping[str, Sequence], path: str | Path)
         predictions: :attr:`EvaluationAccumulator.predictions`.
         path: destination file (written atomically).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ids, probs, labels = predictions["ids"], predictions["probs"], predictions.get("labels")
     with_labels = labels is not None and all(v is not None for v in labels)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image_id", "melanoma"] + (["label"] if with_labels else []))
-        for k, (i, p) in enumerate(zip(ids, probs, strict=True)):
-            writer.writerow([i, f"{p:.6f}"] + ([int(labels[k])] if with_labels else []))
-    os.replace(tmp, path)
-    return path
+    header = ["image_id", "melanoma"] + (["label"] if with_labels else [])
+    rows = (
+        [i, f"{p:.6f}"] + ([int(labels[k])] if with_labels else [])
+        for k, (i, p) in enumerate(zip(ids, probs, strict=True))
+    )
+    return write_csv(header, rows, path)
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def format_value(v: Any, digits: int = 4) -> str:
+    """A metric for a table: ``digits`` decimals, ``n/a`` for a missing or undefined value."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
@@ -728,9 +692,9 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     d = metrics.get("diagnosis", {})
     lines.append(f"Diagnosis (melanoma vs rest): {d.get('n', 0)} images, {d.get('n_pos', 0)} melanoma")
     lines.append(
-        f"  AUC {_fmt(d.get('auc'))}   AP {_fmt(d.get('ap'))}   "
-        f"sensitivity {_fmt(d.get('sensitivity'))}   specificity {_fmt(d.get('specificity'))}   "
-        f"(threshold {_fmt(d.get('threshold'), 2)})"
+        f"  AUC {format_value(d.get('auc'))}   AP {format_value(d.get('ap'))}   "
+        f"sensitivity {format_value(d.get('sensitivity'))}   specificity {format_value(d.get('specificity'))}   "
+        f"(threshold {format_value(d.get('threshold'), 2)})"
     )
     s = metrics.get("structures")
     sp = metrics.get("superpixel_auc") or {}
@@ -738,23 +702,24 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         lines.append("")
         lines.append(f"Structures: {s.get('n_images', 0)} images with ground truth")
         lines.append(
-            f"  mAP@IoU[.50:.95] class-aware {_fmt(s.get('map_iou_class_aware'))}   "
-            f"class-agnostic {_fmt(s.get('map_iou_class_agnostic'))}   "
-            f"classification accuracy {_fmt(s.get('accuracy'))}"
+            f"  mAP@IoU[.50:.95] class-aware {format_value(s.get('map_iou_class_aware'))}   "
+            f"class-agnostic {format_value(s.get('map_iou_class_agnostic'))}   "
+            f"classification accuracy {format_value(s.get('accuracy'))}"
         )
         lines.append(
-            f"  Jaccard lesion+skin {_fmt(s.get('jaccard_lesion_skin'))}   mean {_fmt(s.get('jaccard_mean'))}"
+            f"  Jaccard lesion+skin {format_value(s.get('jaccard_lesion_skin'))}   "
+            f"mean {format_value(s.get('jaccard_mean'))}"
         )
         names = list(s.get("jaccard", {}))
         width = max([len(n) for n in names] + [9])
         lines.append(f"  {'structure':<{width}}  {'present':>7}  {'Jaccard':>7}  {'Task2 AUC' if sp else '':>9}")
         for name in names:
             lines.append(
-                f"  {name:<{width}}  {s.get('jaccard_n', {}).get(name, 0):>7}  {_fmt(s['jaccard'][name]):>7}"
-                f"  {_fmt(sp.get(name)) if name in sp else '':>9}"
+                f"  {name:<{width}}  {s.get('jaccard_n', {}).get(name, 0):>7}  {format_value(s['jaccard'][name]):>7}"
+                f"  {format_value(sp.get(name)) if name in sp else '':>9}"
             )
         if sp:
-            lines.append(f"  {'Task 2 mean':<{width}}  {'':>7}  {'':>7}  {_fmt(sp.get('mean')):>9}")
+            lines.append(f"  {'Task 2 mean':<{width}}  {'':>7}  {'':>7}  {format_value(sp.get('mean')):>9}")
         cm = s.get("confusion_matrix")
         if cm:
             short = list(SHORT_NAMES) if len(cm) == len(SHORT_NAMES) else [n[:7] for n in names]
@@ -762,8 +727,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
             lines.append("  Confusion matrix (rows: GT structure, columns: predicted; each row sums to 1)")
             lines.append("  " + " " * 9 + "".join(f"{c:>9}" for c in short))
             for name, row in zip(short, cm, strict=True):
-                lines.append(f"  {name:<9}" + "".join(f"{_fmt(v, 2):>9}" for v in row))
+                lines.append(f"  {name:<9}" + "".join(f"{format_value(v, 2):>9}" for v in row))
     elif sp:
         lines.append("")
-        lines.append("Task 2 superpixel AUC: " + "  ".join(f"{k} {_fmt(v)}" for k, v in sp.items()))
+        lines.append("Task 2 superpixel AUC: " + "  ".join(f"{k} {format_value(v)}" for k, v in sp.items()))
     return "\n".join(line.rstrip() for line in lines)

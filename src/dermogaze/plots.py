@@ -1,21 +1,20 @@
 """Matplotlib figures: confusion matrix (Fig. 6), ROC, training curves, and the gaze figures of §4.4.
 
-Every function draws with the non-interactive ``Agg`` backend, writes one PNG atomically (temp file
-+ ``os.replace``) and returns its path; none of them shows a window, so they run on servers and
-in tests.
+Every function draws with the non-interactive ``Agg`` backend, writes one PNG atomically
+(:func:`dermogaze.io.atomic_write`) and returns its path; none of them shows a window, so they run
+on servers and in tests.
 
 Gaze figures place everything in the image's own pixel coordinates: the network input covers the
-*input region* of the image (``(top, left, bottom, right)`` as fractions of its height and width,
-see :func:`dermogaze.explain.input_region`), so attention maps and masks are drawn with the matching
-``imshow`` extent and the gaze points (integer pixel column ``x`` and row ``y``) land where
-:func:`dermogaze.explain.gaze_points` says they are.
+*input region* of the image (``(top, left, bottom, right)`` as fractions of its height and width:
+:data:`FULL_REGION` for the whole image, :func:`dermogaze.explain.cache_region` for a cached one),
+so attention maps and masks are drawn with the matching ``imshow`` extent and the gaze points
+(integer pixel column ``x`` and row ``y``) land where :func:`dermogaze.explain.gaze_points` says
+they are.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .io import atomic_write, read_jsonl  # noqa: E402
 from .structures import SHORT_NAMES, STRUCTURES  # noqa: E402
 
 #: Colours of the six structures (lesion, skin, pigment network, negative network, milia, streaks).
@@ -36,20 +36,20 @@ STRUCTURE_COLORS: tuple[str, ...] = ("#e7298a", "#1b9e77", "#377eb8", "#a6d854",
 CORRECT_COLOR = "#1a9850"
 WRONG_COLOR = "#d73027"
 NEUTRAL_COLOR = "#222222"
-FULL_REGION = (0.0, 0.0, 1.0, 1.0)
+#: The whole image as an input region ``(top, left, bottom, right)``, fractions of its height and width.
+FULL_REGION: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 _DPI = 110
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=_DPI, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def _short(structures: Sequence[str]) -> list[str]:
@@ -93,7 +93,7 @@ def plot_confusion_matrix(
     for i in range(n):
         if np.isnan(m[i]).all():
             ax.text((n - 1) / 2, i, "no prediction paired with this GT structure", ha="center", va="center",
-                    fontsize=8.5, color="#666666", style="italic")  # fmt: skip
+                    fontsize=8.5, color="#666666", style="italic")
             continue
         for j in range(n):
             text = f"{m[i, j]:.2f}"
@@ -150,7 +150,7 @@ def plot_roc(
         ax_roc.fill_between(fpr, tpr, alpha=0.12, color="#2166ac")
         ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
         ax_roc.plot(fpr_op, sens, "o", color=WRONG_COLOR, ms=7, label=f"p ≥ {threshold:g}: sens {sens:.2f}, "
-                    f"spec {1 - fpr_op:.2f}")  # fmt: skip
+                    f"spec {1 - fpr_op:.2f}")
         prec, rec, _ = precision_recall_curve(y, p)
         ap = average_precision_score(y, p)
         ax_pr.step(rec, prec, where="post", color="#b2182b", lw=2, label=f"AP = {ap:.3f}")
@@ -160,7 +160,7 @@ def plot_roc(
         ax_roc.legend(loc="lower right", fontsize=9)
         ax_pr.legend(loc="lower left", fontsize=9)
     ax_roc.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
-               title=f"ROC, melanoma vs rest ({n_pos} melanoma, {n_neg} benign)")  # fmt: skip
+               title=f"ROC, melanoma vs rest ({n_pos} melanoma, {n_neg} benign)")
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
     for ax in (ax_roc, ax_pr):
         ax.set_xlim(-0.01, 1.01)
@@ -170,15 +170,6 @@ def plot_roc(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
-
-
-def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``metrics.jsonl`` (one JSON object per line; blank lines skipped)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -207,13 +198,13 @@ def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]], path
     Returns:
         ``path``.
     """
-    rows = read_history(history) if isinstance(history, (str, Path)) else list(history)
+    rows = read_jsonl(history) if isinstance(history, (str, Path)) else list(history)
     flat = [_flatten(r) for r in rows]
     epochs = [r.get("epoch", k + 1) for k, r in enumerate(flat)]
 
     def series(key: str) -> np.ndarray:
         return np.array([np.nan if not isinstance(r.get(key), (int, float)) or isinstance(r.get(key), bool)
-                         else float(r[key]) for r in flat])  # fmt: skip
+                         else float(r[key]) for r in flat])
 
     terms: dict[str, dict[str, str]] = {}
     for r in flat:
@@ -292,7 +283,7 @@ def _draw_path(ax: plt.Axes, points: Sequence[tuple[int, int]], colors: Sequence
         if (x0, y0) != (x1, y1):
             ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                         arrowprops=dict(arrowstyle="-|>", color="white", lw=2.2, shrinkA=size * 0.5,
-                                        shrinkB=size * 0.5, mutation_scale=14, alpha=0.9))  # fmt: skip
+                                        shrinkB=size * 0.5, mutation_scale=14, alpha=0.9))
     groups: dict[tuple[int, int], list[int]] = {}
     for k, p in enumerate(points):
         groups.setdefault((int(p[0]), int(p[1])), []).append(k)
@@ -301,7 +292,7 @@ def _draw_path(ax: plt.Axes, points: Sequence[tuple[int, int]], colors: Sequence
         color = colors[steps[0]] if len({colors[k] for k in steps}) == 1 else NEUTRAL_COLOR
         ax.text(x, y, label, ha="center", va="center", color="white", fontsize=size * 0.4, fontweight="bold",
                 bbox=dict(boxstyle="circle,pad=0.25" if len(steps) == 1 else "round,pad=0.3", fc=color, ec="white",
-                          lw=1.8, alpha=0.95))  # fmt: skip
+                          lw=1.8, alpha=0.95))
 
 
 def plot_gazes(
@@ -347,7 +338,7 @@ def plot_gazes(
     extent = region_extent(region, (h0, w0))
     correct = list(correct) if correct is not None else [None] * t_steps
     colors = [_step_color(c) if c is not None else plt.get_cmap("viridis")(0.05 + 0.8 * k / max(t_steps - 1, 1))
-              for k, c in enumerate(correct)]  # fmt: skip
+              for k, c in enumerate(correct)]
     n_rows = 2 if masks is not None else 1
     panel = 2.3
     fig = plt.figure(figsize=(panel * (t_steps + 2) + 0.4, panel * max(n_rows, 2) * 1.1 + 0.5))
@@ -357,10 +348,10 @@ def plot_gazes(
     if tuple(region) != FULL_REGION:  # the part of the image the network saw
         left, right, bottom, top = extent
         ax_big.add_patch(plt.Rectangle((left, top), right - left, bottom - top, fill=False, ec="white", lw=1.2,
-                                       ls="--", alpha=0.8))  # fmt: skip
+                                       ls="--", alpha=0.8))
     _draw_path(ax_big, points, colors, 26.0)
     ax_big.set_title("sequence of gazes" + (" (dashed: network input)" if tuple(region) != FULL_REGION else ""),
-                     fontsize=11)  # fmt: skip
+                     fontsize=11)
 
     cmap = plt.get_cmap("inferno")
     vmax = float(att.max()) if att.size else 1.0
@@ -386,7 +377,7 @@ def plot_gazes(
             overlay[..., 3] = 0.6 * np.clip(m, 0, 1)
             axm.imshow(overlay, extent=extent, interpolation="bilinear")
             axm.contour(np.linspace(extent[0], extent[1], m.shape[1]), np.linspace(extent[3], extent[2], m.shape[0]),
-                        m, levels=[0.5], colors="white", linewidths=1.0)  # fmt: skip
+                        m, levels=[0.5], colors="white", linewidths=1.0)
             area = float((m >= 0.5).mean())
             axm.set_title(f"mask {t + 1} ({area:.0%} of input)", fontsize=8.5)
     if title:
@@ -449,7 +440,7 @@ def plot_masks(
         ax.imshow(overlay, extent=extent, interpolation="nearest")
         if m.max() >= 0.5 > m.min():
             ax.contour(np.linspace(extent[0], extent[1], m.shape[1]), np.linspace(extent[3], extent[2], m.shape[0]),
-                       m, levels=[0.5], colors="white", linewidths=0.8)  # fmt: skip
+                       m, levels=[0.5], colors="white", linewidths=0.8)
 
     row = 0
     if gt_masks is not None:
@@ -463,7 +454,7 @@ def plot_masks(
             ax = axes[0, 1 + s]
             show_mask(ax, gt[s].astype(float), STRUCTURE_COLORS[s % len(STRUCTURE_COLORS)])
             ax.set_title(_short(structures)[s] + ("" if pres[s] else " (absent)"), fontsize=9.5,
-                         color=NEUTRAL_COLOR if pres[s] else "#888888")  # fmt: skip
+                         color=NEUTRAL_COLOR if pres[s] else "#888888")
             if not pres[s]:
                 ax.imshow(np.ones((1, 1, 4)) * [1, 1, 1, 0.55], extent=region_extent(FULL_REGION, image.shape[:2]))
         row = 1

@@ -17,9 +17,9 @@ DataLoader workers for free. Masks are stored unpacked (bool): about 1 GB for al
 
 Crash safety: :func:`prepare` first deletes ``info.json`` (the old cache stops being valid), builds
 each split in a hidden temporary folder that is renamed into place when complete, and writes
-``info.json`` (temp file + ``os.replace``) last. ``info.json`` records a random ``token`` that
-every split's ``ids.json`` repeats, and the counts that the arrays must have; :func:`load_info`
-checks both. An interrupted run therefore never leaves a cache that loads. Re-running on an
+``info.json`` last, atomically (:func:`dermogaze.io.write_json`). ``info.json`` records a random
+``token`` that every split's ``ids.json`` repeats, and the counts that the arrays must have;
+:func:`load_info` checks both. An interrupted run therefore never leaves a cache that loads. Re-running on an
 unchanged collection (same file names, sizes and modification times, same options) returns the
 existing cache without work; anything else rebuilds it.
 
@@ -27,7 +27,8 @@ Decisions where SPEC and the paper are silent:
 
 * Masks are built at the cache size from the nearest-resized lesion mask and superpixel map, which
   equals building them at full size and resizing each with nearest (same sampled pixels).
-  Nearest sampling takes source pixel ``floor((i + 0.5) * H / S)``, as Pillow does.
+  Nearest sampling takes source pixel ``floor((i + 0.5) * H / S)``, as Pillow does
+  (:func:`dermogaze.data.images.resize_nearest`).
 * The training ``mean``/``std`` are population statistics over all pixels of the resized training
   images, in [0, 1] units, computed exactly from integer sums.
 * Table 1's ``pixel_fraction`` is measured at the cache size over all training pixels.
@@ -52,12 +53,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, STRUCTURES
+from ..io import write_json
+from ..structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, SHORT_NAMES, STRUCTURES, presence_weights
 from . import isic2017
+from .images import check_image_file, read_image_file, resize_image, resize_nearest
 from .isic2017 import BadSample, IsicCollection, IsicSample
 
 log = logging.getLogger(__name__)
@@ -108,36 +110,16 @@ class _Processed:
 # --------------------------------------------------------------------------------------------
 
 
-def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each output index for a nearest resize: ``floor((i + 0.5) * n_in / n_out)``.
-
-    Computed in integers (``((2i + 1) * n_in) // (2 * n_out)``), so no rounding error can move a pixel.
-    """
-    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
-
-
-def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
-    """Nearest resize of the first two axes of ``array`` to ``(size, size)``."""
-    rows = nearest_indices(array.shape[0], size)
-    cols = nearest_indices(array.shape[1], size)
-    return array[rows[:, None], cols[None, :]]
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear (antialiased, Pillow) resize of a uint8 ``(H, W, 3)`` image to ``(size, size, 3)``."""
-    if image.shape[:2] == (size, size):
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
 def _process_sample(sample: IsicSample, size: int, with_masks: bool, draft: bool = True) -> _Processed:
     """Decode one sample, check it and resize it to the cache size.
 
     Raises:
         DataError: unreadable file, sizes that disagree, superpixel index beyond the JSON.
     """
-    full_w, full_h = isic2017.image_size(sample.image)
-    image = resize_image(isic2017.read_image(sample.image, size if draft else None), size)
+    full_w, full_h = check_image_file(sample.image)
+    # The stored pixel grid, on which the masks are drawn (no EXIF orientation).
+    decoded = read_image_file(sample.image, as_displayed=False, draft_size=size if draft else None)
+    image = resize_image(decoded, size)  # (S, S, 3)
     if not with_masks:
         return _Processed(image=image, masks=None, superpixels=None, sp_features=None)
     assert sample.segmentation is not None and sample.superpixels is not None and sample.features is not None
@@ -196,12 +178,6 @@ def _fingerprint(collection: IsicCollection) -> str:
             st = p.stat()
             h.update(f"{p.relative_to(collection.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _claim_folder(out: Path) -> None:
@@ -437,7 +413,7 @@ def prepare(
         "fingerprint": fingerprint,
         "options": options,
     }
-    _write_json_atomic(out / INFO_FILE, info)
+    write_json(info, out / INFO_FILE)
     log.info(
         "prepared %s in %.1f s: %s%s",
         out, time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in counts.items()),
@@ -543,3 +519,41 @@ def load_split(cache: str | Path, split: str) -> SplitArrays:
         superpixels=superpixels,
         sp_features=sp_features,
     )
+
+
+def format_stats(info: dict) -> str:
+    """Text of ``dermogaze data stats``: split sizes, normalisation, Table 1 and Table 2.
+
+    Args:
+        info: a cache's info dict (:func:`load_info`).
+    """
+    lines = [f"cache size {info['size']}×{info['size']}, splits:"]
+    lines.append(f"{'split':<8}{'images':>8}{'melanoma':>10}")
+    for split in info["splits"]:
+        lines.append(f"{split:<8}{info['counts'][split]:>8}{info['melanoma'][split]:>10}")
+    lines.append("training mean (R G B): " + " ".join(f"{v:.4f}" for v in info["mean"]))
+    lines.append("training std  (R G B): " + " ".join(f"{v:.4f}" for v in info["std"]))
+    if info["skipped"]:
+        lines.append(f"{len(info['skipped'])} bad samples were skipped when the cache was prepared")
+    if not info["has_masks"]:
+        lines.append("no structure masks in this cache (no Part 1/Part 2): Tables 1 and 2 need them")
+        return "\n".join(lines)
+
+    n_train = info["counts"]["train"]
+    presences = np.asarray(info["presences"])
+    lines += ["", f"Table 1: presence of the structures in the training split ({n_train} images)"]
+    lines.append(f"{'structure':<18}{'images':>8}{'% images':>10}{'% pixels':>10}")
+    for name, p, frac in zip(STRUCTURES, presences, info["pixel_fraction"], strict=True):
+        lines.append(f"{name:<18}{p:>8d}{100 * p / n_train:>10.2f}{100 * frac:>10.2f}")
+
+    lines += ["", "Table 2: structure weights from the presences (w: Eq. 15, w': Eq. 16)"]
+    lines.append("weight " + "".join(f"{name:>10}" for name in SHORT_NAMES))
+    w = presence_weights(presences, "w") if presences.sum() > 0 else None
+    lines.append("w      " + ("".join(f"{x:>10.3f}" for x in w) if w is not None else f"{'n/a':>10}" * len(STRUCTURES)))
+    absent = [name for name, p in zip(STRUCTURES, presences, strict=True) if p == 0]
+    if absent:
+        lines.append("w'     " + f"{'n/a':>10}" * len(STRUCTURES))
+        lines.append(f"w' is undefined: never present in the training split: {', '.join(absent)}")
+    else:
+        lines.append("w'     " + "".join(f"{x:>10.3f}" for x in presence_weights(presences, "w'")))
+    return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ class DermoscopyDataset(Dataset):
 
     ``ds[i]`` is a dict:
 
-    * ``image``: float32 ``(3, S, S)``, normalised with the cache's training mean/std;
+    * ``image``: float32 ``(3, S, S)``, normalised with the cache's training mean/std (or the given
+      ``normalisation``: a checkpoint's, at evaluation);
     * ``masks``: uint8 ``(6, S, S)`` of 0/1 in STRUCTURES order (zeros without masks); uint8, not
       float, so a DataLoader worker sends a quarter of the bytes (the loss casts on the device);
     * ``present``: bool ``(6,)``, a mask has at least one pixel *after* this sample's transforms
@@ -42,9 +44,11 @@ class DermoscopyDataset(Dataset):
         train: use the training augmentation.
         image_size: crop side (the model's input size), at most the cache size.
         return_superpixels: also return the superpixel map (needs a cache with superpixels).
+        normalisation: ``(mean, std)`` to normalise with instead of the cache's (a model's training
+            statistics, stored in its checkpoint).
 
     Attributes:
-        info: the cache's info dict. mean, std: per-channel training statistics (tuples of 3).
+        info: the cache's info dict. mean, std: the per-channel statistics the images are normalised with.
         has_masks: whether the cache holds structure masks. labels: int64 ``(N,)``. ids: list of str.
 
     Raises:
@@ -60,6 +64,7 @@ class DermoscopyDataset(Dataset):
         train: bool = False,
         image_size: int = 224,
         return_superpixels: bool = False,
+        normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         self.cache = Path(cache)
         self.split = split
@@ -72,8 +77,9 @@ class DermoscopyDataset(Dataset):
         self.train = train
         self.image_size = image_size
         self.return_superpixels = return_superpixels
-        self.mean: tuple[float, ...] = tuple(self.info["mean"])
-        self.std: tuple[float, ...] = tuple(self.info["std"])
+        mean, std = normalisation if normalisation is not None else (self.info["mean"], self.info["std"])
+        self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
+        self.std: tuple[float, ...] = tuple(float(s) for s in std)
         self.has_masks: bool = bool(self.info["has_masks"])
         make = train_transform if train else eval_transform
         self.transform = make(image_size, self.mean, self.std)

@@ -10,8 +10,10 @@ A collection on disk holds, per official split (``Training``, ``Validation``, ``
     ISIC-2017_<split>_Part3_GroundTruth.csv              image_id,melanoma,seborrheic_keratosis
 
 :func:`read_collection` finds the splits and pairs every CSV row with its files; the ``read_*``
-functions decode one file each; :func:`decode_superpixels`, :func:`feature_masks` and
-:func:`build_masks` turn the decoded files into the six structure masks of SPEC §1 (Eqs. 17-19).
+functions decode one annotation file each (pictures through
+:func:`dermogaze.data.images.read_image_file`); :func:`decode_superpixels`, :func:`feature_masks`
+and :func:`build_masks` turn the decoded files into the six structure masks of SPEC §1
+(Eqs. 17-19).
 
 Decisions where SPEC and the paper are silent:
 
@@ -25,6 +27,8 @@ Decisions where SPEC and the paper are silent:
   only one of the two parts is treated as classification-only too, with a warning. When any split
   has Part 1 and Part 2, every split must: the samples of a split whose annotation folder is missing
   are bad samples (the error names the missing folder).
+* Images, lesion masks and superpixel maps are read on their stored pixel grid: an EXIF
+  orientation tag is not applied (it would turn an image away from its annotations).
 * Lesion masks are binarised at 128 (ground truth is 0/255). A CSV value ``>= 0.5`` counts as 1.
 * If both ``Test_v2`` and ``Test`` exist, ``Test_v2`` (the official name) is used, with a warning.
 """
@@ -39,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError
 from ..structures import DERMOSCOPIC_FEATURES
+from .images import read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -156,64 +160,16 @@ def decode_superpixels(rgb: np.ndarray) -> np.ndarray:
     return index  # R + (G << 8) + (B << 16)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image file without decoding its pixels.
-
-    Raises:
-        DataError: the file is missing or not an image.
-    """
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from None
-
-
-def read_image(path: Path, draft_size: int | None = None) -> np.ndarray:
-    """Decode an RGB image, optionally with JPEG draft mode.
-
-    With ``draft_size``, a JPEG is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) chosen by
-    Pillow so that both sides stay at least ``draft_size``; this makes a 6000×4000 JPEG several
-    times faster to decode when it is resized to 256 px anyway. If a draft would come out smaller
-    than ``draft_size`` (it should not), the image is decoded again at full size.
-
-    Args:
-        path: image file (JPEG or PNG).
-        draft_size: smallest side length the decoded image must keep; ``None`` = full size.
-
-    Returns:
-        uint8 array ``(H, W, 3)``; with draft mode ``H, W`` may be smaller than the file's.
-
-    Raises:
-        DataError: missing, truncated or unreadable file.
-    """
-    try:
-        with Image.open(path) as im:
-            full_w, full_h = im.size
-            if draft_size is not None and im.format == "JPEG":
-                im.draft("RGB", (draft_size, draft_size))
-                if min(im.size) < min(draft_size, full_w, full_h):
-                    return read_image(path, None)
-            im.load()
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
-
-
 def read_lesion_mask(path: Path) -> np.ndarray:
     """Read a Part 1 lesion segmentation (0/255 greyscale PNG) as a bool mask ``(H, W)``.
 
-    Pixels ``>= 128`` are lesion. RGB or palette masks are converted to greyscale first.
+    Pixels ``>= 128`` are lesion. RGB or palette masks are converted to greyscale first; the stored
+    pixel grid is kept (no EXIF orientation), as for every file of the collection.
 
     Raises:
         DataError: missing or unreadable file.
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im if im.mode == "L" else im.convert("L")) >= 128
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable lesion mask ({exc})") from None
+    return read_image_file(path, "L", as_displayed=False, what="lesion mask") >= 128
 
 
 def read_superpixels(path: Path) -> np.ndarray:
@@ -226,14 +182,9 @@ def read_superpixels(path: Path) -> np.ndarray:
         DataError: missing or unreadable file, or not an RGB image (a greyscale map cannot hold the
         official encoding).
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("RGB", "RGBA", "P"):
-                raise DataError(f"{path}: superpixel map must be an RGB PNG, got mode {im.mode}")
-            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable superpixel map ({exc})") from None
+    rgb = read_image_file(
+        path, "RGB", as_displayed=False, source_modes=("RGB", "RGBA", "P"), what="superpixel map"
+    )  # (H, W, 3)
     return decode_superpixels(rgb)
 
 

@@ -32,7 +32,8 @@ def _rows(run: Path) -> list[dict]:
 # Checkpoints and resume
 # --------------------------------------------------------------------------------------------
 def test_resumed_run_reproduces_the_uninterrupted_run(pipeline_cache, pipeline_tiny_run, tmp_path):
-    from dermogaze.engine import load_checkpoint, train
+    from dermogaze.training import train
+    from dermogaze.training.checkpoint import load_checkpoint
 
     run = tmp_path / "interrupted"
     first = train(load_config("tiny", [f"data.cache={pipeline_cache}", "train.epochs=1"]), run, progress=False)
@@ -52,7 +53,7 @@ def test_resumed_run_reproduces_the_uninterrupted_run(pipeline_cache, pipeline_t
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
     # The second epoch really changed the weights (the comparison above is not between two copies of epoch 1).
     changed = [k for k in a["model"] if a["model"][k].is_floating_point() and
-               not torch.equal(a["model"][k], after_one["model"][k])]  # fmt: skip
+               not torch.equal(a["model"][k], after_one["model"][k])]
     assert changed
     # Adam's moments continue too.
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
@@ -62,7 +63,7 @@ def test_resumed_run_reproduces_the_uninterrupted_run(pipeline_cache, pipeline_t
 
 def test_checkpoint_contents(pipeline_cache, pipeline_tiny_run):
     from dermogaze.data.cache import load_info
-    from dermogaze.engine import CHECKPOINT_KEYS, load_checkpoint, model_from_checkpoint
+    from dermogaze.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(pipeline_tiny_run / "best.pt")
     assert set(CHECKPOINT_KEYS) <= set(ckpt)
@@ -87,7 +88,7 @@ def test_checkpoint_contents(pipeline_cache, pipeline_tiny_run):
 
 
 def test_truncated_checkpoint_is_a_clear_error(pipeline_tiny_run, tmp_path):
-    from dermogaze.engine import load_checkpoint
+    from dermogaze.training.checkpoint import load_checkpoint
 
     data = (pipeline_tiny_run / "last.pt").read_bytes()
     bad = tmp_path / "truncated.pt"
@@ -103,7 +104,7 @@ def test_truncated_checkpoint_is_a_clear_error(pipeline_tiny_run, tmp_path):
 
 
 def test_foreign_files_are_refused(tmp_path):
-    from dermogaze.engine import load_checkpoint
+    from dermogaze.training.checkpoint import load_checkpoint
 
     weights = tmp_path / "state_dict.pt"
     torch.save({"features.0.weight": torch.zeros(2)}, weights)  # a plain state dict, not a run's checkpoint
@@ -117,7 +118,7 @@ def test_foreign_files_are_refused(tmp_path):
 
 
 def test_model_from_checkpoint_refuses_other_variants(pipeline_tiny_run):
-    from dermogaze.engine import load_checkpoint, model_from_checkpoint
+    from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(pipeline_tiny_run / "best.pt")
     with pytest.raises(DermogazeError, match="best.pt holds a 'deco_gap_3' model, not 'vgg_gap'"):
@@ -129,7 +130,7 @@ def test_model_from_checkpoint_refuses_other_variants(pipeline_tiny_run):
 
 
 def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
-    from dermogaze.engine import save_checkpoint
+    from dermogaze.training.checkpoint import save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"a": torch.ones(3)})
@@ -156,7 +157,7 @@ def _tiny_model(**overrides):
 
 
 def test_optimizer_follows_the_paper_recipe():
-    from dermogaze.engine import build_optimizer
+    from dermogaze.training.optim import build_optimizer
 
     torch.manual_seed(0)
     model = _tiny_model()
@@ -173,7 +174,7 @@ def test_optimizer_follows_the_paper_recipe():
 
 
 def test_lr_zero_groups_are_frozen_and_left_out():
-    from dermogaze.engine import build_optimizer
+    from dermogaze.training.optim import build_optimizer
 
     model = _tiny_model()
     attention = list(model.attention.parameters())
@@ -191,14 +192,14 @@ def test_lr_zero_groups_are_frozen_and_left_out():
 
 
 def test_frozen_random_encoder_is_refused():
-    from dermogaze.engine import build_optimizer
+    from dermogaze.training.optim import build_optimizer
 
     with pytest.raises(DermogazeError, match=r"-o train\.lr_encoder=1e-4"):
         build_optimizer(_tiny_model(), load_config(None, []))  # paper recipe (lr_encoder 0), no weights
 
 
 def test_train_refuses_to_overwrite_a_run(pipeline_cache, pipeline_tiny_run):
-    from dermogaze.engine import train
+    from dermogaze.training import train
 
     before = (pipeline_tiny_run / "metrics.jsonl").read_text()
     with pytest.raises(DermogazeError, match="--resume"):
@@ -208,7 +209,7 @@ def test_train_refuses_to_overwrite_a_run(pipeline_cache, pipeline_tiny_run):
 
 def test_variants_with_a_decoder_refuse_a_cache_without_masks(pipeline_data, tmp_path):
     from dermogaze.data.cache import load_info, prepare
-    from dermogaze.engine import train
+    from dermogaze.training import train
 
     isic = tmp_path / "isic"
     shutil.copytree(pipeline_data["isic"], isic)
@@ -223,7 +224,7 @@ def test_variants_with_a_decoder_refuse_a_cache_without_masks(pipeline_data, tmp
 
 
 def test_image_size_larger_than_the_cache_is_refused(pipeline_cache, tmp_path):
-    from dermogaze.engine import train
+    from dermogaze.training import train
 
     cfg = load_config("tiny", [f"data.cache={pipeline_cache}", "model.image_size=64"])
     with pytest.raises(DataError, match="40 px"):
@@ -244,7 +245,7 @@ class _RandomItems(Dataset):
 
 
 def test_epoch_seeded_items_depend_only_on_seed_epoch_and_index():
-    from dermogaze.engine import EpochSeededDataset
+    from dermogaze.training.seeding import EpochSeededDataset
 
     ds = EpochSeededDataset(_RandomItems(), seed=3)
     ds.set_epoch(1)
@@ -265,7 +266,7 @@ def test_epoch_seeded_items_depend_only_on_seed_epoch_and_index():
 
 
 def test_epoch_seeded_items_do_not_depend_on_loader_workers():
-    from dermogaze.engine import EpochSeededDataset
+    from dermogaze.training.seeding import EpochSeededDataset
 
     ds = EpochSeededDataset(_RandomItems(), seed=0)
     ds.set_epoch(4)
@@ -279,7 +280,7 @@ def test_epoch_seeded_items_do_not_depend_on_loader_workers():
 
 
 def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
-    from dermogaze.engine import get_rng_state, set_rng_state
+    from dermogaze.training.seeding import get_rng_state, set_rng_state
 
     torch.manual_seed(1)
     np.random.seed(2)
@@ -315,7 +316,7 @@ def test_distributed_shards_make_up_the_single_process_batches(n):
 
 
 def test_shard_sampler_covers_each_index_once():
-    from dermogaze.engine import ShardSampler
+    from dermogaze.training.distributed import ShardSampler
 
     shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(11))
@@ -324,9 +325,9 @@ def test_shard_sampler_covers_each_index_once():
 def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
     import contextlib
 
-    from dermogaze.engine import autocast_factory
+    from dermogaze.runtime import autocast_factory
 
-    with caplog.at_level(logging.WARNING, logger="dermogaze.engine"):
+    with caplog.at_level(logging.WARNING, logger="dermogaze.runtime"):
         factory = autocast_factory(torch.device("cpu"), "bf16")
     assert factory is contextlib.nullcontext
     assert "float32" in caplog.text
@@ -342,7 +343,8 @@ def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
 # --------------------------------------------------------------------------------------------
 def test_evaluate_checkpoint_writes_metrics_predictions_and_figures(pipeline_cache, pipeline_tiny_run, tmp_path):
     from dermogaze.data.dataset import DermoscopyDataset
-    from dermogaze.engine import evaluate_checkpoint, load_checkpoint, model_from_checkpoint
+    from dermogaze.evaluate import evaluate_checkpoint
+    from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     result = evaluate_checkpoint(pipeline_tiny_run / "best.pt", pipeline_cache, "test", tmp_path, progress=False)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -369,7 +371,7 @@ def test_evaluate_checkpoint_writes_metrics_predictions_and_figures(pipeline_cac
 
 def test_evaluate_refuses_a_cache_smaller_than_the_model_input(pipeline_data, pipeline_tiny_run, tmp_path):
     from dermogaze.data.cache import prepare
-    from dermogaze.engine import evaluate_checkpoint
+    from dermogaze.evaluate import evaluate_checkpoint
 
     small = tmp_path / "cache24"
     prepare(pipeline_data["isic"], small, size=24, progress=False)
@@ -379,7 +381,7 @@ def test_evaluate_refuses_a_cache_smaller_than_the_model_input(pipeline_data, pi
 
 def test_channels_last_training_matches_contiguous(pipeline_cache, tmp_path):
     """Same losses up to rounding (the kernels differ; Adam's first step, ~lr·sign(g), amplifies that a little)."""
-    from dermogaze.engine import train
+    from dermogaze.training import train
 
     base = [f"data.cache={pipeline_cache}", "train.epochs=1", "train.max_train_batches=1"]
     a = train(load_config("tiny", base), tmp_path / "a", progress=False)["history"][0]
@@ -391,7 +393,8 @@ def test_channels_last_training_matches_contiguous(pipeline_cache, tmp_path):
 def test_cosine_schedule_follows_the_position_in_the_run(pipeline_cache, tmp_path):
     import math
 
-    from dermogaze.engine import lr_schedule, train
+    from dermogaze.training import train
+    from dermogaze.training.optim import lr_schedule
 
     f = lr_schedule("cosine", epoch=2, epochs=4, steps=10)  # batch i of epoch 2 is step 10 + i of 40
     assert f(0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 40)))
@@ -402,17 +405,17 @@ def test_cosine_schedule_follows_the_position_in_the_run(pipeline_cache, tmp_pat
 
     # In a run: the rate of the last step of each epoch is logged (2 epochs of 2 steps: steps 1 and 3 of 4).
     cfg = load_config("tiny", [f"data.cache={pipeline_cache}", "train.max_train_batches=2",
-                               "train.lr_schedule=cosine"])  # fmt: skip
+                               "train.lr_schedule=cosine"])
     rows = train(cfg, tmp_path / "run", progress=False)["history"]
     for row, step in zip(rows, (1, 3), strict=True):
         assert row["lr_attention"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * step / 4)))
 
 
 def test_validation_map_matches_the_evaluation(pipeline_cache, pipeline_tiny_run, tmp_path):
-    from dermogaze.engine import evaluate_checkpoint
+    from dermogaze.evaluate import evaluate_checkpoint
 
     last = _rows(pipeline_tiny_run)[-1]
     result = evaluate_checkpoint(pipeline_tiny_run / "last.pt", pipeline_cache, "val", tmp_path, figures=False,
-                                 progress=False)  # fmt: skip
+                                 progress=False)
     assert last["val_map"] == pytest.approx(result["metrics"]["structures"]["map_iou_class_aware"], abs=1e-12)
     assert last["val_auc"] == pytest.approx(result["metrics"]["diagnosis"]["auc"], abs=1e-12)

@@ -2,8 +2,8 @@
 
 :func:`run_demo` runs the whole pipeline on the built-in synthetic dataset: synthesise it
 (:func:`dermogaze.data.synth.write_synthetic_isic`), prepare it (:func:`dermogaze.data.cache.prepare`),
-train ``configs/demo.yaml`` (:func:`dermogaze.engine.train`), evaluate the best checkpoint on the
-test split (:func:`dermogaze.engine.evaluate_checkpoint`), explain a few test images
+train the ``demo`` preset (:func:`dermogaze.training.train`), evaluate the best checkpoint on the
+test split (:func:`dermogaze.evaluate.evaluate_checkpoint`), explain a few test images
 (:func:`dermogaze.explain.run_explain`) and write ``OUT/report.md`` (:func:`write_report`)::
 
     OUT/data/isic/           the synthetic dataset, in the ISIC 2017 layout
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import load_config
+from .data.cache import load_info, prepare
+from .data.synth import write_synthetic_isic
 from .errors import DermogazeError
+from .evaluate import evaluate_checkpoint
+from .explain import run_explain
+from .io import write_json, write_text
+from .metrics import format_value
+from .plots import plot_training_curves
+from .training import train
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +57,7 @@ FAST_DATA: dict[str, Any] = {**DEMO_DATA, "counts": {"Training": 96, "Validation
 FAST_OVERRIDES = ["train.epochs=2"]
 #: How many test images the demo explains.
 EXPLAIN_COUNT = 4
-#: What the demo must reach on its synthetic test split (issue 5): diagnosis AUC and the mean
+#: What the demo must reach on its synthetic test split: diagnosis AUC and the mean
 #: Jaccard of the lesion and skin structures.
 DEMO_FLOORS = {"auc": 0.80, "jaccard_lesion_skin": 0.5}
 
@@ -65,9 +73,6 @@ def prepare_demo_data(data_dir: str | Path, recipe: Mapping[str, Any], *, progre
     Returns:
         The prepared cache folder.
     """
-    from .data.cache import load_info, prepare
-    from .data.synth import write_synthetic_isic
-
     data_dir = Path(data_dir)
     stamp_path = data_dir / "demo_data.json"
     cache = data_dir / "cache"
@@ -90,9 +95,7 @@ def prepare_demo_data(data_dir: str | Path, recipe: Mapping[str, Any], *, progre
         progress=progress,
     )
     prepare(isic, cache, size=recipe["cache_size"], progress=progress)
-    tmp = stamp_path.with_name(stamp_path.name + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=2) + "\n")
-    os.replace(tmp, stamp_path)
+    write_json(stamp, stamp_path)
     return cache
 
 
@@ -116,11 +119,6 @@ def run_demo(
     Returns:
         The path of ``report.md``.
     """
-    from .config import load_config
-    from .engine import evaluate_checkpoint, train
-    from .explain import run_explain
-    from .plots import plot_training_curves
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe = FAST_DATA if fast else DEMO_DATA
@@ -136,8 +134,10 @@ def run_demo(
     cfg.data.cache = str(cache)
     cfg.data.workers = workers
     cfg.train.device = device
-    logger.info("demo 2/4: training %s (width %g, %d px, T=%d, %d epochs)", cfg.model.name, cfg.model.width,
-                cfg.model.image_size, cfg.model.steps, cfg.train.epochs)  # fmt: skip
+    logger.info(
+        "demo 2/4: training %s (width %g, %d px, T=%d, %d epochs)",
+        cfg.model.name, cfg.model.width, cfg.model.image_size, cfg.model.steps, cfg.train.epochs,
+    )
     summary = train(cfg, out / "train", overwrite=True, progress=progress)
     timings["train"] = time.perf_counter() - tic
 
@@ -177,11 +177,14 @@ def run_demo(
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+    return format_value(v, digits)
+
+
+def _mark(step: Mapping[str, Any]) -> str:
+    """`` ✓``, `` ✗ (GT s)`` or nothing, for a step's structure against its ground truth."""
+    if step.get("structure_correct") is None:
+        return ""
+    return " ✓" if step["structure_correct"] else f" ✗ (GT {step['gt_structure']})"
 
 
 def _rel(path: str | Path, base: Path) -> str:
@@ -315,11 +318,7 @@ def write_report(
     explain_dir = Path(files.get("explain_dir", out / "explain"))
     for rec in records:
         gt = rec.get("ground_truth") or {}
-        path = " → ".join(
-            f"{st['structure'] or '?'}" + ("" if st.get("structure_correct") is None else
-                                            (" ✓" if st["structure_correct"] else f" ✗ (GT {st['gt_structure']})"))
-            for st in rec.get("steps", [])
-        )  # fmt: skip
+        path = " → ".join(f"{st['structure'] or '?'}{_mark(st)}" for st in rec.get("steps", []))
         lines += [
             f"### {rec['image_id']}: P(melanoma) = {rec['melanoma_probability']:.3f}"
             + (f", ground truth {gt['diagnosis']}" if gt else ""),
@@ -348,9 +347,5 @@ def write_report(
         "| `training_curves.png` | the curves above |",
         "",
     ]
-    path = out / "report.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text("\n".join(lines), out / "report.md")
 

@@ -1,0 +1,11 @@
+"""Training: a run from a configuration to its folder (:func:`train`), and its parts.
+
+:mod:`.distributed` (torchrun processes), :mod:`.seeding` (reproducibility), :mod:`.optim` (the
+paper's Adam recipe and schedules), :mod:`.loop` (training step, epoch, evaluation pass),
+:mod:`.checkpoint` (checkpoints and the run folder), :mod:`.train` (the run).
+"""
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .train import train
+
+__all__ = ["load_checkpoint", "model_from_checkpoint", "save_checkpoint", "train"]

@@ -1,0 +1,306 @@
+"""``train``: a run from a configuration to its folder (the paper's recipe by default, §4.1).
+
+The pieces: :mod:`.distributed` (processes), :mod:`.seeding` (reproducibility), :mod:`.optim`
+(Adam, per-group rates, schedules), :mod:`.loop` (step, epoch, evaluation pass) and
+:mod:`.checkpoint` (checkpoints and the run folder). Only rank 0 logs and writes files.
+
+Decisions where the paper and SPEC are silent:
+
+- **Validation** after every epoch: the loss terms (sample-weighted means), the diagnosis AUC and
+  AP and, for decoder variants, the class-aware structure mAP over IoU thresholds (``val_map``),
+  computed by the same evaluation pass as ``dermogaze evaluate``. The kept checkpoint
+  (``best.pt``) is the epoch of lowest validation loss.
+- **Distributed training** (``torchrun``): ``train.batch_size`` is the global batch and must be
+  divisible by the number of processes. Loss terms are averaged over the samples of all ranks.
+  Batch-norm statistics are per rank unless ``train.sync_bn`` (CUDA, trainable batch norm)
+  converts them to ``SyncBatchNorm``. With batch norm off or frozen, a run on N processes follows
+  the single-process run with the same global batch and seed up to floating-point rounding (the
+  structure losses are batch-level means, so their per-rank average differs slightly).
+- **Mixed precision** (``train.amp``): autocast on CUDA only (bf16 or fp16, the context chosen
+  once); fp16 uses a ``GradScaler``. The loss always runs in float32.
+- **Resume** (``resume=True``): from ``RUN/last.pt``, with its model configuration (another one is
+  refused), weights, optimiser state, RNG states of every rank and history; the configuration's
+  rates, betas and weight decay apply. A resumed CPU run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from ..config import Config
+from ..data.cache import load_info
+from ..data.dataset import DermoscopyDataset
+from ..errors import DataError, DermogazeError
+from ..losses import GazeLoss
+from ..models import GazeNet, build_model
+from ..runtime import autocast_factory
+from .checkpoint import RunWriter, checkpoint_state, load_checkpoint
+from .distributed import DistInfo, ShardSampler, all_gather, barrier, cleanup_distributed, setup_distributed
+from .loop import run_inference, train_one_epoch
+from .optim import apply_hyperparameters, build_optimizer, lr_schedule
+from .seeding import EpochSeededDataset, get_rng_state, seed_everything, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Loaders:
+    train_set: EpochSeededDataset
+    sampler: DistributedSampler
+    train: DataLoader
+    val: DataLoader
+    steps_per_epoch: int
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a model with ``cfg`` and write the run folder (:class:`~.checkpoint.RunWriter`).
+
+    Works in a single process and under ``torchrun`` (one process per device; the process group
+    is set up from the environment and torn down at the end).
+
+    Args:
+        cfg: resolved configuration; ``cfg.data.cache`` must name a prepared cache.
+        out_dir: the run folder.
+        resume: continue from ``out_dir/last.pt`` (the model section of ``cfg`` must match it).
+        overwrite: start afresh even if ``out_dir`` holds a run (its files are replaced).
+        progress: show tqdm bars.
+
+    Returns:
+        Summary: ``run``, ``is_main`` (rank 0), ``epochs`` (completed), ``best_epoch``,
+        ``best_val_loss``, ``last``, ``best`` (checkpoint paths), ``history`` (the metrics rows).
+
+    Raises:
+        DermogazeError / DataError: a missing or unsuitable cache, an existing run without
+            ``resume``/``overwrite``, a checkpoint that does not match ``cfg``.
+    """
+    dist = setup_distributed(cfg.train.device)
+    try:
+        return _train(cfg, RunWriter(out_dir), resume=resume, overwrite=overwrite, progress=progress, dist=dist)
+    finally:
+        cleanup_distributed(dist)
+
+
+def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progress: bool, dist: DistInfo) -> dict:
+    t = cfg.train
+    device = dist.device
+    ckpt = _check_run(cfg, run, resume=resume, overwrite=overwrite, dist=dist)
+    cache = Path(cfg.data.cache)
+    info = load_info(cache)
+    seed_everything(t.seed)
+    model = build_model(cfg.model.name, **_model_kwargs(cfg))
+    _check_data_for_model(info, cache, cfg, model.needs_masks)
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    loss_fn = GazeLoss(cfg.loss, presences=info["presences"]).to(device)
+    autocast = autocast_factory(device, t.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=(t.amp == "fp16" and device.type == "cuda"))
+
+    start_epoch, best_val, best_epoch = 0, math.inf, 0
+    history: list[dict[str, Any]] = []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        apply_hyperparameters(optimizer, t)  # the config's rates, betas and decay, not the saved ones
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_epoch = int(ckpt["epoch"]), int(ckpt["best_epoch"])
+        best_val = math.inf if ckpt["best_val_loss"] is None else float(ckpt["best_val_loss"])
+        history = run.read_history(start_epoch)
+        logger.info("resuming %s after epoch %d (best validation loss %.4f)", run.run, start_epoch, best_val)
+        if start_epoch >= t.epochs:
+            logger.info("the run already completed %d of %d epochs; raise train.epochs to go on", start_epoch, t.epochs)
+
+    loaders = _make_loaders(cfg, cache, dist)
+    net = _wrap(model, cfg, dist)
+    if dist.is_main:
+        run.start(cfg, history, resume=resume)
+    if ckpt is not None:
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else rngs[0])
+    else:
+        seed_everything(t.seed + dist.rank)  # ranks draw different dropout masks
+    logger.info(
+        "training %s on %s: %d train / %d val images, global batch %d (%d per process x %d), epochs %d-%d",
+        cfg.model.name, device, len(loaders.train_set), len(loaders.val.dataset), t.batch_size,
+        t.batch_size // dist.world_size, dist.world_size, start_epoch + 1, t.epochs,
+    )
+
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        tic = time.perf_counter()
+        loaders.sampler.set_epoch(epoch)
+        loaders.train_set.set_epoch(epoch)
+        train_terms = train_one_epoch(
+            net, loaders.train, loss_fn, optimizer, device=device, epoch=epoch, autocast=autocast, scaler=scaler,
+            grad_clip=t.grad_clip, max_batches=t.max_train_batches, channels_last=t.channels_last,
+            lr_scale=lr_schedule(t.lr_schedule, epoch, t.epochs, loaders.steps_per_epoch), dist=dist,
+            progress=progress,
+        )
+        val = run_inference(
+            model, loaders.val, device=device, structures=info["structures"], loss_fn=loss_fn, autocast=autocast,
+            channels_last=t.channels_last, dist=dist, progress=progress, desc=f"epoch {epoch} val",
+        )
+        improved = val.losses["loss"] < best_val
+        if improved:
+            best_val, best_epoch = val.losses["loss"], epoch
+        row = _epoch_row(epoch, train_terms, val.losses, val.metrics, optimizer, improved, time.perf_counter() - tic)
+        rngs = all_gather(get_rng_state(), dist)  # every rank's generators, for an exact resume
+        if dist.is_main:
+            history.append(row)
+            state = checkpoint_state(
+                cfg, model, optimizer, scaler, info, epoch=epoch, best_val=_finite_or_none(best_val),
+                best_epoch=best_epoch, rngs=rngs, metrics=row,
+            )
+            run.save_epoch(state, history, best=improved)
+            auc = "n/a" if row["val_auc"] is None else f"{row['val_auc']:.4f}"
+            logger.info(
+                "epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %s%s (%.1f s)", epoch, t.epochs,
+                train_terms["loss"], val.losses["loss"], auc, " *best*" if improved else "", row["time_s"],
+            )
+        barrier(dist)
+    return {
+        "run": run.run,
+        "is_main": dist.is_main,
+        "epochs": max(start_epoch, t.epochs),
+        "best_epoch": best_epoch,
+        "best_val_loss": best_val,
+        "last": run.last,
+        "best": run.best,
+        "history": history,
+    }
+
+
+def _check_run(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, dist: DistInfo) -> dict | None:
+    """Refuse what cannot start; the checkpoint to resume from (None for a fresh run)."""
+    t = cfg.train
+    if not cfg.data.cache:
+        raise DermogazeError("no training data: pass --data CACHE (a folder written by 'dermogaze data prepare')")
+    if t.batch_size % dist.world_size:
+        raise DermogazeError(
+            f"train.batch_size={t.batch_size} is the global batch and must be divisible by the number of "
+            f"processes ({dist.world_size})"
+        )
+    if t.epochs < 1:
+        raise DermogazeError(f"train.epochs must be at least 1, got {t.epochs}")
+    if resume:
+        ckpt = load_checkpoint(run.last)
+        if ckpt["config"]["model"] != cfg.to_dict()["model"]:
+            raise DermogazeError(
+                f"cannot resume {run.last}: its model configuration {ckpt['config']['model']} differs from the "
+                f"requested {cfg.to_dict()['model']}"
+            )
+        return ckpt
+    if run.last.exists() and not overwrite:
+        raise DermogazeError(
+            f"{run.run} already holds a training run ({run.last.name}); continue it with --resume {run.run} "
+            "or choose another --out"
+        )
+    return None
+
+
+def _model_kwargs(cfg: Config) -> dict[str, Any]:
+    """``build_model`` keyword arguments of a config (every ``ModelConfig`` field but ``name``)."""
+    d = dataclasses.asdict(cfg.model)
+    d.pop("name")
+    return d
+
+
+def _check_data_for_model(info: dict, cache: Path, cfg: Config, needs_masks: bool) -> None:
+    size = int(info["size"])
+    if cfg.model.image_size > size:
+        fit = size // 32 * 32
+        raise DataError(
+            f"cache {cache} holds {size} px images, smaller than model.image_size={cfg.model.image_size} "
+            f"(prepare it with --size {cfg.model.image_size * 8 // 7} or more"
+            + (f", or pass -o model.image_size={fit})" if fit else ")")
+        )
+    if needs_masks and not info["has_masks"]:
+        raise DataError(
+            f"cache {cache} has no structure masks (ISIC Part 1/Part 2 missing), but the {cfg.model.name!r} variant "
+            "trains a structure decoder on them; use a variant without a decoder (vgg, vgg_gap, vgg_attconvlstm, "
+            "vgg_attconvlstm_gap) or data with masks"
+        )
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        if split not in info["splits"]:
+            raise DataError(f"cache {cache} has no split {split!r} (it holds {', '.join(info['splits']) or 'none'})")
+
+
+def _make_loaders(cfg: Config, cache: Path, dist: DistInfo) -> _Loaders:
+    """Training loader (sharded by ``DistributedSampler``) and validation loader (unpadded shards)."""
+    t = cfg.train
+    per_rank = t.batch_size // dist.world_size
+    train_set = EpochSeededDataset(
+        DermoscopyDataset(cache, cfg.data.train_split, train=True, image_size=cfg.model.image_size), t.seed
+    )
+    val_set = DermoscopyDataset(cache, cfg.data.val_split, train=False, image_size=cfg.model.image_size)
+    sampler = DistributedSampler(
+        train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=t.seed, drop_last=False
+    )
+    loader_kw: dict[str, Any] = dict(
+        num_workers=cfg.data.workers,
+        pin_memory=cfg.data.pin_memory and dist.device.type == "cuda",
+        persistent_workers=False,  # EpochSeededDataset.set_epoch must reach the workers
+    )
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, **loader_kw)
+    val_loader = DataLoader(
+        val_set, batch_size=per_rank, sampler=ShardSampler(len(val_set), dist.rank, dist.world_size), **loader_kw
+    )
+    steps = len(train_loader) if t.max_train_batches is None else min(len(train_loader), t.max_train_batches)
+    lr_schedule(t.lr_schedule, 1, t.epochs, steps)  # an unknown schedule fails before any work
+    return _Loaders(train_set, sampler, train_loader, val_loader, steps)
+
+
+def _wrap(model: GazeNet, cfg: Config, dist: DistInfo) -> nn.Module:
+    """The module the training step calls: compiled and/or in ``DistributedDataParallel`` as configured."""
+    net: nn.Module = torch.compile(model) if cfg.train.compile else model
+    if dist.enabled:
+        if cfg.train.sync_bn and dist.device.type == "cuda" and model.batch_norm == "on":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # shares the parameters: the optimiser is unchanged
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    return net
+
+
+def _epoch_row(
+    epoch: int,
+    train_terms: dict[str, float],
+    val_losses: dict[str, float],
+    val_metrics: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    improved: bool,
+    seconds: float,
+) -> dict[str, Any]:
+    """The epoch's line of ``metrics.jsonl``."""
+    diagnosis = val_metrics["diagnosis"]
+    row: dict[str, Any] = {"epoch": epoch}
+    row.update({f"train_{k}": _finite_or_none(v) for k, v in train_terms.items()})
+    row.update({f"val_{k}": _finite_or_none(v) for k, v in val_losses.items()})
+    row.update(val_auc=_finite_or_none(diagnosis["auc"]), val_ap=_finite_or_none(diagnosis["ap"]))
+    structures = val_metrics.get("structures")
+    if structures and structures["n_images"] > 0:
+        row["val_map"] = structures["map_iou_class_aware"]  # mAP@IoU[.50:.95], class-aware
+    row.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})  # at the epoch's last step
+    row.update(best=improved, time_s=round(seconds, 3))
+    return row
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
