@@ -61,6 +61,18 @@ TINY_SPLITS: dict[str, list[tuple[str, tuple[int, int, int], str, str, dict[str,
 FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
 
 
+def randomise_batch_norm(module: torch.nn.Module) -> None:
+    """Give every BatchNorm2d of ``module`` non-trivial affine parameters and running statistics (in place),
+    so that copying, loading or fusing them is actually tested."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+
+
 def superpixel_rgb(side: int = TINY_SIDE) -> np.ndarray:
     """RGB map of the 8×8-block superpixels (index ``300 + block``) in the official encoding."""
     r, c = np.mgrid[0:side, 0:side]

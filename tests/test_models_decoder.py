@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
+from conftest import randomise_batch_norm
 from dermogaze.models.decoder import StructureDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -18,13 +18,7 @@ def decoders(skip: bool, dtype: torch.dtype) -> tuple[StructureDecoder, Structur
     """A fused and a plain decoder with the same (non-trivial) weights and batch-norm statistics."""
     torch.manual_seed(0)
     fused = StructureDecoder(SKIP_CHANNELS[-1], SKIP_CHANNELS, skip=skip, fused=True)
-    with torch.no_grad():
-        for m in fused.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
+    randomise_batch_norm(fused)
     plain = StructureDecoder(SKIP_CHANNELS[-1], SKIP_CHANNELS, skip=skip, fused=False)
     plain.load_state_dict(fused.state_dict(), strict=True)  # the switch changes no state-dict key
     return fused.to(dtype), plain.to(dtype)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import vgg16_bn
 
+from conftest import randomise_batch_norm
 from dermogaze import cli
 from dermogaze.errors import DermogazeError
 from dermogaze.models import build_model, encoder
@@ -20,13 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def torchvision_vgg():
     torch.manual_seed(0)
     model = vgg16_bn(weights=None).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so that loading them is actually tested
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
+    randomise_batch_norm(model)  # non-trivial BN statistics, so that loading them is actually tested
     return model
 
 
