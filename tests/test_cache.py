@@ -12,7 +12,8 @@ from PIL import Image
 
 from dermogaze.cli import main as cli_main
 from dermogaze.data import cache as cache_mod
-from dermogaze.data.cache import load_info, load_split, prepare
+from dermogaze.data.cache import format_stats, load_info, load_split, prepare
+from dermogaze.data.metadata import group_labels
 from dermogaze.errors import DataError
 from dermogaze.structures import STRUCTURES
 
@@ -54,6 +55,7 @@ def test_prepare_info(tiny_cache):
     assert info["has_masks"] and info["has_superpixels"]
     assert info["structures"] == list(STRUCTURES)
     assert info["skipped"] == []
+    assert info["metadata"] == ["age", "sex"]  # conftest writes a metadata CSV per split
     # Hand-computed from the four training colours (200,100,50) (100,150,200) (50,50,50) (250,240,10).
     np.testing.assert_allclose(info["mean"], np.array([150.0, 135.0, 77.5]) / 255, rtol=1e-12)
     np.testing.assert_allclose(info["std"], np.sqrt([6250.0, 4925.0, 5268.75]) / 255, rtol=1e-12)
@@ -166,6 +168,92 @@ def test_classification_only_collection(tiny_isic_factory, tmp_path):
     assert train.masks is None and train.superpixels is None and train.sp_features is None
     np.testing.assert_array_equal(train.labels, [1, 0, 0, 1])
     assert not (tmp_path / "cache" / "train" / "masks.npy").exists()
+
+
+# --------------------------------------------------------------------------- patient metadata
+
+TRAIN_METADATA = "ISIC-2017_Training_Data/ISIC-2017_Training_Data_metadata.csv"
+# Out of order, mixed case, unknowns, a row without an image (ignored); ISIC_0000003 has no row.
+CRAFTED_METADATA = """image_id,age_approximate,sex
+ISIC_0000004,80,male
+isic_0000002,unknown,female
+ISIC_0000001,19,Unknown
+ISIC_0000099,50,male
+"""
+
+
+def test_metadata_round_trip_aligned_with_ids(tiny_isic_dir, tmp_path):
+    (tiny_isic_dir / TRAIN_METADATA).write_text(CRAFTED_METADATA)
+    out = tmp_path / "c"
+    info = prepare(tiny_isic_dir, out, size=SIZE, progress=False)
+    assert info["metadata"] == ["age", "sex"]
+    train = load_split(out, "train")
+    assert train.ids == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004"]
+    assert train.metadata == {"age": [19.0, None, None, 80.0], "sex": [None, "female", None, "male"]}
+    assert json.loads((out / "train" / "metadata.json").read_text()) == train.metadata
+    assert group_labels(train.metadata, "age") == ["0-19", None, None, "80+"]
+    assert load_split(out, "val").metadata == {"age": [55.0, 55.0], "sex": ["female", "female"]}
+    assert "patient metadata: age, sex" in format_stats(info)
+
+
+def test_metadata_drops_skipped_samples_alike(tiny_isic_dir, tmp_path):
+    (tiny_isic_dir / TRAIN_METADATA).write_text(CRAFTED_METADATA)
+    _truncate(tiny_isic_dir)  # ISIC_0000002 becomes a bad sample
+    info = prepare(tiny_isic_dir, tmp_path / "c", size=SIZE, progress=False, skip_bad=True)
+    assert info["counts"]["train"] == 3
+    train = load_split(tmp_path / "c", "train")
+    assert train.ids == ["ISIC_0000001", "ISIC_0000003", "ISIC_0000004"]
+    assert train.metadata == {"age": [19.0, None, 80.0], "sex": [None, None, "male"]}
+
+
+def test_cache_without_metadata_behaves_as_before(tiny_isic_dir, tmp_path):
+    for path in tiny_isic_dir.rglob("*_Data_metadata.csv"):
+        path.unlink()
+    out = tmp_path / "c"
+    info = prepare(tiny_isic_dir, out, size=SIZE, progress=False)
+    assert info["metadata"] == []
+    for split in info["splits"]:
+        assert load_split(out, split).metadata is None
+        assert not (out / split / "metadata.json").exists()
+    assert "patient metadata: none" in format_stats(info)
+
+
+def test_metadata_of_some_splits_only(tiny_isic_dir, tmp_path):
+    (tiny_isic_dir / "ISIC-2017_Validation_Data" / "ISIC-2017_Validation_Data_metadata.csv").unlink()
+    out = tmp_path / "c"
+    assert prepare(tiny_isic_dir, out, size=SIZE, progress=False)["metadata"] == ["age", "sex"]
+    assert load_split(out, "val").metadata is None
+    assert load_split(out, "train").metadata["sex"] == ["female"] * 4
+
+
+def test_changed_metadata_csv_rebuilds_the_cache(tiny_isic_dir, tiny_cache):
+    out, info = tiny_cache
+    (tiny_isic_dir / TRAIN_METADATA).write_text(CRAFTED_METADATA)
+    again = prepare(tiny_isic_dir, out, size=SIZE, progress=False)
+    assert again["token"] != info["token"]
+    assert load_split(out, "train").metadata["age"] == [19.0, None, None, 80.0]
+
+
+def test_tampered_metadata_does_not_load(tiny_cache):
+    out, _ = tiny_cache
+    path = out / "val" / "metadata.json"
+    path.write_text(json.dumps({"age": [55.0], "sex": ["female"]}))  # one value for two images
+    with pytest.raises(DataError, match="val/metadata.json: expected 2 values for each of age, sex"):
+        load_split(out, "val")
+    path.unlink()
+    with pytest.raises(DataError, match="val/metadata.json: missing"):
+        load_info(out)
+
+
+def test_cache_of_an_older_version_is_rebuilt(tiny_isic_dir, tiny_cache):
+    out, info = tiny_cache
+    old = {**info, "version": cache_mod.CACHE_VERSION - 1}
+    (out / "info.json").write_text(json.dumps(old))
+    with pytest.raises(DataError, match="prepare the cache again"):
+        load_split(out, "train")
+    again = prepare(tiny_isic_dir, out, size=SIZE, progress=False)  # same collection and options
+    assert again["token"] != info["token"] and again["version"] == cache_mod.CACHE_VERSION
+    assert load_split(out, "train").metadata is not None
 
 
 # --------------------------------------------------------------------------- re-runs and interruptions

@@ -159,6 +159,8 @@ def test_real_validation_csv_and_metadata_as_a_collection(realdata_dir, tmp_path
     assert sum(s.label for s in split.samples) == 30
     assert not collection.has_masks and not collection.has_superpixels
     assert all(s.segmentation is None and s.features is None for s in split.samples)
+    assert split.metadata_csv == data / "ISIC-2017_Validation_Data_metadata.csv"
+    assert split.metadata.fields == ("age", "sex") and len(split.metadata.rows) == 150
 
 
 # --------------------------------------------------------------------------- collections
@@ -260,3 +262,52 @@ def test_decode_superpixels_accepts_wider_integer_arrays():
     np.testing.assert_array_equal(decode_superpixels(rgb), [[300, 16777215]])
     with pytest.raises(ValueError):
         decode_superpixels(np.array([[[256, 0, 0]]]))
+
+
+# --------------------------------------------------------------------------- metadata CSV
+
+
+def test_metadata_csv_of_every_split(tiny_isic_dir):
+    collection = read_collection(tiny_isic_dir)
+    for split in collection.splits.values():
+        prefix = f"ISIC-2017_{split.official}"
+        assert split.metadata_csv == split.data_dir / f"{prefix}_Data_metadata.csv"  # nested Test_v2 too
+        assert split.metadata.fields == ("age", "sex")
+        assert split.metadata.columns([s.id for s in split.samples]) == {
+            "age": [55.0] * len(split.samples), "sex": ["female"] * len(split.samples)}
+
+
+def test_metadata_csv_name_case_and_outer_level_of_a_nested_folder(tiny_isic_dir):
+    outer = tiny_isic_dir / "ISIC-2017_Test_v2_Data"
+    inner = outer / outer.name
+    (inner / "ISIC-2017_Test_v2_Data_metadata.csv").rename(outer / "isic-2017_test_v2_data_METADATA.CSV")
+    val = tiny_isic_dir / "ISIC-2017_Validation_Data"
+    (val / "ISIC-2017_Validation_Data_metadata.csv").rename(val / "ISIC-2017_VALIDATION_Data_Metadata.csv")
+    collection = read_collection(tiny_isic_dir)
+    assert collection.splits["test"].metadata_csv == outer / "isic-2017_test_v2_data_METADATA.CSV"
+    assert collection.splits["val"].metadata_csv == val / "ISIC-2017_VALIDATION_Data_Metadata.csv"
+    assert collection.splits["test"].metadata.rows == {"isic_0000021": {"age": 55.0, "sex": "female"}}
+
+
+def test_absent_metadata_csv_is_no_metadata(tiny_isic_dir):
+    (tiny_isic_dir / "ISIC-2017_Training_Data" / "ISIC-2017_Training_Data_metadata.csv").unlink()
+    collection = read_collection(tiny_isic_dir)
+    train = collection.splits["train"]
+    assert train.metadata_csv is None and train.metadata is None and train.problems == []
+    assert collection.splits["val"].metadata is not None
+
+
+def test_metadata_rows_without_an_image_are_ignored(tiny_isic_dir):
+    path = tiny_isic_dir / "ISIC-2017_Validation_Data" / "ISIC-2017_Validation_Data_metadata.csv"
+    path.write_text("image_id,age_approximate,sex\nISIC_0000011,30,male\nISIC_0000098,40,female\n")
+    val = read_collection(tiny_isic_dir).splits["val"]
+    assert val.metadata.rows == {"isic_0000011": {"age": 30.0, "sex": "male"}}  # ISIC_0000012: no row
+    assert val.problems == []
+
+
+def test_malformed_metadata_csv_is_an_error_naming_it(tiny_isic_dir):
+    path = tiny_isic_dir / "ISIC-2017_Training_Data" / "ISIC-2017_Training_Data_metadata.csv"
+    path.write_text(path.read_text().replace("ISIC_0000003,55", "ISIC_0000003,fifty-five"))
+    with pytest.raises(DataError, match="line 4: age 'fifty-five'") as excinfo:
+        read_collection(tiny_isic_dir)
+    assert str(excinfo.value).startswith(str(path))

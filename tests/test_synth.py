@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -72,7 +73,7 @@ def test_layout_matches_isic_2017(dataset):
         meta_lines = (data / meta).read_text().splitlines()
         assert meta_lines[0] == "image_id,age_approximate,sex"
         assert [m.split(",")[0] for m in meta_lines[1:]] == ids
-        assert {m.split(",")[2] for m in meta_lines[1:]} <= {"male", "female"}
+        assert {m.split(",")[2] for m in meta_lines[1:]} <= {"male", "female", "unknown"}
         assert {p.name for p in (dataset / f"ISIC-2017_{split}_Part1_GroundTruth").iterdir()} == {
             f"{i}_segmentation.png" for i in ids}
         assert {p.name for p in (dataset / f"ISIC-2017_{split}_Part2_GroundTruth").iterdir()} == {
@@ -147,6 +148,85 @@ def test_split_content_does_not_depend_on_other_counts(dataset, tmp_path):
     part = tree(alone)
     assert part and all(k.startswith("ISIC-2017_Validation") for k in part)
     assert all(full[k] == v for k, v in part.items())
+
+
+# ------------------------------------------------------------------------------------------ patient metadata
+
+
+def test_metadata_csv_holds_the_patient_draws(dataset):
+    for split in COUNTS:
+        with open(dataset / f"ISIC-2017_{split}_Data" / f"ISIC-2017_{split}_Data_metadata.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["image_id"] for r in rows] == ids_of(dataset, split)
+        for i, row in enumerate(rows):
+            age, sex = synth.sample_patient(synth.patient_rng(SEED, split, i))
+            assert row["age_approximate"] == ("unknown" if age is None else str(age))
+            assert row["sex"] == ("unknown" if sex is None else sex)
+
+
+def test_patient_draws_follow_the_documented_ranges():
+    """Ages: the 15 multiples of 5 in [15, 85]; sex: female/male; each unknown with probability 0.05
+    (the frequency over N = 3000 stays within 4.5 binomial standard deviations)."""
+    n = 3000
+    draws = [synth.sample_patient(synth.patient_rng(2, "Training", i)) for i in range(n)]
+    ages = [a for a, _ in draws if a is not None]
+    assert set(ages) == set(range(15, 86, 5)) and synth.PATIENT_AGES == (15, 85)
+    assert {s for _, s in draws if s is not None} == {"female", "male"}
+    p = synth.PATIENT_UNKNOWN
+    for unknown in (n - len(ages), sum(s is None for _, s in draws)):
+        assert abs(unknown / n - p) <= 4.5 * np.sqrt(p * (1 - p) / n), unknown
+
+
+def picture_digests(root: Path) -> dict[str, str]:
+    """SHA-256 (16 hex digits) of every file but the metadata CSVs and sidecars: decoded pixels for
+    images (independent of the PNG compressor), bytes for JSON and CSV."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.endswith(("_metadata.csv", "_synth_truth.json")):
+            continue
+        if p.suffix in (".jpg", ".png"):
+            with Image.open(p) as im:
+                data = np.asarray(im).tobytes()
+        else:
+            data = p.read_bytes()
+        out[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()[:16]
+    return out
+
+
+#: picture_digests of write_synthetic_isic(counts={"Training": 2, "Validation": 1}, image_size=(64, 48),
+#: seed=0): pinned, since a change here changes the default data of every seed.
+PICTURE_DIGESTS = {
+    "ISIC-2017_Training_Data/ISIC_0000000.jpg": "e3ffef49f2f11517",
+    "ISIC-2017_Training_Data/ISIC_0000000_superpixels.png": "47d33e2825c88fbc",
+    "ISIC-2017_Training_Data/ISIC_0000001.jpg": "03749bcb4341dba8",
+    "ISIC-2017_Training_Data/ISIC_0000001_superpixels.png": "b91c3f13d6cf892b",
+    "ISIC-2017_Training_Part1_GroundTruth/ISIC_0000000_segmentation.png": "e9ccf9a3be128dd7",
+    "ISIC-2017_Training_Part1_GroundTruth/ISIC_0000001_segmentation.png": "c9021aee03d85782",
+    "ISIC-2017_Training_Part2_GroundTruth/ISIC_0000000_features.json": "fb09e0a5f72558c6",
+    "ISIC-2017_Training_Part2_GroundTruth/ISIC_0000001_features.json": "95479b86af612192",
+    "ISIC-2017_Training_Part3_GroundTruth.csv": "0182c2874f492c7c",
+    "ISIC-2017_Validation_Data/ISIC_1000000.jpg": "b82d68674a89e572",
+    "ISIC-2017_Validation_Data/ISIC_1000000_superpixels.png": "d3019b7f1ebf1476",
+    "ISIC-2017_Validation_Part1_GroundTruth/ISIC_1000000_segmentation.png": "6cd646a59edeb21e",
+    "ISIC-2017_Validation_Part2_GroundTruth/ISIC_1000000_features.json": "7ea47f5a8b5b6ec4",
+    "ISIC-2017_Validation_Part3_GroundTruth.csv": "5f947373e06f219d",
+}
+
+
+def test_patient_metadata_changes_no_picture(tmp_path, monkeypatch):
+    """Pictures, masks, superpixels, features and labels are those of the recorded digests, and stay
+    byte-identical when the patient stream draws other values."""
+    kw = {"counts": {"Training": 2, "Validation": 1}, "image_size": (64, 48), "seed": 0, "progress": False}
+    first = synth.write_synthetic_isic(tmp_path / "first", **kw)
+    assert picture_digests(first) == PICTURE_DIGESTS
+
+    real = synth.patient_rng
+    monkeypatch.setattr(synth, "patient_rng", lambda seed, split, index: real(seed + 1, split, index))
+    other = synth.write_synthetic_isic(tmp_path / "other", **kw)
+    a, b = tree(first), tree(other)
+    meta = [k for k in a if k.endswith("_metadata.csv")]
+    assert len(meta) == 2 and any(a[k] != b[k] for k in meta)
+    assert {k: v for k, v in a.items() if k not in meta} == {k: v for k, v in b.items() if k not in meta}
 
 
 # ------------------------------------------------------------------------------------------ labelling rule

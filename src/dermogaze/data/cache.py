@@ -5,11 +5,12 @@ Layout of a cache folder::
     info.json                  written last; the cache is valid only if it exists and matches
     <split>/images.npy         uint8 (N, S, S, 3), bilinear resize
     <split>/labels.npy         int64 (N,), 1 = melanoma
-    <split>/ids.json           {"token": ..., "ids": [...]}
+    <split>/ids.json           {"token": ..., "ids": [...], "metadata": [fields of metadata.json]}
     <split>/masks.npy          bool (N, 6, S, S), nearest resize          (only with masks)
     <split>/superpixels.npy    int32 (N, S, S), nearest resize            (only with masks)
     <split>/sp_features.npy    float32 (sum n_i, 4), JSON values per superpixel
     <split>/sp_offsets.npy     int64 (N + 1,): sample i owns rows offsets[i]:offsets[i+1]
+    <split>/metadata.json      {field: [value per id]}, e.g. age, sex      (only with a metadata CSV)
 
 Plain ``.npy`` files are memory-mapped by :func:`load_split`, so a Dataset shares them between
 DataLoader workers for free. Masks are stored unpacked (bool): about 1 GB for all of ISIC 2017 at
@@ -33,6 +34,9 @@ Decisions where SPEC and the paper are silent:
   images, in [0, 1] units, computed exactly from integer sums.
 * Table 1's ``pixel_fraction`` is measured at the cache size over all training pixels.
 * Without masks, ``presences`` and ``pixel_fraction`` are ``None``.
+* Patient metadata (:mod:`dermogaze.data.metadata`) is stored for the splits whose Data folder holds
+  a metadata CSV, aligned with ``ids`` (skipped samples dropped alike), ``None`` where unknown;
+  ``info["metadata"]`` lists the fields any split holds (``[]`` when none does).
 """
 
 from __future__ import annotations
@@ -61,10 +65,11 @@ from ..structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, SHORT_NAMES, STRU
 from . import isic2017
 from .images import check_image_file, read_image_file, resize_image, resize_nearest
 from .isic2017 import BadSample, IsicCollection, IsicSample
+from .metadata import FIELDS
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # the layout above; a cache of another version is rebuilt by prepare, refused by load_info
 INFO_FILE = "info.json"
 MARKER_FILE = ".dermogaze-cache"
 TMP_PREFIX = ".tmp-"
@@ -82,6 +87,10 @@ class SplitArrays:
         superpixels: int32 ``(N, S, S)`` superpixel indices, or ``None``.
         sp_features: per sample a float32 ``(n_i, 4)`` array of the JSON values of each superpixel in
             DERMOSCOPIC_FEATURES order, or ``None``.
+        metadata: patient metadata ``{field: [value per id]}`` (``"age"`` float years, ``"sex"``
+            ``"female"``/``"male"``, ``"localization"``; ``None`` where unknown), or ``None`` when the
+            split had no metadata CSV. :func:`dermogaze.data.metadata.group_labels` turns it into
+            subgroups.
     """
 
     images: np.ndarray
@@ -90,6 +99,7 @@ class SplitArrays:
     ids: list[str]
     superpixels: np.ndarray | None
     sp_features: list[np.ndarray] | None
+    metadata: dict[str, list] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -167,14 +177,14 @@ def _process_or_report(sample: IsicSample, size: int, with_masks: bool, draft: b
 
 
 def _fingerprint(collection: IsicCollection) -> str:
-    """Hash of every file name, size and modification time of the collection's split folders."""
+    """Hash of every file name, size and modification time of the collection's split folders and CSVs."""
     h = hashlib.sha256()
     for split in collection.splits.values():
-        paths = [split.csv]
+        paths = [split.csv] if split.metadata_csv is None else [split.csv, split.metadata_csv]
         for folder in (split.data_dir, split.part1_dir, split.part2_dir):
             if folder is not None:
                 paths.extend(sorted(p for p in folder.rglob("*") if p.is_file()))
-        for p in paths:
+        for p in dict.fromkeys(paths):  # the metadata CSV is usually inside data_dir too
             st = p.stat()
             h.update(f"{p.relative_to(collection.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -311,7 +321,12 @@ def _prepare_split(
         flat = np.concatenate(sp_features) if sp_features else np.zeros((0, len(DERMOSCOPIC_FEATURES)), np.float32)
         np.save(tmp / "sp_features.npy", flat)
         np.save(tmp / "sp_offsets.npy", offsets)
-    (tmp / "ids.json").write_text(json.dumps({"token": token, "ids": ids}))
+    fields: list[str] = []
+    if split.metadata is not None:
+        columns = split.metadata.columns(ids)
+        fields = list(columns)
+        (tmp / "metadata.json").write_text(json.dumps(columns))
+    (tmp / "ids.json").write_text(json.dumps({"token": token, "ids": ids, "metadata": fields}))
 
     final_dir = out / name
     if final_dir.exists():
@@ -392,6 +407,7 @@ def prepare(
 
     mean, std = stats.mean_std()
     with_masks = collection.has_masks
+    metadata_fields = {f for s in collection.splits.values() if s.metadata is not None for f in s.metadata.fields}
     info = {
         "version": CACHE_VERSION,
         "token": token,
@@ -409,6 +425,7 @@ def prepare(
         "presences": stats.presences.tolist() if with_masks else None,
         "pixel_fraction": (stats.structure_pixels / stats.pixels).tolist() if with_masks else None,
         "skipped": skipped,
+        "metadata": [f for f in FIELDS if f in metadata_fields],
         "source": str(isic_dir.resolve()),
         "fingerprint": fingerprint,
         "options": options,
@@ -437,8 +454,8 @@ def _split_files(info: dict) -> dict[str, tuple[Any, ...]]:
     return files
 
 
-def _check_split(cache: Path, split: str, info: dict) -> list[str]:
-    """Check one split's files against ``info``; return its ids."""
+def _check_split(cache: Path, split: str, info: dict) -> tuple[list[str], dict[str, list] | None]:
+    """Check one split's files against ``info``; return its ids and its metadata (``None`` without)."""
     folder = cache / split
     n = info["counts"][split]
     try:
@@ -456,7 +473,18 @@ def _check_split(cache: Path, split: str, info: dict) -> list[str]:
         if array.dtype != dtype or array.shape != (n, *shape):
             raise DataError(f"{path}: holds {array.dtype} {array.shape}, info.json expects {np.dtype(dtype)} "
                             f"{(n, *shape)}; prepare the cache again")
-    return list(meta["ids"])
+    fields = meta.get("metadata", [])
+    if not fields:
+        return list(meta["ids"]), None
+    path = folder / "metadata.json"
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: missing or unreadable ({exc}); prepare the cache again") from None
+    if (not isinstance(metadata, dict) or list(metadata) != fields or not set(fields) <= set(info["metadata"])
+            or any(not isinstance(v, list) or len(v) != n for v in metadata.values())):
+        raise DataError(f"{path}: expected {n} values for each of {', '.join(fields)}; prepare the cache again")
+    return list(meta["ids"]), metadata
 
 
 def load_info(cache: str | Path) -> dict:
@@ -500,7 +528,7 @@ def load_split(cache: str | Path, split: str) -> SplitArrays:
     info = load_info(cache)
     if split not in info["splits"]:
         raise DataError(f"{cache / split}: split {split!r} not in this cache (splits: {', '.join(info['splits'])})")
-    ids = _check_split(cache, split, info)
+    ids, metadata = _check_split(cache, split, info)
     folder = cache / split
 
     def load(part: str) -> np.ndarray:
@@ -518,6 +546,7 @@ def load_split(cache: str | Path, split: str) -> SplitArrays:
         ids=ids,
         superpixels=superpixels,
         sp_features=sp_features,
+        metadata=metadata,
     )
 
 
@@ -535,6 +564,7 @@ def format_stats(info: dict) -> str:
     lines.append("training std  (R G B): " + " ".join(f"{v:.4f}" for v in info["std"]))
     if info["skipped"]:
         lines.append(f"{len(info['skipped'])} bad samples were skipped when the cache was prepared")
+    lines.append("patient metadata: " + (", ".join(info["metadata"]) or "none"))
     if not info["has_masks"]:
         lines.append("no structure masks in this cache (no Part 1/Part 2): Tables 1 and 2 need them")
         return "\n".join(lines)

@@ -8,6 +8,7 @@ A collection on disk holds, per official split (``Training``, ``Validation``, ``
     ISIC-2017_<split>_Part1_GroundTruth/ISIC_<id>_segmentation.png
     ISIC-2017_<split>_Part2_GroundTruth/ISIC_<id>_features.json
     ISIC-2017_<split>_Part3_GroundTruth.csv              image_id,melanoma,seborrheic_keratosis
+    ISIC-2017_<split>_Data/ISIC-2017_<split>_Data_metadata.csv   image_id,age_approximate,sex (optional)
 
 :func:`read_collection` finds the splits and pairs every CSV row with its files; the ``read_*``
 functions decode one annotation file each (pictures through
@@ -20,9 +21,12 @@ Decisions where SPEC and the paper are silent:
 * Images may be ``.jpg``, ``.jpeg`` or ``.png`` in any letter case; annotation suffixes
   (``_segmentation.png``, ``_superpixels.png``, ``_features.json``) and folder names are matched
   case-insensitively. CSV ids are matched to file names case-insensitively.
-* Files that are not samples (the metadata CSV, ``.DS_Store``, a licence text…) are ignored; an
-  image file without a CSV row is a bad sample, an annotation file without an image only a warning
-  (it cannot become a sample, so nothing is dropped).
+* Files that are not samples (``.DS_Store``, a licence text…) are ignored; an image file without a
+  CSV row is a bad sample, an annotation file without an image only a warning (it cannot become a
+  sample, so nothing is dropped).
+* The metadata CSV (patient age and sex, :mod:`dermogaze.data.metadata`) is looked for in the Data
+  folder, innermost level first when it is nested, its name matched case-insensitively; a split
+  without one simply has no metadata.
 * Masks need both Part 1 and Part 2. A collection with neither is *classification-only*. One with
   only one of the two parts is treated as classification-only too, with a warning. When any split
   has Part 1 and Part 2, every split must: the samples of a split whose annotation folder is missing
@@ -47,6 +51,7 @@ import numpy as np
 from ..errors import DataError
 from ..structures import DERMOSCOPIC_FEATURES
 from .images import read_image_file
+from .metadata import MetadataTable, read_metadata_csv
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,10 @@ class IsicSplit:
     csv: Path
     part1_dir: Path | None
     part2_dir: Path | None
+    metadata_csv: Path | None = None
     samples: list[IsicSample] = field(default_factory=list)
     problems: list[BadSample] = field(default_factory=list)
+    metadata: MetadataTable | None = None  # the rows of metadata_csv whose image is on disk
 
 
 @dataclass
@@ -357,6 +364,19 @@ def _index(folder: Path | None, suffixes: tuple[str, ...], exclude: tuple[str, .
     return found
 
 
+def _find_metadata_csv(data_dir: Path, prefix: str) -> Path | None:
+    """``<prefix>_Data_metadata.csv`` in a Data folder: the innermost level of a nested one first."""
+    wanted = f"{prefix}_Data_metadata.csv".lower()
+    levels = [data_dir]  # data_dir, data_dir/<same name>, ... as _unnest walks them
+    while (inner := _entries(levels[-1]).get(levels[-1].name.lower())) is not None and inner.is_dir():
+        levels.append(inner)
+    for folder in reversed(levels):
+        path = _entries(folder).get(wanted)
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
 def _find_split(root: Path, entries: dict[str, Path], name: str) -> IsicSplit | None:
     candidates = []
     for official in OFFICIAL_SPLITS[name]:
@@ -386,6 +406,7 @@ def _find_split(root: Path, entries: dict[str, Path], name: str) -> IsicSplit | 
         csv=parts["csv"],
         part1_dir=dirs["part1"],
         part2_dir=dirs["part2"],
+        metadata_csv=_find_metadata_csv(parts["data"], prefix),
     )
 
 
@@ -396,13 +417,15 @@ def read_collection(root: str | Path) -> IsicCollection:
         root: folder holding the unzipped ``ISIC-2017_*`` folders and CSV files.
 
     Returns:
-        the collection; each split lists its usable samples (in CSV order) and its bad samples
+        the collection; each split lists its usable samples (in CSV order), its bad samples
         (``problems``: a CSV row without an image or annotation file, an image without a row, a
-        missing annotation folder, a label that is not a number).
+        missing annotation folder, a label that is not a number) and its patient ``metadata``
+        (``None`` without a metadata CSV).
 
     Raises:
         DataError: ``root`` missing, no split found, a split without its Data folder or CSV, a
-        CSV without ``image_id``/``melanoma`` columns or with repeated ids.
+        CSV without ``image_id``/``melanoma`` columns or with repeated ids, a malformed metadata
+        CSV (:func:`dermogaze.data.metadata.read_metadata_csv`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -437,8 +460,10 @@ def read_collection(root: str | Path) -> IsicCollection:
 
 
 def _pair_files(split: IsicSplit, with_masks: bool) -> None:
-    """Fill ``split.samples`` and ``split.problems`` from the CSV and the files on disk."""
+    """Fill ``split.samples``, ``split.problems`` and ``split.metadata`` from the CSVs and the files on disk."""
     images = _index(split.data_dir, IMAGE_SUFFIXES, exclude=(SUPERPIXELS_SUFFIX,))
+    if split.metadata_csv is not None:
+        split.metadata = read_metadata_csv(split.metadata_csv, set(images))
     superpixels = _index(split.data_dir, (SUPERPIXELS_SUFFIX,)) if with_masks else {}
     segmentations = _index(split.part1_dir, (SEGMENTATION_SUFFIX,)) if with_masks else {}
     features = _index(split.part2_dir, (FEATURES_SUFFIX,)) if with_masks else {}

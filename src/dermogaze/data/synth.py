@@ -70,6 +70,14 @@ streaks 5, negative network 4 (melanoma-specific), pigment network 0.5, milia-li
 Seborrheic keratosis (a label of the CSV only, not used by dermogaze) is drawn for 16 % of the
 benign lesions (ISIC 2017: 254 of 1626) and changes nothing in the picture.
 
+Patient metadata
+----------------
+Every image gets a metadata row (``image_id,age_approximate,sex``, as ISIC 2017 ships): an age that
+is a multiple of 5 in ``PATIENT_AGES`` = [15, 85] years and a sex, female or male, all equally
+likely; each of the two is ``unknown`` with probability ``PATIENT_UNKNOWN`` = 0.05, independently.
+They are drawn from a stream of their own (:func:`patient_rng`), so they change no picture,
+annotation or label, and nothing in the picture or the diagnosis depends on them.
+
 Default structure prevalences are Table 1's (pigment network 0.57, milia-like cysts 0.29) except
 the two rare ones, raised from 0.063 and 0.058 to 0.10 each so that demo-sized test splits contain
 some; ``prevalences`` overrides any of them.
@@ -78,8 +86,9 @@ Determinism
 -----------
 Image ``i`` of split ``S`` is drawn from ``np.random.default_rng(SeedSequence([seed, crc32(S), i]))``
 so the same seed gives the same bytes, and a split's content does not depend on the other splits'
-counts. Ids are 7 digits, unique across splits: Training ``0000000 + i``, Validation
-``1000000 + i``, Test_v2/Test ``2000000 + i``.
+counts. Its patient metadata comes from ``SeedSequence([seed, crc32(S), i, crc32("patient")])``.
+Ids are 7 digits, unique across splits: Training ``0000000 + i``, Validation ``1000000 + i``,
+Test_v2/Test ``2000000 + i``.
 
 Writing is atomic per split: everything is written into a hidden temporary folder inside
 ``out_dir`` and moved into place at the end, the Part 3 CSV (the index of the split) last, so an
@@ -110,6 +119,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DermogazeError
 from ..structures import DERMOSCOPIC_FEATURES
+from .metadata import SEXES, UNKNOWN
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +136,9 @@ __all__ = [
     "make_sample",
     "melanoma_rule",
     "n_superpixels",
+    "patient_rng",
     "sample_params",
+    "sample_patient",
     "superpixel_features",
     "superpixels_for",
     "truth_path",
@@ -154,6 +166,11 @@ RISK_RATIOS: dict[str, float] = {
     "streaks": 5.0,
 }
 
+#: Ages of the synthetic patients: multiples of 5 from the first to the last, in years.
+PATIENT_AGES = (15, 85)
+#: Probability that a patient's age (and, independently, sex) is recorded as unknown.
+PATIENT_UNKNOWN = 0.05
+
 #: Fraction of benign lesions labelled seborrheic keratosis (ISIC 2017 training: 254 / 1626).
 SK_GIVEN_BENIGN = 0.16
 
@@ -172,6 +189,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue_grey": (100, 120, 162),
 }
 
+_PATIENT_STREAM = zlib.crc32(b"patient")
 _ID_BASE = {"Training": 0, "Validation": 1_000_000, "Test_v2": 2_000_000, "Test": 2_000_000}
 _MAX_PER_SPLIT = 1_000_000
 _SUPERPIXEL_AREA = 256  # pixels per SLIC0 segment at 320×240
@@ -210,8 +228,6 @@ class SampleParams:
     streak_angle: float
     streak_span: float
     streak_length: float = 17.0 / 240.0  # how far streaks reach beyond the border, fraction of min(W, H)
-    age: int = 50
-    sex: str = "female"
 
     def structures(self) -> tuple[bool, ...]:
         """Presence of the four features in :data:`DERMOSCOPIC_FEATURES` order."""
@@ -336,6 +352,13 @@ def sample_params(rng: np.random.Generator, prevalences: Mapping[str, float] | N
     theta = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     factor = 1.0 + sum(a * np.cos(k * theta + phi) for k, a, phi in harm)
     radius = min(radius, 0.36 / float(factor.max()))  # keep lesion + streaks inside the picture
+    streak_angle = float(rng.uniform(0, 2 * np.pi))
+    streak_span = float(np.deg2rad(rng.uniform(30, 75)))
+    streak_length = float(rng.uniform(12, 22) / 240.0)
+    # Two draws that set nothing: they keep the stream position at which render() starts, which fixes
+    # the picture of every (seed, split, index). Patient metadata has its own stream (patient_rng).
+    rng.integers(2, 18)
+    rng.integers(2)
 
     return SampleParams(
         melanoma=melanoma,
@@ -347,11 +370,9 @@ def sample_params(rng: np.random.Generator, prevalences: Mapping[str, float] | N
         center=center,
         radius=radius,
         harmonics=harm,
-        streak_angle=float(rng.uniform(0, 2 * np.pi)),
-        streak_span=float(np.deg2rad(rng.uniform(30, 75))),
-        streak_length=float(rng.uniform(12, 22) / 240.0),
-        age=int(5 * rng.integers(2, 18)),
-        sex=str(rng.choice(["female", "male"])),
+        streak_angle=streak_angle,
+        streak_span=streak_span,
+        streak_length=streak_length,
         **present,
     )
 
@@ -673,6 +694,34 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]))
 
 
+def patient_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of the patient metadata of image ``index`` of ``split``: a stream apart from
+    :func:`image_rng`'s, so that drawing the metadata changes no picture."""
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index), _PATIENT_STREAM])
+    )
+
+
+def sample_patient(rng: np.random.Generator) -> tuple[int | None, str | None]:
+    """Draw a patient's ``(age, sex)`` as the module docstring describes; ``None`` is unknown.
+
+    Args:
+        rng: the image's patient generator (see :func:`patient_rng`).
+
+    Returns:
+        age in years (a multiple of 5 within :data:`PATIENT_AGES`) or ``None``; ``"female"``,
+        ``"male"`` or ``None``.
+    """
+    first, last = PATIENT_AGES
+    age: int | None = 5 * int(rng.integers(first // 5, last // 5 + 1))
+    sex: str | None = SEXES[int(rng.integers(len(SEXES)))]
+    if rng.random() < PATIENT_UNKNOWN:
+        age = None
+    if rng.random() < PATIENT_UNKNOWN:
+        sex = None
+    return age, sex
+
+
 def image_id(split: str, index: int) -> str:
     """``ISIC_<7 digits>``, unique across splits (Training 0…, Validation 1…, Test_v2/Test 2…)."""
     return f"ISIC_{_ID_BASE[split] + index:07d}"
@@ -738,7 +787,8 @@ def _write_split(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], 
         (part1 / f"{iid}_segmentation.png").write_bytes(_png_bytes(sample.lesion.astype(np.uint8) * 255))
         (part2 / f"{iid}_features.json").write_text(json.dumps(sample.features))
         labels.append((iid, float(params.melanoma), float(params.seborrheic_keratosis)))
-        meta.append((iid, params.age, params.sex))
+        age, sex = sample_patient(patient_rng(seed, split, i))
+        meta.append((iid, UNKNOWN if age is None else age, UNKNOWN if sex is None else sex))
         record = asdict(params)
         record["n_superpixels"] = int(sample.superpixels.max()) + 1
         truth[iid] = record
