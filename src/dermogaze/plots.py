@@ -172,6 +172,58 @@ def plot_roc(
     return _save(fig, path)
 
 
+def plot_reliability(
+    before: Mapping[str, Any], after: Mapping[str, Any] | None, path: str | Path, *, title: str = ""
+) -> Path:
+    """Reliability diagram of the melanoma probability, before and (optionally) after temperature scaling.
+
+    Top: per equal-mass bin, the observed melanoma fraction against the mean predicted probability,
+    with the diagonal of perfect calibration; the legend gives each curve's ECE. Bottom: the cases in
+    each bin, as a stem at the bin's mean probability (equal-mass bins hold about the same number of
+    cases, so the stems show where the probabilities lie).
+
+    Args:
+        before: :func:`dermogaze.clinical.calibration` of the network's own probabilities.
+        after: the same after temperature scaling, or ``None``.
+        path: output PNG.
+        title: optional suptitle (e.g. the split and the temperature).
+
+    Returns:
+        ``path``.
+    """
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.4, 6.6), sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    curves = [(before, "#b2182b", "o", "before")]
+    if after is not None:
+        curves.append((after, "#2166ac", "s", "after temperature scaling"))
+    drawn = False
+    for k, (cal, color, marker, name) in enumerate(curves):
+        bins = cal.get("bins", {})
+        mean_prob, frac_pos, count = (np.asarray(bins.get(key, []), dtype=np.float64)
+                                      for key in ("mean_prob", "frac_pos", "count"))
+        if mean_prob.size == 0:
+            continue
+        drawn = True
+        ece = cal.get("ece")
+        label = f"{name}: ECE {ece:.3f}" if isinstance(ece, (int, float)) and math.isfinite(ece) else name
+        ax.plot(mean_prob, frac_pos, marker=marker, ms=5, color=color, lw=1.5, label=label)
+        offset = 0.004 * (2 * k - (len(curves) - 1))  # side by side when both are drawn
+        ax_n.vlines(mean_prob + offset, 0, count, color=color, lw=2, alpha=0.8)
+    if not drawn:
+        ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
+    ax.set(ylabel="observed melanoma fraction", title=f"Reliability ({before.get('n_bins', 0)} equal-mass bins)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(loc="upper left", fontsize=9)
+    ax_n.set(xlabel="mean predicted melanoma probability", ylabel="cases per bin")
+    ax_n.set_ylim(bottom=0)
+    for a in (ax, ax_n):
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
