@@ -59,12 +59,15 @@ def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
     )
     text = report.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    # curves, confusion matrix, ROC, and a gaze + mask figure per explained image
-    assert len(links) == 3 + 2 * len(records)
+    # curves, confusion matrix, ROC, reliability diagram, and a gaze + mask figure per explained image
+    assert len(links) == 4 + 2 * len(records)
     for link in links:
         assert not Path(link).is_absolute() and (tmp_path / link).is_file(), link
     auc = evaluation["metrics"]["diagnosis"]["auc"]
     assert f"diagnosis AUC **{auc:.3f}**" in text
+    lo, hi = evaluation["metrics"]["diagnosis_ci"]["auc"]
+    assert f"{auc:.3f} [{lo:.2f}, {hi:.2f}]" in text  # the interval in the clinical table
+    assert "specificity at sensitivity 89%" in text and "before temperature scaling" in text
     for rec in records:
         assert rec["image_id"] in text
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import pickle
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -339,44 +337,8 @@ def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
 
 
 # --------------------------------------------------------------------------------------------
-# Evaluation
+# Training options
 # --------------------------------------------------------------------------------------------
-def test_evaluate_checkpoint_writes_metrics_predictions_and_figures(pipeline_cache, pipeline_tiny_run, tmp_path):
-    from dermogaze.data.dataset import DermoscopyDataset
-    from dermogaze.evaluate import evaluate_checkpoint
-    from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-    result = evaluate_checkpoint(pipeline_tiny_run / "best.pt", pipeline_cache, "test", tmp_path, progress=False)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["confusion_matrix.png", "metrics.json", "predictions.csv", "roc.png"]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["info"]["split"] == "test" and metrics["n_images"] == 8
-    assert {"diagnosis", "structures", "superpixel_auc"} <= set(metrics)
-
-    # Independent forward pass: the same probabilities, the AUC that scikit-learn gives on them.
-    model = model_from_checkpoint(load_checkpoint(pipeline_tiny_run / "best.pt"))
-    ds = DermoscopyDataset(pipeline_cache, "test", image_size=32)
-    with torch.no_grad():
-        images = torch.stack([ds[i]["image"] for i in range(len(ds))])
-        probs = model(images).melanoma_prob.numpy()
-    with open(tmp_path / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["image_id", "melanoma", "label"]
-    assert [r["image_id"] for r in rows] == ds.ids
-    np.testing.assert_allclose([float(r["melanoma"]) for r in rows], probs, atol=2e-6)
-    assert [int(r["label"]) for r in rows] == ds.labels.tolist()
-    assert metrics["diagnosis"]["auc"] == pytest.approx(roc_auc_score(ds.labels, probs))
-    assert result["metrics"]["diagnosis"]["n"] == 8
-
-
-def test_evaluate_refuses_a_cache_smaller_than_the_model_input(pipeline_data, pipeline_tiny_run, tmp_path):
-    from dermogaze.data.cache import prepare
-    from dermogaze.evaluate import evaluate_checkpoint
-
-    small = tmp_path / "cache24"
-    prepare(pipeline_data["isic"], small, size=24, progress=False)
-    with pytest.raises(DataError, match="24 px images but the model .* takes 32 px"):
-        evaluate_checkpoint(pipeline_tiny_run / "best.pt", small, "test", tmp_path / "out", progress=False)
 
 
 def test_channels_last_training_matches_contiguous(pipeline_cache, tmp_path):
@@ -409,13 +371,3 @@ def test_cosine_schedule_follows_the_position_in_the_run(pipeline_cache, tmp_pat
     rows = train(cfg, tmp_path / "run", progress=False)["history"]
     for row, step in zip(rows, (1, 3), strict=True):
         assert row["lr_attention"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * step / 4)))
-
-
-def test_validation_map_matches_the_evaluation(pipeline_cache, pipeline_tiny_run, tmp_path):
-    from dermogaze.evaluate import evaluate_checkpoint
-
-    last = _rows(pipeline_tiny_run)[-1]
-    result = evaluate_checkpoint(pipeline_tiny_run / "last.pt", pipeline_cache, "val", tmp_path, figures=False,
-                                 progress=False)
-    assert last["val_map"] == pytest.approx(result["metrics"]["structures"]["map_iou_class_aware"], abs=1e-12)
-    assert last["val_auc"] == pytest.approx(result["metrics"]["diagnosis"]["auc"], abs=1e-12)

@@ -256,7 +256,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, args.out, device=args.device, batch_size=args.batch_size,
-        workers=args.workers, amp=args.amp, progress=not args.no_progress,
+        workers=args.workers, amp=args.amp, tta=args.tta, by=args.by, compare=args.compare,
+        n_resamples=args.bootstrap, seed=args.seed, progress=not args.no_progress,
     )
     print(format_table(result["metrics"]))
     print(f"\nwritten to {result['out_dir']}: " + ", ".join(p.name for p in result["files"].values()))
@@ -285,13 +286,25 @@ def _register_train_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="every SPEC §6 metric of a checkpoint on a prepared split",
         description="Evaluate a checkpoint on a prepared split: writes metrics.json, predictions.csv "
-        "(image_id,melanoma[,label]), confusion_matrix.png and roc.png, and prints a table.",
+        "(image_id,melanoma[,label]), confusion_matrix.png, roc.png and reliability.png, and prints a table. "
+        "The diagnosis uses the checkpoint's calibration (temperature and decision threshold fitted on the "
+        "validation split); intervals are stratified bootstrap 95% intervals.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PT", help="RUN/best.pt or RUN/last.pt")
     p.add_argument("--data", metavar="CACHE", help="prepared cache (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="cache split: train, val or test (default: test)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint folder>/eval_<split>)")
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="default: the training batch size")
+    p.add_argument("--tta", action="store_true",
+                   help="also diagnose under the 8 flips/rotations, averaged, and report AUC with and without")
+    p.add_argument("--by", action="append", default=[], metavar="FIELD",
+                   help="AUC per subgroup of a metadata field kept by 'data prepare': sex, age (20-year bands), "
+                   "localization (repeatable)")
+    p.add_argument("--compare", metavar="CSV",
+                   help="another model's predictions.csv on the same images: DeLong's test of the two AUCs")
+    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
+                   help="resamples of the 95%% bootstrap intervals (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap (default: 0)")
     _add_runtime_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -83,6 +83,9 @@ class TrainConfig:
     max_train_batches: int | None = None  # cut epochs short (tests, smoke runs)
     sync_bn: bool = False  # distributed CUDA runs: SyncBatchNorm instead of per-process statistics
     lr_schedule: str = "constant"  # "constant" (paper) | "cosine" (per step, from the base rates to 0)
+    # decision threshold chosen on the validation split after each epoch: "sensitivity@S", "specificity@S",
+    # "youden" or a number (dermogaze.clinical.choose_threshold); stored in the checkpoint
+    threshold: str = "sensitivity@0.89"
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .clinical import format_interval
 from .config import load_config
 from .data.cache import load_info, prepare
 from .data.synth import write_synthetic_isic
@@ -144,7 +145,8 @@ def run_demo(
     tic = time.perf_counter()
     logger.info("demo 3/4: evaluating the best checkpoint on the test split")
     best = out / "train" / "best.pt"
-    evaluation = evaluate_checkpoint(best, cache, "test", out / "eval", device=device, progress=progress)
+    by = [field for field in ("sex", "age") if field in load_info(cache)["metadata"]]
+    evaluation = evaluate_checkpoint(best, cache, "test", out / "eval", device=device, by=by, progress=progress)
     timings["evaluate"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -189,6 +191,51 @@ def _mark(step: Mapping[str, Any]) -> str:
 
 def _rel(path: str | Path, base: Path) -> str:
     return Path(os.path.relpath(Path(path), base)).as_posix()
+
+
+def clinical_markdown(metrics: Mapping[str, Any]) -> str:
+    """Markdown of the clinical statistics: threshold, intervals, operating points, calibration, subgroups.
+
+    Args:
+        metrics: ``dermogaze evaluate``'s metrics (:func:`dermogaze.evaluate.clinical_metrics` sections).
+    """
+    d, ci, decision = metrics.get("diagnosis", {}), metrics.get("diagnosis_ci") or {}, metrics.get("decision")
+    lines = ["**Clinical statistics** (95% intervals: stratified bootstrap)", ""]
+    if decision:
+        lines += [f"Decision threshold {decision['threshold']:.3f} (`{decision['rule']}`, chosen on the validation "
+                  "split).", ""]
+    lines += [
+        "| AUC | AP | sensitivity | specificity |",
+        "|---|---|---|---|",
+        "| " + " | ".join(format_interval(d.get(k), ci.get(k)) for k in ("auc", "ap", "sensitivity", "specificity"))
+        + " |",
+    ]
+    ops = metrics.get("operating_points")
+    if ops:
+        lines += ["", "| operating point | value |", "|---|---|"]
+        for kind, other in (("specificity_at_sensitivity", "sensitivity"),
+                            ("sensitivity_at_specificity", "specificity")):
+            what = kind.split("_at_")[0]
+            for level, value in ops[kind].items():
+                interval = format_interval(value, ci.get(f"{kind}_{level}"))
+                lines.append(f"| {what} at {other} {float(level):.0%} | {interval} |")
+    cal = metrics.get("calibration")
+    if cal and cal.get("before"):
+        b, a = cal["before"], cal["after"]
+        lines += [
+            "",
+            f"| calibration ({b['n_bins']} equal-mass bins) | ECE | MCE | Brier |",
+            "|---|---|---|---|",
+            f"| before temperature scaling | {_fmt(b['ece'])} | {_fmt(b['mce'])} | {_fmt(b['brier'])} |",
+            f"| after (T = {cal['temperature']:.3f}, fitted on validation) | {_fmt(a['ece'])} | {_fmt(a['mce'])} | "
+            f"{_fmt(a['brier'])} |",
+        ]
+    for field, rows in (metrics.get("subgroups") or {}).items():
+        lines += ["", f"| {field} | images | melanoma | AUC |", "|---|---|---|---|"]
+        for r in rows:
+            auc = format_interval(r["auc"], r["auc_ci"]) if r["auc"] is not None else "too few (< 10 per class)"
+            lines.append(f"| {r['group']} | {r['n']} | {r['n_pos']} | {auc} |")
+    return "\n".join(lines)
 
 
 def metrics_markdown(metrics: Mapping[str, Any]) -> str:
@@ -298,6 +345,8 @@ def write_report(
         "",
         metrics_markdown(metrics),
         "",
+        clinical_markdown(metrics),
+        "",
         "## Time",
         "",
         "| stage | seconds |",
@@ -314,6 +363,8 @@ def write_report(
         lines += [f"![confusion matrix]({_rel(files['confusion_matrix'], out)})", ""]
     if "roc" in files:
         lines += [f"![ROC and precision-recall]({_rel(files['roc'], out)})", ""]
+    if "reliability" in files:
+        lines += ["## Calibration", "", f"![reliability diagram]({_rel(files['reliability'], out)})", ""]
     lines += ["## Sequences of gazes (Figs. 5, 7, 8)", ""]
     explain_dir = Path(files.get("explain_dir", out / "explain"))
     for rec in records:
@@ -343,6 +394,7 @@ def write_report(
         "| `eval/metrics.json` | every evaluation metric of the test split |",
         "| `eval/predictions.csv` | `image_id,melanoma,label` (ISIC 2017 Part 3 submission shape) |",
         "| `eval/confusion_matrix.png`, `eval/roc.png` | Fig. 6 and the ROC / precision-recall curves |",
+        "| `eval/reliability.png` | reliability diagram before and after temperature scaling |",
         "| `explain/` | per explained image: JSON record, gaze figure, mask figure |",
         "| `training_curves.png` | the curves above |",
         "",

@@ -3,9 +3,17 @@
 Outputs in ``out_dir`` (default ``<checkpoint folder>/eval_<split>``):
 
 - ``metrics.json``: :meth:`~dermogaze.metrics.EvaluationAccumulator.compute` plus an ``info``
-  block (checkpoint, epoch, variant, cache, split);
-- ``predictions.csv``: ``image_id,melanoma[,label]`` (the ISIC 2017 Part 3 submission shape);
-- ``roc.png`` (labelled images) and, for decoder variants, ``confusion_matrix.png`` (Fig. 6).
+  block (checkpoint, epoch, variant, cache, split) and the clinical statistics of
+  :func:`clinical_metrics`: operating points, bootstrap intervals, calibration before/after
+  temperature scaling, and on request test-time augmentation (``tta``), subgroups (``--by``) and
+  DeLong's comparison with another model's predictions (``--compare``);
+- ``predictions.csv``: ``image_id,melanoma[,label]`` (the ISIC 2017 Part 3 submission shape), the
+  calibrated probabilities;
+- ``roc.png`` (labelled images), ``reliability.png`` (before/after temperature scaling) and, for
+  decoder variants, ``confusion_matrix.png`` (Fig. 6).
+
+The diagnosis uses the checkpoint's calibration (fitted on the validation split during training):
+P(melanoma) is temperature-scaled and the decision threshold is the one chosen on validation.
 
 The images are normalised with the checkpoint's training mean/std, so a cache prepared separately
 (e.g. only the test split) gives the same inputs as during training. Superpixel maps, when the
@@ -16,22 +24,31 @@ come from the same evaluation pass as validation during training
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader
 
 from . import __version__
+from .clinical import (
+    bootstrap_intervals,
+    calibration,
+    delong_test,
+    operating_points,
+)
 from .config import Config
 from .data.cache import load_info, load_split
 from .data.dataset import DermoscopyDataset
+from .data.metadata import group_labels
 from .errors import DataError, DermogazeError
 from .io import write_json
-from .metrics import write_predictions_csv
-from .plots import plot_confusion_matrix, plot_roc
+from .metrics import EvaluationAccumulator, write_predictions_csv
+from .plots import plot_confusion_matrix, plot_reliability, plot_roc
 from .runtime import autocast_factory, resolve_device
 from .training.checkpoint import load_checkpoint, model_from_checkpoint
 from .training.loop import run_inference
@@ -75,6 +92,11 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     workers: int = 0,
     amp: str = "off",
+    tta: bool = False,
+    by: Sequence[str] = (),
+    compare: str | Path | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
     figures: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -89,6 +111,10 @@ def evaluate_checkpoint(
         batch_size: default: the training batch size.
         workers: data-loader workers.
         amp: ``off``, ``bf16`` or ``fp16`` (CUDA only).
+        tta: also diagnose under the 8 symmetries of the square and report both.
+        by: metadata fields to report the AUC per subgroup of (``sex``, ``age``, ``localization``).
+        compare: another model's ``predictions.csv`` on the same images: DeLong's test of the two AUCs.
+        n_resamples, seed: of the bootstrap intervals.
         figures: write the figures.
         progress: show a progress bar.
 
@@ -111,6 +137,14 @@ def evaluate_checkpoint(
     if split not in info["splits"]:
         raise DataError(f"cache {cache} has no split {split!r} (it holds {', '.join(info['splits'])})")
     check_checkpoint_data(ckpt, info, cache)
+    arrays = load_split(cache, split)
+    for field in by:
+        if arrays.metadata is None:
+            raise DataError(
+                f"cache {cache} has no patient metadata for split {split!r} (no *_metadata.csv was prepared): "
+                f"--by {field} needs it"
+            )
+        group_labels(arrays.metadata, field)  # an unknown field fails before the model runs
     model = model_from_checkpoint(ckpt)
     dev = resolve_device(device)
     model.to(dev)
@@ -124,12 +158,18 @@ def evaluate_checkpoint(
         dataset, batch_size=batch_size or cfg.train.batch_size, shuffle=False, num_workers=workers,
         pin_memory=dev.type == "cuda",
     )
+    cal = ckpt["calibration"]
     result = run_inference(
         model, loader, device=dev, structures=ckpt["structures"], autocast=autocast_factory(dev, amp),
-        with_masks=dataset.has_masks, sp_features=load_split(cache, split).sp_features if has_sp else None,
-        progress=progress, desc=f"evaluate {split}",
+        with_masks=dataset.has_masks, sp_features=arrays.sp_features if has_sp else None,
+        threshold=cal["threshold"], temperature=cal["temperature"], tta=tta, progress=progress,
+        desc=f"evaluate {split}" + (" with TTA (8 views)" if tta else ""),
     )
     metrics = result.metrics
+    groups = {field: group_labels(arrays.metadata, field) for field in by}
+    metrics.update(clinical_metrics(
+        result.accumulator, cal, groups=groups, compare=compare, n_resamples=n_resamples, seed=seed
+    ))
     metrics["info"] = {
         "checkpoint": str(checkpoint),
         "epoch": int(ckpt["epoch"]),
@@ -147,6 +187,11 @@ def evaluate_checkpoint(
     }
     if figures:
         files.update(evaluation_figures(metrics, predictions, out, ckpt["structures"]))
+        if metrics["calibration"]["before"] is not None:
+            files["reliability"] = plot_reliability(
+                metrics["calibration"]["before"], metrics["calibration"]["after"], out / "reliability.png",
+                title=f"calibration, {split} split (temperature {cal['temperature']:.2f} fitted on validation)",
+            )
     logger.info("evaluation of %s on %s/%s written to %s", checkpoint, cache, split, out)
     return {"metrics": metrics, "out_dir": out, "files": files}
 
@@ -172,3 +217,109 @@ def evaluation_figures(
             accuracy=s["accuracy"],
         )
     return files
+
+
+#: Subgroups with fewer positives or negatives than this get their counts and no AUC.
+MIN_GROUP_CLASS = 10
+
+
+def clinical_metrics(
+    acc: EvaluationAccumulator,
+    cal: Mapping[str, Any],
+    *,
+    groups: Mapping[str, Sequence[str | None]] | None = None,
+    compare: str | Path | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The clinical statistics of an evaluation (labelled images only; :mod:`dermogaze.clinical`).
+
+    Args:
+        acc: the merged accumulator of the split (calibrated probabilities, margins, TTA).
+        cal: the checkpoint's ``calibration`` (temperature, threshold, rule).
+        groups: per metadata field, the subgroup of every image in dataset order (None = unknown).
+        compare: another model's ``predictions.csv`` (``image_id,melanoma``) on the same images.
+        n_resamples, seed: of the stratified bootstrap.
+
+    Returns:
+        ``{"diagnosis_ci": {...}, "operating_points": {...}, "calibration": {...}}`` and, when
+        asked for, ``"tta"``, ``"subgroups"``, ``"compare"`` (see ``metrics.json``).
+    """
+    known = np.array([k for k, y in enumerate(acc.labels) if y is not None], dtype=np.int64)
+    labels = np.array([acc.labels[k] for k in known], dtype=np.int64)
+    probs = np.asarray(acc.probs, dtype=np.float64)[known]
+    raw = 1.0 / (1.0 + np.exp(-np.asarray(acc.margins, dtype=np.float64)[known]))  # before temperature scaling
+    both = 0 < labels.sum() < labels.size
+    out: dict[str, Any] = {
+        "decision": {"threshold": float(cal["threshold"]), "rule": cal["threshold_rule"], "chosen_on": "validation"},
+        "diagnosis_ci": bootstrap_intervals(labels, probs, cal["threshold"], n_resamples=n_resamples, seed=seed)
+        if both else None,
+        "operating_points": operating_points(labels, probs) if both else None,
+        "calibration": {
+            "temperature": float(cal["temperature"]),
+            "before": calibration(labels, raw) if labels.size else None,
+            "after": calibration(labels, probs) if labels.size else None,
+        },
+    }
+    if acc.tta_probs:
+        tta = np.asarray(acc.tta_probs, dtype=np.float64)[known]
+        out["tta"] = {
+            "views": 8,
+            "auc": float(roc_auc_score(labels, tta)) if both else None,
+            "ap": float(average_precision_score(labels, tta)) if both else None,
+            "auc_without": float(roc_auc_score(labels, probs)) if both else None,
+            "ci": bootstrap_intervals(labels, tta, cal["threshold"], n_resamples=n_resamples, seed=seed)
+            if both else None,
+            "spread_mean": float(np.mean(acc.tta_spread)),
+            "spread_max": float(np.max(acc.tta_spread)),
+        }
+    if groups:
+        index = np.asarray(acc.indices, dtype=np.int64)[known]  # dataset index of each labelled image
+        out["subgroups"] = {
+            field: _subgroups([labels_of[i] for i in index], labels, probs, cal["threshold"], n_resamples, seed)
+            for field, labels_of in groups.items()
+        }
+    if compare is not None:
+        out["compare"] = _compare(Path(compare), [acc.ids[k] for k in known], labels, probs)
+    return out
+
+
+def _subgroups(
+    group_of: Sequence[str | None], labels: np.ndarray, probs: np.ndarray, threshold: float, n_resamples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """AUC with its interval per subgroup (sorted by name; unknown last), and the group sizes."""
+    names = sorted({g for g in group_of if g is not None}) + ([None] if None in group_of else [])
+    rows = []
+    for name in names:
+        mask = np.array([g == name for g in group_of])
+        y, p = labels[mask], probs[mask]
+        n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+        row: dict[str, Any] = {"group": "unknown" if name is None else name, "n": int(y.size), "n_pos": n_pos,
+                               "n_neg": n_neg, "auc": None, "auc_ci": None}
+        if min(n_pos, n_neg) >= MIN_GROUP_CLASS:
+            row["auc"] = float(roc_auc_score(y, p))
+            row["auc_ci"] = bootstrap_intervals(y, p, threshold, n_resamples=n_resamples, seed=seed)["auc"]
+        rows.append(row)
+    return rows
+
+
+def _compare(path: Path, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """DeLong's test of this model's AUC against the model whose ``predictions.csv`` is ``path``."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such predictions file (--compare takes another run's predictions.csv)")
+    try:
+        with path.open(newline="") as fh:
+            other = {row["image_id"]: float(row["melanoma"]) for row in csv.DictReader(fh)}
+    except (KeyError, ValueError, csv.Error) as exc:
+        raise DataError(f"{path}: not a predictions file with image_id,melanoma columns ({exc})") from None
+    missing = [i for i in ids if i not in other]
+    if missing:
+        raise DataError(
+            f"{path} lacks {len(missing)} of the {len(ids)} evaluated images (e.g. {missing[0]}): "
+            "--compare needs predictions on the same images"
+        )
+    if not 0 < labels.sum() < labels.size:
+        raise DataError("--compare needs melanoma and benign images in the evaluated split")
+    result = delong_test(labels, probs, np.array([other[i] for i in ids], dtype=np.float64))
+    return {"other": str(path), "n": len(ids), **result}

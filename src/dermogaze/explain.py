@@ -285,6 +285,8 @@ def explain_image(
     present: np.ndarray | None = None,
     label: int | None = None,
     structures: Sequence[str] = STRUCTURES,
+    threshold: float = BINARY_THRESHOLD,
+    temperature: float = 1.0,
 ) -> Explanation:
     """Run ``model`` on one normalised image and build its explanation.
 
@@ -300,6 +302,8 @@ def explain_image(
         present: ``(6,)`` bool, or None.
         label: GT diagnosis or None.
         structures: structure names in the model's index order.
+        threshold, temperature: the checkpoint's calibration (decision threshold chosen on
+            validation; temperature scaling of P(melanoma)).
 
     Returns:
         An :class:`Explanation`.
@@ -308,7 +312,7 @@ def explain_image(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     out = model(image_tensor.unsqueeze(0).to(device))  # batch of one
-    prob = float(out.melanoma_prob[0])
+    prob = float(out.calibrated_melanoma_prob(temperature)[0])
     attention = _np(out.attention[0]) if out.attention is not None else None
     masks = _np(out.masks[0]) if out.masks is not None else None
     sprobs = _np(out.structure_logits[0].float().softmax(-1)) if out.structure_logits is not None else None
@@ -316,7 +320,7 @@ def explain_image(
     record = explain_record(
         image_id=image_id, melanoma_prob=prob, image_hw=image.shape[:2], attention=attention, masks=masks,
         structure_probs=sprobs, region=region, gt_masks=gt_masks, present=present, label=label,
-        image_path=image_path, structures=structures,
+        image_path=image_path, structures=structures, threshold=threshold,
     )
     return Explanation(
         record=record, image=image, region=tuple(float(v) for v in region), attention=attention, masks=masks,
@@ -449,6 +453,7 @@ def run_explain(
     image_size = int(ckpt["image_size"])
     mean, std = list(ckpt["mean"]), list(ckpt["std"])
     structures = tuple(ckpt["structures"])
+    calibration = {k: float(ckpt["calibration"][k]) for k in ("threshold", "temperature")}
     out = Path(out_dir)
     records: list[dict[str, Any]] = []
 
@@ -476,7 +481,7 @@ def run_explain(
             path, image_id = payload
             tensor, original = load_user_image(path, image_size, mean, std)
             expl = explain_image(
-                model, tensor, original, image_id=image_id, image_path=str(path), structures=structures
+                model, tensor, original, image_id=image_id, image_path=str(path), structures=structures, **calibration
             )
         else:
             arrays, k, name, cache_size = payload
@@ -491,6 +496,7 @@ def run_explain(
             expl = explain_image(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
                 region=region, gt_masks=gt, present=present, label=int(arrays.labels[k]), structures=structures,
+                **calibration,
             )
         files = save_explanation(expl, out)
         records.append(expl.record)

@@ -129,3 +129,19 @@ def train_transform(
             ToNormalizedFloat(mean, std),
         ]
     )
+
+
+def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of the square applied to a batch: rotations by 0, 90, 180, 270° and their mirror images.
+
+    View 0 is the batch itself (test-time augmentation reports it apart). The training augmentation
+    (:func:`train_transform`) draws from the same 8 symmetries.
+
+    Args:
+        images: ``(B, C, S, S)``.
+
+    Returns:
+        8 tensors ``(B, C, S, S)``: ``rot90(k)`` for k = 0..3, then the same after a horizontal flip.
+    """
+    rotations = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [torch.flip(r, dims=(-1,)) for r in rotations]

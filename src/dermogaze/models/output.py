@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+import torch
 from torch import Tensor
 
 
@@ -29,9 +30,23 @@ class GazeOutput:
     structure_logits: Tensor | None = None
 
     @property
+    def melanoma_margin(self) -> Tensor:
+        """Log-odds of melanoma ``(B,)``: ``logit_melanoma - logit_benign``."""
+        return self.logits[:, 1] - self.logits[:, 0]
+
+    @property
     def melanoma_prob(self) -> Tensor:
-        """Probability of melanoma ``(B,)`` (softmax over the two diagnosis logits)."""
-        return self.logits.softmax(dim=-1)[:, 1]
+        """Probability of melanoma ``(B,)``: the two-way softmax of the logits, ``sigmoid(margin)``."""
+        return self.calibrated_melanoma_prob(1.0)
+
+    def calibrated_melanoma_prob(self, temperature: float) -> Tensor:
+        """Probability of melanoma ``(B,)`` after temperature scaling: ``sigmoid(margin / T)``.
+
+        ``T`` is fitted on the validation split after each training epoch and stored in the checkpoint
+        (:func:`dermogaze.clinical.fit_temperature`); being monotonic, it leaves the ranking (the AUC)
+        unchanged. ``T = 1`` is the network's own probability.
+        """
+        return torch.sigmoid(self.melanoma_margin / temperature)
 
     @property
     def has_decoder(self) -> bool:

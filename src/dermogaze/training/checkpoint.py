@@ -12,7 +12,12 @@ A checkpoint is a dict of tensors and plain Python values (read with
     metrics                              the epoch's row of metrics.jsonl
     mean, std                            the training split's normalisation (inputs at inference)
     structures, image_size, cache_size   structure names in index order; model input; cache side
+    calibration                          {"temperature", "threshold", "threshold_rule"}: fitted on the
+                                         validation predictions of the checkpoint's own epoch
     rng                                  every rank's generator states (exact resume)
+
+Format 2 added ``calibration``; a format-1 checkpoint loads with the network's own probabilities
+(temperature 1) and the threshold 0.5, which is what it was used with.
 
 The run folder (:class:`RunWriter`; only rank 0 writes)::
 
@@ -39,7 +44,9 @@ from ..models import GazeNet, build_model
 #: Marks a file as a dermogaze checkpoint; ``CHECKPOINT_FORMAT_VERSION`` is bumped when the layout
 #: changes incompatibly.
 CHECKPOINT_FORMAT = "dermogaze-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+#: What a format-1 checkpoint (before calibration was stored) was evaluated with.
+UNCALIBRATED = {"temperature": 1.0, "threshold": 0.5, "threshold_rule": "0.5"}
 #: Keys every checkpoint holds (the module docstring says what each is).
 CHECKPOINT_KEYS = (
     "format",
@@ -60,6 +67,7 @@ CHECKPOINT_KEYS = (
     "structures",
     "image_size",
     "cache_size",
+    "calibration",
     "rng",
 )
 
@@ -116,6 +124,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} was written by a newer dermogaze (checkpoint format {ckpt.get('format_version')}, this is "
             f"{__version__} reading format {CHECKPOINT_FORMAT_VERSION}); upgrade dermogaze"
         )
+    if ckpt.get("format_version") == 1:
+        ckpt["calibration"] = dict(UNCALIBRATED)
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise DermogazeError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
@@ -173,6 +183,7 @@ def checkpoint_state(
     best_epoch: int,
     rngs: list[dict[str, Any]],
     metrics: Mapping[str, Any],
+    calibration: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The checkpoint dict of a training run after ``epoch`` (every key of :data:`CHECKPOINT_KEYS`).
 
@@ -185,6 +196,7 @@ def checkpoint_state(
         best_val, best_epoch: lowest validation loss so far (None while undefined) and its epoch.
         rngs: every rank's :func:`~dermogaze.training.seeding.get_rng_state`.
         metrics: the epoch's row of ``metrics.jsonl``.
+        calibration: ``temperature``, ``threshold`` and ``threshold_rule`` fitted on this epoch's validation.
     """
     model_kwargs = {k: v for k, v in model.init_kwargs.items() if k != "name"}
     return {
@@ -206,6 +218,7 @@ def checkpoint_state(
         "structures": list(info["structures"]),
         "image_size": cfg.model.image_size,
         "cache_size": int(info["size"]),
+        "calibration": to_jsonable(dict(calibration)),
         "rng": rngs,
     }
 

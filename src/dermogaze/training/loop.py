@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..data.transforms import dihedral_views
 from ..errors import DermogazeError
 from ..losses import GazeLoss
 from ..metrics import EvaluationAccumulator
@@ -203,6 +204,9 @@ def run_inference(
     channels_last: bool = False,
     with_masks: bool = True,
     sp_features: Sequence[np.ndarray] | None = None,
+    threshold: float = 0.5,
+    temperature: float = 1.0,
+    tta: bool = False,
     dist: DistInfo = SINGLE_PROCESS,
     progress: bool = True,
     desc: str = "eval",
@@ -225,12 +229,17 @@ def run_inference(
         with_masks: the batches' ``masks`` are ground truth (False for a cache without structure
             masks, whose batches carry empty ones): only then are structure metrics computed.
         sp_features: the split's superpixel labels (``SplitArrays.sp_features``), for the Task 2 AUC.
+        threshold, temperature: the decision threshold and temperature scaling of the diagnosis
+            (:class:`~dermogaze.metrics.EvaluationAccumulator`).
+        tta: test-time augmentation: the diagnosis also under the 8 symmetries of the square
+            (:func:`~dermogaze.data.transforms.dihedral_views`), averaged; structures and the plain
+            diagnosis come from the identity view. Eight forward passes per batch.
         dist: the process's place in the run.
         progress: show a tqdm bar (rank 0 only).
         desc: the bar's label.
     """
     model.eval()
-    acc = EvaluationAccumulator(structures)
+    acc = EvaluationAccumulator(structures, threshold=threshold, temperature=temperature)
     sums = [0.0] * len(LOSS_TERMS)
     count = 0
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True):
@@ -242,7 +251,8 @@ def run_inference(
             count += n
         features = [sp_features[int(i)] for i in batch["index"]] if sp_features is not None else None
         truth = batch if with_masks else {k: v for k, v in batch.items() if k not in ("masks", "present")}
-        acc.update(out, truth, sp_features=features)
+        margins = _tta_margins(model, batch["image"], out, channels_last, autocast) if tta else None
+        acc.update(out, truth, sp_features=features, tta_margins=margins)
     losses: dict[str, float] = {}
     if loss_fn is not None:
         *sums, count = all_reduce_sum([*sums, float(count)], dist)
@@ -250,3 +260,16 @@ def run_inference(
     parts = all_gather(acc, dist)
     merged = parts[0].merge(parts[1:])
     return InferenceResult(losses=losses, metrics=merged.compute(), accumulator=merged)
+
+
+def _tta_margins(
+    model: nn.Module, images: Tensor, out: GazeOutput, channels_last: bool, autocast: Autocast
+) -> Tensor:
+    """Melanoma log-odds under the 8 views of :func:`dihedral_views` ``(8, B)``; view 0 is ``out``'s."""
+    margins = [out.melanoma_margin]
+    for view in dihedral_views(images)[1:]:
+        if channels_last:
+            view = view.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            margins.append(model(view).float().melanoma_margin)
+    return torch.stack(margins)  # (8, B)

@@ -10,6 +10,13 @@ Decisions where the paper and SPEC are silent:
   AP and, for decoder variants, the class-aware structure mAP over IoU thresholds (``val_map``),
   computed by the same evaluation pass as ``dermogaze evaluate``. The kept checkpoint
   (``best.pt``) is the epoch of lowest validation loss.
+- **Calibration** after every epoch, on that epoch's validation predictions, stored in its
+  checkpoint (so ``best.pt`` carries the calibration of its own weights): the temperature of the
+  diagnosis (:func:`~dermogaze.clinical.fit_temperature`), then the decision threshold on the
+  calibrated probabilities by the rule ``train.threshold`` (default ``sensitivity@0.89``: the
+  largest threshold with 89% validation sensitivity; :func:`~dermogaze.clinical.choose_threshold`).
+  A validation split without both classes cannot choose a rule-based threshold: 0.5 is kept, with
+  a warning.
 - **Distributed training** (``torchrun``): ``train.batch_size`` is the global batch and must be
   divisible by the number of processes. Loss terms are averaged over the samples of all ranks.
   Batch-norm statistics are per rank unless ``train.sync_bn`` (CUDA, trainable batch norm)
@@ -32,16 +39,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from ..clinical import choose_threshold, fit_temperature
 from ..config import Config
 from ..data.cache import load_info
 from ..data.dataset import DermoscopyDataset
 from ..errors import DataError, DermogazeError
 from ..losses import GazeLoss
+from ..metrics import EvaluationAccumulator
 from ..models import GazeNet, build_model
 from ..runtime import autocast_factory
 from .checkpoint import RunWriter, checkpoint_state, load_checkpoint
@@ -158,16 +168,18 @@ def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progre
             model, loaders.val, device=device, structures=info["structures"], loss_fn=loss_fn, autocast=autocast,
             channels_last=t.channels_last, dist=dist, progress=progress, desc=f"epoch {epoch} val",
         )
+        calibration = _calibrate(val.accumulator, t.threshold)
         improved = val.losses["loss"] < best_val
         if improved:
             best_val, best_epoch = val.losses["loss"], epoch
         row = _epoch_row(epoch, train_terms, val.losses, val.metrics, optimizer, improved, time.perf_counter() - tic)
+        row.update(temperature=calibration["temperature"], threshold=calibration["threshold"])
         rngs = all_gather(get_rng_state(), dist)  # every rank's generators, for an exact resume
         if dist.is_main:
             history.append(row)
             state = checkpoint_state(
                 cfg, model, optimizer, scaler, info, epoch=epoch, best_val=_finite_or_none(best_val),
-                best_epoch=best_epoch, rngs=rngs, metrics=row,
+                best_epoch=best_epoch, rngs=rngs, metrics=row, calibration=calibration,
             )
             run.save_epoch(state, history, best=improved)
             auc = "n/a" if row["val_auc"] is None else f"{row['val_auc']:.4f}"
@@ -200,6 +212,7 @@ def _check_run(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, di
         )
     if t.epochs < 1:
         raise DermogazeError(f"train.epochs must be at least 1, got {t.epochs}")
+    choose_threshold(t.threshold, [0, 1], [0.25, 0.75])  # an unknown rule fails before any work
     if resume:
         ckpt = load_checkpoint(run.last)
         if ckpt["config"]["model"] != cfg.to_dict()["model"]:
@@ -214,6 +227,21 @@ def _check_run(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, di
             "or choose another --out"
         )
     return None
+
+
+def _calibrate(acc: EvaluationAccumulator, rule: str) -> dict[str, Any]:
+    """Temperature and decision threshold fitted on the validation predictions in ``acc``."""
+    known = [k for k, y in enumerate(acc.labels) if y is not None]
+    labels = np.array([acc.labels[k] for k in known], dtype=np.int64)
+    margins = torch.tensor([acc.margins[k] for k in known], dtype=torch.float32)
+    temperature = fit_temperature(margins.double().numpy(), labels)
+    probs = torch.sigmoid(margins / temperature).double().numpy()  # as GazeOutput.calibrated_melanoma_prob
+    try:
+        threshold = choose_threshold(rule, labels, probs)
+    except DermogazeError:  # the rule's syntax was checked at the start: the split lacks a class
+        threshold = 0.5
+        logger.warning("the validation split lacks a diagnosis class: decision threshold 0.5, not %s", rule)
+    return {"temperature": float(temperature), "threshold": float(threshold), "threshold_rule": rule}
 
 
 def _model_kwargs(cfg: Config) -> dict[str, Any]:
