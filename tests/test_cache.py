@@ -13,9 +13,11 @@ from PIL import Image
 from dermogaze.cli import main as cli_main
 from dermogaze.data import cache as cache_mod
 from dermogaze.data.cache import format_stats, load_info, load_split, prepare
+from dermogaze.data.images import load_user_image, resize_image
 from dermogaze.data.metadata import group_labels
 from dermogaze.errors import DataError
 from dermogaze.structures import STRUCTURES
+from test_images import png_claiming
 
 SIZE = 16  # the 32 px crafted images are halved: nearest takes source pixel 2i+1
 
@@ -142,6 +144,23 @@ def test_bilinear_resize_of_a_patterned_image(tiny_isic_dir, tmp_path):
     rgb = source_map[rows][:, cols].astype(np.int64)
     np.testing.assert_array_equal(train.superpixels[2], rgb[..., 0] + (rgb[..., 1] << 8) + (rgb[..., 2] << 16))
     assert train.masks[2][1].all()  # empty lesion, no feature → all skin
+
+
+def test_sixteen_bit_and_transparent_images_are_cached_by_the_documented_rule(tiny_isic_dir, tmp_path):
+    """Not white (16-bit) and not black (transparent): the cache converts like a user's image in explain."""
+    data = tiny_isic_dir / TRAIN_DATA
+    grey = np.full((32, 32), 51400, np.uint16)  # high byte 200
+    Image.frombytes("I;16", (32, 32), grey.tobytes()).save(data / "ISIC_0000001.png")
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 3] = 128  # black at alpha 128 on white: 255 · 127 / 255 = 127
+    Image.frombytes("RGBA", (32, 32), rgba.tobytes()).save(data / "ISIC_0000003.png")
+    prepare(tiny_isic_dir, tmp_path / "c", size=SIZE, progress=False)
+    train = load_split(tmp_path / "c", "train")
+    np.testing.assert_array_equal(train.images[0], np.full((SIZE, SIZE, 3), 200))
+    np.testing.assert_array_equal(train.images[2], np.full((SIZE, SIZE, 3), 127))
+    for k, name in ((0, "ISIC_0000001.png"), (2, "ISIC_0000003.png")):
+        _, original = load_user_image(data / name, SIZE, (0.5,) * 3, (0.25,) * 3)
+        np.testing.assert_array_equal(resize_image(original, SIZE), train.images[k])
 
 
 def test_workers_give_identical_cache(tiny_isic_dir, tmp_path, tiny_cache):
@@ -279,42 +298,144 @@ def test_rerun_is_safe_and_skips_when_up_to_date(tiny_isic_dir, tiny_cache, capl
     assert bigger["size"] == 24 and load_split(out, "val").images.shape == (2, 24, 24, 3)
 
 
+def _snapshot(out):
+    """Everything a reader gets from a cache: info and every array of every split."""
+    info = load_info(out)
+    arrays = {}
+    for split in info["splits"]:
+        a = load_split(out, split)
+        arrays[split] = (a.ids, np.array(a.images), np.array(a.masks), np.array(a.labels), np.array(a.superpixels))
+    return info, arrays
+
+
+def _assert_same_cache(out, snapshot):
+    info, arrays = _snapshot(out)
+    assert info == snapshot[0]
+    for split, parts in snapshot[1].items():
+        assert arrays[split][0] == parts[0]
+        for got, want in zip(arrays[split][1:], parts[1:], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def _no_leftovers(out):
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_failed_reprepare_keeps_the_old_cache(tiny_isic_dir, tiny_cache):
+    """One bad image found while re-preparing: an error, and the old cache still loads with its old contents."""
+    out, info = tiny_cache
+    before = _snapshot(out)
+    _truncate(tiny_isic_dir)  # a changed collection: rebuilt without --force, and ISIC_0000002 is now bad
+    with pytest.raises(DataError, match="ISIC_0000002.png: not a readable image"):
+        prepare(tiny_isic_dir, out, size=SIZE, progress=False)
+    _assert_same_cache(out, before)
+    with pytest.raises(DataError, match="ISIC_0000002.png"):
+        prepare(tiny_isic_dir, out, size=SIZE, progress=False, force=True)
+    _assert_same_cache(out, before)
+    _no_leftovers(out)
+    # Every training sample bad: refused after all splits were built, still before the old cache is touched.
+    shutil.rmtree(tiny_isic_dir / "ISIC-2017_Training_Part2_GroundTruth")
+    with pytest.raises(DataError, match="no usable training sample"):
+        prepare(tiny_isic_dir, out, size=SIZE, progress=False, skip_bad=True)
+    _assert_same_cache(out, before)
+    _no_leftovers(out)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_interrupted_run_leaves_no_valid_cache(tiny_isic_dir, tiny_cache, monkeypatch, workers):
+def test_interrupted_run_keeps_the_old_cache(tiny_isic_dir, tiny_cache, monkeypatch, workers):
     out, _ = tiny_cache
+    before = _snapshot(out)
     real = cache_mod._process_sample
-    calls = {"n": 0}
 
     def failing(sample, *args, **kwargs):
-        calls["n"] += 1
         if sample.id == "ISIC_0000012":  # in the second split, after train was written
-            raise RuntimeError("simulated crash")
+            raise KeyboardInterrupt if workers == 1 else RuntimeError("simulated crash")
         return real(sample, *args, **kwargs)
 
     monkeypatch.setattr(cache_mod, "_process_sample", failing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(KeyboardInterrupt if workers == 1 else RuntimeError):
         prepare(tiny_isic_dir, out, size=SIZE, workers=workers, progress=False, force=True)
-    with pytest.raises(DataError, match="info.json: missing"):
-        load_info(out)
-    with pytest.raises(DataError, match="info.json: missing"):
-        load_split(out, "train")
-    assert not list(out.glob(".tmp-*"))
+    _assert_same_cache(out, before)
+    _no_leftovers(out)
     monkeypatch.setattr(cache_mod, "_process_sample", real)
-    info = prepare(tiny_isic_dir, out, size=SIZE, progress=False)
-    assert load_info(out) == info
+    info = prepare(tiny_isic_dir, out, size=SIZE, progress=False, force=True)
+    assert load_info(out) == info != before[0]
 
 
-def test_killed_run_debris_is_invalid_and_cleaned(tiny_isic_dir, tiny_cache):
+def test_killed_run_debris_is_ignored_and_cleaned(tiny_isic_dir, tiny_cache):
     out, info = tiny_cache
-    # What a SIGKILL in the middle leaves: info.json already gone, a temporary split folder.
-    (out / "info.json").unlink()
+    before = _snapshot(out)
+    # What a SIGKILL in the middle leaves: a half-built cache beside the old one (and, from older
+    # dermogaze versions, a temporary split folder inside it).
+    staged = out.parent / f".{out.name}.tmp-0123456789abcdef"
+    (staged / "train").mkdir(parents=True)
+    (staged / ".dermogaze-cache").touch()
+    (staged / "train" / "images.part.npy").write_bytes(b"\x93NUMPY")
     (out / ".tmp-val-0123").mkdir()
-    (out / ".tmp-val-0123" / "images.part.npy").write_bytes(b"\x93NUMPY")
-    with pytest.raises(DataError, match="not a complete cache"):
+    _assert_same_cache(out, before)
+    unrelated = out.parent / f".{out.name}.tmp-notes"  # not made by dermogaze (no marker): left alone
+    unrelated.mkdir()
+    again = prepare(tiny_isic_dir, out, size=SIZE, progress=False)
+    assert again == info  # up to date: nothing rebuilt, only the debris removed
+    assert not staged.exists() and not (out / ".tmp-val-0123").exists() and unrelated.is_dir()
+
+
+def test_kill_between_the_two_renames_is_repaired(tiny_isic_dir, tiny_cache):
+    """The one instant without a cache at ``out``: the next prepare puts the old cache back."""
+    out, info = tiny_cache
+    before = _snapshot(out)
+    old = out.parent / f".{out.name}.old-0123456789abcdef"
+    out.rename(old)
+    shutil.copytree(old, out.parent / f".{out.name}.tmp-0123456789abcdef")  # the new one, never renamed
+    with pytest.raises(DataError, match="no prepared cache"):
         load_info(out)
-    prepare(tiny_isic_dir, out, size=SIZE, progress=False)
-    assert not (out / ".tmp-val-0123").exists()
-    load_info(out)
+    assert prepare(tiny_isic_dir, out, size=SIZE, progress=False) == info  # restored, and up to date
+    _assert_same_cache(out, before)
+    _no_leftovers(out)
+
+
+def test_cache_on_a_mount_point_is_built_inside_it(tiny_isic_dir, tiny_cache, monkeypatch):
+    """When out cannot be renamed (a mount point), the new cache is staged inside it; failures still keep the old."""
+    out, info = tiny_cache
+    before = _snapshot(out)
+    monkeypatch.setattr(cache_mod.os.path, "ismount", lambda path: str(path) == str(out.resolve()))
+    seen = []
+    real = cache_mod._commit
+    monkeypatch.setattr(cache_mod, "_commit", lambda staged, *a: seen.append(staged) or real(staged, *a))
+    _truncate(tiny_isic_dir)
+    with pytest.raises(DataError, match="ISIC_0000002.png"):
+        prepare(tiny_isic_dir, out, size=SIZE, progress=False)
+    _assert_same_cache(out, before)
+    _no_leftovers(out)
+    again = prepare(tiny_isic_dir, out, size=SIZE, progress=False, skip_bad=True)
+    assert seen[0].parent == out.resolve()
+    assert load_info(out) == again and again["counts"]["train"] == 3
+    _no_leftovers(out)
+
+
+def test_cache_folder_that_cannot_be_renamed_is_replaced_in_place(tiny_isic_dir, tiny_cache, monkeypatch):
+    out, info = tiny_cache
+    real = cache_mod.os.replace
+
+    def busy(src, dst):
+        if str(src) == str(out.resolve()):
+            raise PermissionError("busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(cache_mod.os, "replace", busy)
+    again = prepare(tiny_isic_dir, out, size=SIZE, progress=False, force=True)
+    assert load_info(out) == again != info
+    _no_leftovers(out)
+
+
+def test_symlinked_cache_folder_is_swapped_where_it_lives(tiny_isic_dir, tiny_cache, tmp_path):
+    out, info = tiny_cache
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    again = prepare(tiny_isic_dir, link, size=SIZE, progress=False, force=True)
+    assert link.is_symlink() and load_info(out) == again != info
+    _no_leftovers(out)
 
 
 def test_tampered_cache_does_not_load(tiny_isic_dir, tiny_cache):
@@ -420,6 +541,32 @@ def _missing_folder(root):
     return "val", path, "folder missing"
 
 
+def _bomb_image(root):
+    path = png_claiming(root / TRAIN_DATA / "ISIC_0000002.png", 20000, 20000)  # 400 M pixels in 100 bytes
+    return "train", path, "image is above the pixel budget of 100,000,000 (Pillow: Image size (400000000 pixels)"
+
+
+def _bomb_superpixels(root):
+    path = png_claiming(root / "ISIC-2017_Validation_Data" / "ISIC_0000012_superpixels.png", 12000, 9000)
+    return "val", path, "superpixel map is 12000×9000 = 108,000,000 pixels, above the pixel budget"
+
+
+def _set_feature(root, value_json: str):
+    path = root / "ISIC-2017_Training_Part2_GroundTruth" / "ISIC_0000003_features.json"
+    data = json.loads(path.read_text())
+    text = json.dumps({**data, "streaks": [0.0] * 7 + ["VALUE"] + [0.0] * (len(data["streaks"]) - 8)})
+    path.write_text(text.replace('"VALUE"', value_json))
+    return path
+
+
+def _nan_feature(root):
+    return "train", _set_feature(root, "NaN"), "feature 'streaks': value nan at position 7 is not a number in [0, 1]"
+
+
+def _string_feature(root):
+    return "train", _set_feature(root, '"0.5"'), "feature 'streaks': value '0.5' at position 7 is not a number"
+
+
 BAD_INPUTS = {
     "truncated image": (_truncate, 1),
     "unreadable image": (_garbage, 1),
@@ -430,6 +577,10 @@ BAD_INPUTS = {
     "file without a row": (_file_without_row, 1),
     "missing annotation file": (_missing_annotation_file, 1),
     "missing folder": (_missing_folder, 2),  # every validation sample needs it
+    "decompression bomb image": (_bomb_image, 1),
+    "decompression bomb superpixel map": (_bomb_superpixels, 1),
+    "feature value NaN": (_nan_feature, 1),
+    "feature value a string": (_string_feature, 1),
 }
 
 

@@ -133,3 +133,19 @@ def test_dataloader_workers_and_pickling(tiny_cache_dir):
     assert first["present"].shape == (3, 6) and first["label"].tolist() == [1, 0, 0]
     assert first["id"] == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
     torch.testing.assert_close(first["image"][1], ds[1]["image"])
+
+
+def test_dataset_of_a_cache_whose_reprepare_failed(tiny_isic_dir, tiny_cache_dir):
+    """A re-prepare that meets a bad image leaves the cache as it was: datasets open and read the old items."""
+    ds = DermoscopyDataset(tiny_cache_dir, "train", image_size=CROP)
+    before = [ds[i] for i in range(len(ds))]
+    (tiny_isic_dir / "ISIC-2017_Training_Data" / "ISIC_0000004.png").write_bytes(b"")  # a 0-byte image
+    with pytest.raises(DataError, match="ISIC_0000004.png: not a readable image"):
+        prepare(tiny_isic_dir, tiny_cache_dir, size=CACHE_SIZE, progress=False)
+    for dataset in (ds, DermoscopyDataset(tiny_cache_dir, "train", image_size=CROP)):
+        assert len(dataset) == 4
+        for i, old in enumerate(before):
+            item = dataset[i]
+            assert item["id"] == old["id"] and item["label"] == old["label"]
+            torch.testing.assert_close(item["image"], old["image"], rtol=0, atol=0)
+            torch.testing.assert_close(item["masks"], old["masks"], rtol=0, atol=0)

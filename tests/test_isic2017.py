@@ -118,6 +118,58 @@ def test_read_features_errors(tmp_path):
     np.testing.assert_array_equal(isic2017.read_features(path)["milia_like_cyst"], [0.0, 1.0])
 
 
+BAD_FEATURE_VALUES = {
+    "NaN": ("NaN", "nan"),
+    "Infinity": ("Infinity", "inf"),
+    "-Infinity": ("-Infinity", "-inf"),
+    "1e400 (inf)": ("1e400", "inf"),
+    "1e300": ("1e300", "1e+300"),
+    "huge integer": ("1" + "0" * 400, "1000000000000000000000000000000000000..."),
+    "negative": ("-0.1", "-0.1"),
+    "just above 1": ("1.0000001", "1.0000001"),
+    "2": ("2", "2"),
+    "string": ('"0.5"', "'0.5'"),
+    "true": ("true", "True"),
+    "false": ("false", "False"),
+    "null": ("null", "None"),
+    "list": ("[0.5]", "[0.5]"),
+    "object": ('{"a": 1}', "{'a': 1}"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FEATURE_VALUES))
+def test_read_features_rejects_values_outside_0_1(tmp_path, case):
+    """Every value must be a JSON number in [0, 1]; the error names the file, the feature and the position."""
+    text, shown = BAD_FEATURE_VALUES[case]
+    path = tmp_path / "ISIC_0000001_features.json"
+    good = {name: [0, 1, 0.5] for name in isic2017.DERMOSCOPIC_FEATURES}
+    path.write_text(json.dumps({**good, "streaks": [0, 1, "VALUE"]}).replace('"VALUE"', text))
+    with pytest.raises(DataError) as excinfo:
+        isic2017.read_features(path)
+    assert str(excinfo.value) == (
+        f"{path}: feature 'streaks': value {shown} at position 2 is not a number in [0, 1]"
+    )
+
+
+def test_read_features_accepts_numbers_in_0_1(tmp_path):
+    path = tmp_path / "a_features.json"
+    path.write_text(json.dumps({name: [0, 1, 0.0, 1.0, -0.0, 0.5, 1e-300] for name in isic2017.DERMOSCOPIC_FEATURES}))
+    np.testing.assert_array_equal(isic2017.read_features(path)["streaks"], [0, 1, 0, 1, 0, 0.5, 1e-300])
+    path.write_text(json.dumps({**{name: [0] for name in isic2017.DERMOSCOPIC_FEATURES}, "streaks": 0.5}))
+    with pytest.raises(DataError, match="feature 'streaks' must be a list of numbers in \\[0, 1\\], got float"):
+        isic2017.read_features(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)  # deeper than the JSON parser's recursion limit
+    with pytest.raises(DataError, match="a_features.json: unreadable features JSON"):
+        isic2017.read_features(path)
+
+
+def test_label_csv_with_a_giant_field_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "ISIC-2017_Training_Part3_GroundTruth.csv"
+    path.write_text('image_id,melanoma\n"' + "x" * 200_000 + '",1.0\n')
+    with pytest.raises(DataError, match="GroundTruth.csv: malformed label CSV"):
+        isic2017.read_labels_csv(path)
+
+
 # --------------------------------------------------------------------------- real files
 
 

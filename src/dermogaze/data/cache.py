@@ -16,13 +16,20 @@ Plain ``.npy`` files are memory-mapped by :func:`load_split`, so a Dataset share
 DataLoader workers for free. Masks are stored unpacked (bool): about 1 GB for all of ISIC 2017 at
 256 px, traded for zero-cost random access.
 
-Crash safety: :func:`prepare` first deletes ``info.json`` (the old cache stops being valid), builds
-each split in a hidden temporary folder that is renamed into place when complete, and writes
-``info.json`` last, atomically (:func:`dermogaze.io.write_json`). ``info.json`` records a random
-``token`` that every split's ``ids.json`` repeats, and the counts that the arrays must have;
-:func:`load_info` checks both. An interrupted run therefore never leaves a cache that loads. Re-running on an
-unchanged collection (same file names, sizes and modification times, same options) returns the
-existing cache without work; anything else rebuilds it.
+Crash safety: :func:`prepare` builds the whole new cache in a hidden sibling folder
+``.<out>.tmp-<token>`` (``info.json`` written last, atomically, by
+:func:`dermogaze.io.write_json`) and only when it is complete swaps it in with two renames: the
+old cache moves aside to ``.<out>.old-<token>``, the new one takes its name, the old one is
+deleted. A bad sample, an error or a kill at any earlier point leaves the old cache untouched and
+loadable; leftovers are removed by the next :func:`prepare`, which also puts an old cache back if
+a kill fell between the two renames. (When ``out`` is a mount point or its parent folder is not
+writable, the new cache is built in ``out/.tmp-<token>`` instead; then, as when ``out`` cannot be
+renamed, the complete splits are moved in one by one, ``info.json`` last: the old cache stops being
+valid only during that last step.) ``info.json`` records a random ``token``
+that every split's ``ids.json`` repeats, and the counts that the arrays must have;
+:func:`load_info` checks both, so a half-moved cache never loads. Re-running on an unchanged
+collection (same file names, sizes and modification times, same options) returns the existing
+cache without work; anything else rebuilds it.
 
 Decisions where SPEC and the paper are silent:
 
@@ -72,7 +79,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # the layout above; a cache of another version is rebuilt by prepare, refused by load_info
 INFO_FILE = "info.json"
 MARKER_FILE = ".dermogaze-cache"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"  # a cache being built: .<out>.tmp-<token> beside out (or out/.tmp-<token>)
+OLD_PREFIX = ".old-"  # the previous cache during the swap: .<out>.old-<token>
 
 
 @dataclass
@@ -128,7 +136,7 @@ def _process_sample(sample: IsicSample, size: int, with_masks: bool, draft: bool
     """
     full_w, full_h = check_image_file(sample.image)
     # The stored pixel grid, on which the masks are drawn (no EXIF orientation).
-    decoded = read_image_file(sample.image, as_displayed=False, draft_size=size if draft else None)
+    decoded = read_image_file(sample.image, exif_orientation=False, draft_size=size if draft else None)
     image = resize_image(decoded, size)  # (S, S, 3)
     if not with_masks:
         return _Processed(image=image, masks=None, superpixels=None, sp_features=None)
@@ -191,16 +199,83 @@ def _fingerprint(collection: IsicCollection) -> str:
 
 
 def _claim_folder(out: Path) -> None:
-    """Create ``out`` or check that it is a dermogaze cache (never write into someone else's folder)."""
+    """Check that ``out`` is missing, empty or a dermogaze cache (never write into someone else's folder)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER_FILE).exists():
         raise DataError(f"{out}: folder is not empty and is not a dermogaze cache; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER_FILE).touch()
-    for stale in out.glob(f"{TMP_PREFIX}*"):
+
+
+def _leftovers(out: Path, prefix: str) -> list[Path]:
+    """Folders ``.<out>.<prefix><token>`` beside ``out`` that a dermogaze run made (they hold the marker)."""
+    if not out.parent.is_dir():
+        return []
+    start = f".{out.name}{prefix}"
+    return sorted(
+        (p for p in out.parent.iterdir() if p.name.startswith(start) and p.is_dir() and (p / MARKER_FILE).exists()),
+        key=lambda p: p.stat().st_mtime_ns,
+    )
+
+
+def _clean_up(out: Path) -> None:
+    """Undo what an interrupted :func:`prepare` left: put an old cache back if ``out`` is gone, delete the rest."""
+    old = _leftovers(out, OLD_PREFIX)
+    if old and not out.exists():  # killed between the two renames of the swap
+        log.warning("restoring %s from %s (an interrupted run had moved it aside)", out, old[-1])
+        os.replace(old.pop(), out)
+    inside = list(out.glob(f"{TMP_PREFIX}*")) if (out / MARKER_FILE).exists() else []
+    for stale in [*_leftovers(out, TMP_PREFIX), *old, *inside]:
         log.info("removing %s left by an interrupted run", stale)
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+def _staging_folder(out: Path, token: str) -> Path:
+    """Where the new cache is built: beside ``out`` (for the swap), or inside it when that cannot be."""
+    if not (out.is_dir() and os.path.ismount(out)):  # beside a mount point would be another file system
+        staged = out.parent / f".{out.name}{TMP_PREFIX}{token}"
+        with contextlib.suppress(OSError):  # e.g. a read-only parent folder
+            staged.mkdir(parents=True)
+            (staged / MARKER_FILE).touch()  # so that the next run knows it for ours
+            return staged
+    staged = out / f"{TMP_PREFIX}{token}"
+    try:
+        staged.mkdir(parents=True)
+        (out / MARKER_FILE).touch()
+    except OSError as exc:
+        raise DataError(f"{out}: cannot write the cache here ({exc})") from None
+    return staged
+
+
+def _commit(staged: Path, out: Path, token: str) -> None:
+    """Put the complete cache ``staged`` in the place of ``out`` (see the module docstring)."""
+    if staged.parent != out:  # beside out: swap with two renames
+        old = out.parent / f".{out.name}{OLD_PREFIX}{token}"
+        try:
+            if out.exists():
+                (out / MARKER_FILE).touch()  # an empty folder becomes recognisable as ours while aside
+                os.replace(out, old)
+        except OSError as exc:  # out cannot be renamed (busy, permissions): move in split by split below
+            log.warning("%s cannot be renamed (%s); replacing its contents in place", out, exc)
+        else:
+            try:
+                os.replace(staged, out)
+            except OSError:
+                if old.exists():
+                    os.replace(old, out)
+                raise
+            if old.exists():
+                shutil.rmtree(old)
+            return
+    # In place: the old cache stops being valid, the new splits move in, info.json comes last.
+    (out / INFO_FILE).unlink(missing_ok=True)
+    for entry in sorted(staged.iterdir()):
+        if entry.name in (INFO_FILE, MARKER_FILE):
+            continue
+        if (out / entry.name).is_dir():
+            shutil.rmtree(out / entry.name)
+        os.replace(entry, out / entry.name)
+    os.replace(staged / INFO_FILE, out / INFO_FILE)
+    shutil.rmtree(staged)
 
 
 class _TrainingStats:
@@ -245,7 +320,7 @@ def _iterate(
 def _prepare_split(
     collection: IsicCollection,
     name: str,
-    out: Path,
+    folder: Path,
     token: str,
     *,
     size: int,
@@ -255,7 +330,7 @@ def _prepare_split(
     draft: bool,
     stats: _TrainingStats | None,
 ) -> tuple[int, list[dict[str, str]]]:
-    """Write one split into a temporary folder and move it into place. Returns (count, skipped)."""
+    """Write one split into ``folder`` (inside the cache being built). Returns (count, skipped)."""
     split = collection.splits[name]
     with_masks = collection.has_masks
     skipped: list[dict[str, str]] = []
@@ -271,14 +346,13 @@ def _prepare_split(
 
     samples = split.samples
     n_max = len(samples)
-    tmp = out / f"{TMP_PREFIX}{name}-{token}"
-    tmp.mkdir()
+    folder.mkdir()
     open_mm = np.lib.format.open_memmap
-    images = open_mm(tmp / "images.part.npy", "w+", np.uint8, (n_max, size, size, 3))
+    images = open_mm(folder / "images.part.npy", "w+", np.uint8, (n_max, size, size, 3))
     masks = superpixels = None
     if with_masks:
-        masks = open_mm(tmp / "masks.part.npy", "w+", np.bool_, (n_max, NUM_STRUCTURES, size, size))
-        superpixels = open_mm(tmp / "superpixels.part.npy", "w+", np.int32, (n_max, size, size))
+        masks = open_mm(folder / "masks.part.npy", "w+", np.bool_, (n_max, NUM_STRUCTURES, size, size))
+        superpixels = open_mm(folder / "superpixels.part.npy", "w+", np.int32, (n_max, size, size))
     ids: list[str] = []
     labels: list[int] = []
     sp_features: list[np.ndarray] = []
@@ -307,31 +381,27 @@ def _prepare_split(
             continue
         array.flush()
         if n < n_max:  # bad samples were skipped: keep the first n rows
-            final = open_mm(tmp / f"{part}.npy", "w+", array.dtype, (n, *array.shape[1:]))
+            final = open_mm(folder / f"{part}.npy", "w+", array.dtype, (n, *array.shape[1:]))
             final[:] = array[:n]
             final.flush()
             del final
-            (tmp / f"{part}.part.npy").unlink()
+            (folder / f"{part}.part.npy").unlink()
         else:
-            os.replace(tmp / f"{part}.part.npy", tmp / f"{part}.npy")
+            os.replace(folder / f"{part}.part.npy", folder / f"{part}.npy")
     del images, masks, superpixels
-    np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64))
+    np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
     if with_masks:
         offsets = np.cumsum([0] + [len(f) for f in sp_features]).astype(np.int64)
         flat = np.concatenate(sp_features) if sp_features else np.zeros((0, len(DERMOSCOPIC_FEATURES)), np.float32)
-        np.save(tmp / "sp_features.npy", flat)
-        np.save(tmp / "sp_offsets.npy", offsets)
+        np.save(folder / "sp_features.npy", flat)
+        np.save(folder / "sp_offsets.npy", offsets)
     fields: list[str] = []
     if split.metadata is not None:
         columns = split.metadata.columns(ids)
         fields = list(columns)
-        (tmp / "metadata.json").write_text(json.dumps(columns))
-    (tmp / "ids.json").write_text(json.dumps({"token": token, "ids": ids, "metadata": fields}))
+        (folder / "metadata.json").write_text(json.dumps(columns))
+    (folder / "ids.json").write_text(json.dumps({"token": token, "ids": ids, "metadata": fields}))
 
-    final_dir = out / name
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
     if skipped:
         log.warning("%s: skipped %d bad samples", name, len(skipped))
     log.info("%s: %d samples cached (%d melanoma)", name, n, sum(labels))
@@ -374,6 +444,9 @@ def prepare(
     collection = isic2017.read_collection(isic_dir)
     if "train" not in collection.splits:
         raise DataError(f"{isic_dir}: no Training split (the normalisation statistics come from it)")
+    _claim_folder(out)
+    target = out.resolve()  # a symlinked cache folder is swapped where it lives
+    _clean_up(target)
     fingerprint = _fingerprint(collection)
     options = {"size": size, "skip_bad": skip_bad, "draft": draft}
     if not force:
@@ -383,32 +456,51 @@ def prepare(
                 log.info("%s is up to date with %s; nothing to do", out, isic_dir)
                 return info
 
-    _claim_folder(out)
-    (out / INFO_FILE).unlink(missing_ok=True)  # the old cache stops being valid before anything changes
     token = secrets.token_hex(8)
+    started = time.perf_counter()
+    staged = _staging_folder(target, token)
+    committed = False
+    try:
+        info = _build(collection, staged, token, size=size, workers=workers, skip_bad=skip_bad, progress=progress,
+                      draft=draft)
+        info.update(source=str(isic_dir.resolve()), fingerprint=fingerprint, options=options)
+        write_json(info, staged / INFO_FILE)
+        _commit(staged, target, token)
+        committed = True
+    finally:
+        if not committed:  # the old cache, if any, is untouched
+            shutil.rmtree(staged, ignore_errors=True)
+    log.info(
+        "prepared %s in %.1f s: %s%s",
+        out, time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in info["counts"].items()),
+        f"; {len(info['skipped'])} bad samples skipped" if info["skipped"] else "",
+    )
+    return info
+
+
+def _build(
+    collection: IsicCollection, staged: Path, token: str, *, size: int, workers: int, skip_bad: bool, progress: bool,
+    draft: bool,
+) -> dict:
+    """Write every split of ``collection`` into ``staged``; return the info dict (without its provenance keys)."""
     stats = _TrainingStats()
     counts: dict[str, int] = {}
     melanoma: dict[str, int] = {}
     skipped: list[dict[str, str]] = []
-    started = time.perf_counter()
-    try:
-        for name in collection.splits:
-            counts[name], split_skipped = _prepare_split(
-                collection, name, out, token, size=size, workers=workers, skip_bad=skip_bad,
-                progress=progress, draft=draft, stats=stats if name == "train" else None,
-            )
-            skipped.extend(split_skipped)
-            melanoma[name] = int(np.load(out / name / "labels.npy").sum())
-    finally:
-        for stale in out.glob(f"{TMP_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    for name in collection.splits:
+        counts[name], split_skipped = _prepare_split(
+            collection, name, staged / name, token, size=size, workers=workers, skip_bad=skip_bad,
+            progress=progress, draft=draft, stats=stats if name == "train" else None,
+        )
+        skipped.extend(split_skipped)
+        melanoma[name] = int(np.load(staged / name / "labels.npy").sum())
     if counts["train"] == 0:
-        raise DataError(f"{isic_dir}: no usable training sample ({len(skipped)} skipped)")
+        raise DataError(f"{collection.root}: no usable training sample ({len(skipped)} skipped)")
 
     mean, std = stats.mean_std()
     with_masks = collection.has_masks
     metadata_fields = {f for s in collection.splits.values() if s.metadata is not None for f in s.metadata.fields}
-    info = {
+    return {
         "version": CACHE_VERSION,
         "token": token,
         "size": size,
@@ -426,17 +518,7 @@ def prepare(
         "pixel_fraction": (stats.structure_pixels / stats.pixels).tolist() if with_masks else None,
         "skipped": skipped,
         "metadata": [f for f in FIELDS if f in metadata_fields],
-        "source": str(isic_dir.resolve()),
-        "fingerprint": fingerprint,
-        "options": options,
     }
-    write_json(info, out / INFO_FILE)
-    log.info(
-        "prepared %s in %.1f s: %s%s",
-        out, time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in counts.items()),
-        f"; {len(skipped)} bad samples skipped" if skipped else "",
-    )
-    return info
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,11 +34,14 @@ Decisions where SPEC and the paper are silent:
 * Images, lesion masks and superpixel maps are read on their stored pixel grid: an EXIF
   orientation tag is not applied (it would turn an image away from its annotations).
 * Lesion masks are binarised at 128 (ground truth is 0/255). A CSV value ``>= 0.5`` counts as 1.
+* A feature value must be a JSON number in [0, 1]: booleans, numeric strings, ``NaN``, infinities
+  and numbers outside the range make the sample bad (nothing is coerced or clipped).
 * If both ``Test_v2`` and ``Test`` exist, ``Test_v2`` (the official name) is used, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -170,13 +173,14 @@ def decode_superpixels(rgb: np.ndarray) -> np.ndarray:
 def read_lesion_mask(path: Path) -> np.ndarray:
     """Read a Part 1 lesion segmentation (0/255 greyscale PNG) as a bool mask ``(H, W)``.
 
-    Pixels ``>= 128`` are lesion. RGB or palette masks are converted to greyscale first; the stored
+    Pixels ``>= 128`` are lesion. Other modes are converted to greyscale first by the rules of
+    :mod:`dermogaze.data.images` (16-bit masks by their high byte), transparency dropped; the stored
     pixel grid is kept (no EXIF orientation), as for every file of the collection.
 
     Raises:
         DataError: missing or unreadable file.
     """
-    return read_image_file(path, "L", as_displayed=False, what="lesion mask") >= 128
+    return read_image_file(path, "L", exif_orientation=False, annotation=True, what="lesion mask") >= 128
 
 
 def read_superpixels(path: Path) -> np.ndarray:
@@ -190,38 +194,56 @@ def read_superpixels(path: Path) -> np.ndarray:
         official encoding).
     """
     rgb = read_image_file(
-        path, "RGB", as_displayed=False, source_modes=("RGB", "RGBA", "P"), what="superpixel map"
+        path, "RGB", exif_orientation=False, annotation=True, source_modes=("RGB", "RGBA", "P"), what="superpixel map"
     )  # (H, W, 3)
     return decode_superpixels(rgb)
+
+
+def _brief(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a bad value may be a long string or a nested object)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _feature_values(path: Path, name: str, values: object) -> np.ndarray:
+    """One feature's list as float64, every entry a JSON number in [0, 1] (not a boolean, a string, NaN or inf)."""
+    if not isinstance(values, list):
+        raise DataError(f"{path}: feature {name!r} must be a list of numbers in [0, 1], got {type(values).__name__}")
+    array = None
+    if {type(v) for v in values} <= {int, float}:  # JSON numbers only (type() excludes bool)
+        with contextlib.suppress(OverflowError):  # an integer beyond float range
+            array = np.asarray(values, dtype=np.float64)
+    if array is None or not ((array >= 0.0) & (array <= 1.0)).all():  # NaN fails both comparisons
+        i, bad = next((i, v) for i, v in enumerate(values) if type(v) not in (int, float) or not 0 <= v <= 1)
+        raise DataError(f"{path}: feature {name!r}: value {_brief(bad)} at position {i} is not a number in [0, 1]")
+    return array
 
 
 def read_features(path: Path) -> dict[str, np.ndarray]:
     """Read a Part 2 ``_features.json``: one value in [0, 1] per superpixel for each feature.
 
+    Every value must be a JSON number in [0, 1]: booleans, strings, ``NaN``, infinities and numbers
+    outside the range are errors (they would silently change the masks and the Task 2 AUC).
+
     Returns:
         ``{feature: float64 array (n_superpixels,)}`` for the four :data:`DERMOSCOPIC_FEATURES`.
 
     Raises:
-        DataError: unreadable JSON, a missing feature, non-numeric values or lists of different
-        lengths.
+        DataError: unreadable JSON, a missing feature, a value that is not a number in [0, 1] (the
+        message names the feature and the position), or lists of different lengths.
     """
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable features JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: unreadable features JSON ({exc.__class__.__name__}: {_brief(str(exc))})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object of feature lists, got {type(data).__name__}")
     out: dict[str, np.ndarray] = {}
     for name in DERMOSCOPIC_FEATURES:
         if name not in data:
-            raise DataError(f"{path}: feature {name!r} missing (keys: {', '.join(map(str, data))})")
-        try:
-            values = np.asarray(data[name], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataError(f"{path}: feature {name!r} must be a list of numbers") from None
-        if values.ndim != 1:
-            raise DataError(f"{path}: feature {name!r} must be a flat list of numbers")
-        out[name] = values
+            keys = ", ".join(_brief(k) for k in list(data)[:8]) + (", ..." if len(data) > 8 else "")
+            raise DataError(f"{path}: feature {name!r} missing (keys: {keys})")
+        out[name] = _feature_values(path, name, data[name])
     lengths = {name: len(v) for name, v in out.items()}
     if len(set(lengths.values())) != 1:
         raise DataError(f"{path}: feature lists have different lengths {lengths}")
@@ -242,10 +264,17 @@ def read_labels_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[Ba
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable label CSV ({exc})") from None
+    try:
+        return _parse_labels_csv(path, text)
+    except csv.Error as exc:  # e.g. a field beyond csv.field_size_limit()
+        raise DataError(f"{path}: malformed label CSV ({exc})") from None
+
+
+def _parse_labels_csv(path: Path, text: str) -> tuple[list[tuple[str, float | None]], list[BadSample]]:
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip() for c in reader.fieldnames or []]
     if "image_id" not in columns or "melanoma" not in columns:
-        raise DataError(f"{path}: expected columns image_id and melanoma, found {columns}")
+        raise DataError(f"{path}: expected columns image_id and melanoma, found {_brief(columns, 200)}")
     reader.fieldnames = columns
     rows: list[tuple[str, float | None]] = []
     problems: list[BadSample] = []

@@ -125,6 +125,13 @@ def read_metadata_csv(path: str | Path, image_ids: Collection[str] | None = None
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable metadata CSV ({exc})") from None
+    try:
+        return _parse_metadata_csv(path, text, image_ids)
+    except csv.Error as exc:  # e.g. a field beyond csv.field_size_limit()
+        raise DataError(f"{path}: malformed metadata CSV ({exc})") from None
+
+
+def _parse_metadata_csv(path: Path, text: str, image_ids: Collection[str] | None) -> MetadataTable:
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     if "image_id" not in columns:
