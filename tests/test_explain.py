@@ -20,6 +20,8 @@ from dermogaze.explain import (
     explain_image,
     explain_record,
     gaze_points,
+    output_stems,
+    safe_name,
     save_explanation,
 )
 from dermogaze.models import build_model
@@ -426,3 +428,61 @@ def test_cli_explain_bad_input_is_one_clear_line(tmp_path, trained_run, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("dermogaze: error:") and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o").exists()  # nothing written when the inputs are bad
+
+
+# ----------------------------------------------------------------------------------------------
+# Output names: unique after cleaning, so that no input's files overwrite another's
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ids, stems",
+    [
+        (["a b", "a_b"], ["a_b", "a_b_2"]),  # safe_name maps both to a_b
+        (["a_b", "a b", "a?b"], ["a_b", "a_b_2", "a_b_3"]),
+        (["a", "a", "a_2"], ["a", "a_2", "a_2_2"]),  # a renamed stem never takes an input's own
+        (["ISIC_1", "ISIC_2"], ["ISIC_1", "ISIC_2"]),  # nothing to rename
+        (["A", "a"], ["A", "a"]),  # letter case is kept apart (case-sensitive file systems)
+        ([".", ".."], ["image", "image_2"]),
+    ],
+)
+def test_output_stems_are_unique_after_cleaning(ids, stems):
+    assert output_stems(ids) == stems
+    assert len(set(stems)) == len(stems)
+    assert all(s == safe_name(s) for s in stems)
+
+
+def test_cli_explain_inputs_whose_names_collide_are_all_written(tmp_path, trained_run, capsys, caplog):
+    _, ckpt = trained_run
+    (tmp_path / "other").mkdir()
+    colours = {"a b.png": (200, 50, 50), "a_b.png": (50, 200, 50), "other/a b.png": (50, 50, 200)}
+    for name, colour in colours.items():
+        Image.fromarray(np.full((40, 48, 3), colour, np.uint8)).save(tmp_path / name)
+    inputs = [str(tmp_path / name) for name in colours]
+    out = tmp_path / "explained"
+    assert main(["explain", "--checkpoint", str(ckpt), *inputs, "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 explanation(s)" in printed
+    assert "2 saved under another name so that none overwrites another" in printed
+    assert f"a_b ({inputs[1]}) as a_b_2.json" in printed
+    records = {stem: json.loads((out / f"{stem}.json").read_text()) for stem in ("a_b", "a_b_2", "a_b_3")}
+    # each record keeps its original id and names its own source file and figures
+    assert [r["image_id"] for r in records.values()] == ["a b", "a_b", "a b"]
+    assert [r["image_path"] for r in records.values()] == inputs
+    for stem, rec in records.items():
+        validate_record(rec)
+        assert rec["files"] == {"gazes": f"{stem}_gazes.png", "masks": f"{stem}_masks.png"}
+    assert len(list(out.iterdir())) == 9  # three images × (JSON, gazes, masks): nothing overwritten
+    renamed = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "a_b_" in r.getMessage()]
+    assert len(renamed) == 2 and "writing it as a_b_2.json" in renamed[0], renamed
+
+
+def test_cli_explain_a_split_named_twice_writes_every_image(tmp_path, trained_run, capsys):
+    cache, ckpt = trained_run
+    out = tmp_path / "twice"
+    assert main(["explain", "--checkpoint", str(ckpt), "--data", str(cache), "val", "val", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "wrote 4 explanation(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "ISIC_0000011.json", "ISIC_0000011_2.json", "ISIC_0000012.json", "ISIC_0000012_2.json"]
+    assert json.loads((out / "ISIC_0000011_2.json").read_text())["image_id"] == "ISIC_0000011"

@@ -12,8 +12,24 @@ Subcommands, in the order of the dataflow::
 
 Shared runtime flags (:func:`_add_runtime_arguments`): ``--device auto|cpu|cuda`` (default
 ``auto`` everywhere), ``--amp``, ``--workers``, ``--no-progress``. Library code receives typed
-arguments and raises :class:`~dermogaze.errors.DermogazeError`, which :func:`main` prints as one
-line (no traceback) with exit status 2.
+arguments and raises :class:`~dermogaze.errors.DermogazeError`.
+
+Errors: every user error is one line ``dermogaze: error: ...`` on stderr, exit status 2, never a
+traceback:
+
+- a :class:`~dermogaze.errors.DermogazeError` (a bad file, folder, checkpoint or option value:
+  :func:`dermogaze.config.validate` checks every config value before anything is created);
+- a usage error of the parser (a bad flag value such as ``--batch-size -2``): argparse's usual
+  usage block is left out, the line ends with where ``--help`` is (:class:`_Parser`);
+- an operating-system error (a folder without write permission, a full disk, ``--out`` under a
+  file...): ``cannot write|read|access PATH: <the system's reason> (<what to do>)``, or ``cannot
+  write under OUT: ...`` when the failed call names no file (a full disk; :func:`describe_os_error`).
+  An ``--out`` that is a file, lies under one or is not writable is refused before any work
+  (:func:`check_output_folder`).
+
+A closed standard output (``dermogaze model list | head -1``) ends the command quietly, as Unix
+tools do: nothing more is written and the exit status is 141 (128 + SIGPIPE, what a shell reports
+for a tool killed by SIGPIPE). Ctrl-C prints ``dermogaze: interrupted`` (status 130).
 
 Configuration precedence for ``train``: the preset (``--preset NAME`` or a YAML path) → the
 dataclass defaults it leaves alone (the paper's recipe) → ``-o section.key=value`` overrides →
@@ -26,21 +42,23 @@ model section must stay the same.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
-from .config import Config, load_config, merge, parse_overrides
+from .config import Config, load_config, merge, parse_overrides, validate
 from .data.cache import format_stats, load_info, prepare
 from .data.synth import write_synthetic_isic
 from .demo import run_demo
 from .errors import DermogazeError
 from .evaluate import evaluate_checkpoint
-from .explain import run_explain, summary_line
+from .explain import renamed_outputs, run_explain, summary_line
 from .metrics import format_table
 from .models import build_model, list_models
 from .runtime import AMP_MODES, DEVICES
@@ -48,6 +66,81 @@ from .training import load_checkpoint, train
 
 #: Where ``dermogaze bench`` finds the benchmark, relative to a repository checkout.
 BENCH_SCRIPT = Path("benchmarks") / "bench_train.py"
+
+
+#: Exit status of a command whose standard output was closed (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
+
+#: What to do about an operating-system error, by ``errno``.
+_OS_HINTS: dict[int, str] = {
+    errno.EACCES: "choose a folder you can write to, or change its permissions",
+    errno.EPERM: "choose a folder you can write to, or change its permissions",
+    errno.EROFS: "choose a folder on a writable disk",
+    errno.ENOSPC: "free some disk space, or choose a folder on another disk",
+    errno.EDQUOT: "free some disk space, or choose a folder on another disk",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way where a folder is needed",
+    errno.EISDIR: "a file is needed there, not a folder",
+    errno.ENOENT: "check the path",
+}
+#: Errors that only a write produces (the others may come from a read as well).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose usage errors are one ``dermogaze: error:`` line (status 2), like every other
+    error of the command; the usage it leaves out is one ``--help`` away. Subcommand parsers are of this
+    class too (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dermogaze: error: {message} (see '{self.prog} --help')\n")
+
+
+def describe_os_error(exc: OSError, out: str | Path | None = None) -> str:
+    """One line for an operating-system error: the path, the system's reason and what to do.
+
+    Args:
+        exc: the error; its ``filename`` names the path when the system call had one.
+        out: the command's output folder, named when the error has no path (a failed write to an
+            open file, e.g. a full disk).
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        verb = "write" if exc.errno in _WRITE_ERRNOS else "read" if exc.errno == errno.ENOENT else "access"
+        text = f"cannot {verb} {os.fsdecode(exc.filename)}: {reason}"
+    elif out is not None:
+        text = f"cannot write under {out}: {reason}"
+    else:
+        text = reason
+    hint = _OS_HINTS.get(exc.errno or 0)
+    return f"{text} ({hint})" if hint else text
+
+
+def check_output_folder(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written.
+
+    Args:
+        path: the folder the command will create or fill.
+        option: the flag that named it, for the message.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DermogazeError: naming the file in the way or the folder without write permission.
+    """
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise DermogazeError(
+                    f"{option} {path}: cannot write in {folder} (permission denied or read-only): choose another folder"
+                )
+            return path
+        if folder.exists() or folder.is_symlink():
+            where = "is not a folder" if folder == path else f"lies under {folder}, which is not a folder"
+            raise DermogazeError(f"{option} {path} {where}: give a folder (it is created if missing)")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,7 +202,7 @@ def _parse_prevalences(items: list[str]) -> dict[str, float] | None:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     out = write_synthetic_isic(
-        args.out,
+        check_output_folder(args.out),
         counts={"Training": args.train, "Validation": args.val, "Test_v2": args.test},
         image_size=(args.width, args.height),
         seed=args.seed,
@@ -122,7 +215,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     info = prepare(
-        args.isic, args.out, size=args.size, workers=args.workers, skip_bad=args.skip_bad,
+        args.isic, check_output_folder(args.out), size=args.size, workers=args.workers, skip_bad=args.skip_bad,
         progress=not args.no_progress, force=args.force,
     )
     counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
@@ -147,7 +240,7 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=non_negative_int, default=100, help="test images (default 100)")
     p.add_argument("--width", type=positive_int, default=320, help="image width in pixels (default 320)")
     p.add_argument("--height", type=positive_int, default=240, help="image height in pixels (default 240)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="dataset seed (default 0)")
     p.add_argument(
         "--prevalence", action="append", default=[], metavar="NAME=P",
         help="fraction of images holding a feature (or 'melanoma'); repeatable, e.g. --prevalence streaks=0.1",
@@ -239,12 +332,14 @@ def _train_config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     for key, (section, value) in flags.items():
         if value is not None:
             setattr(section, key, value)
+    validate(cfg, source="command line")
+    check_output_folder(run, "--resume" if args.resume else "--out")
     return cfg, run, bool(args.resume)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg, run, resume = _train_config(args)
-    summary = train(cfg, run, resume=resume, progress=not args.no_progress)
+    summary = train(cfg, run, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     if summary["is_main"]:
         print(
             f"trained {summary['epochs']} epochs; best validation loss {summary['best_val_loss']:.4f} at epoch "
@@ -254,6 +349,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_folder(args.out)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, args.out, device=args.device, batch_size=args.batch_size,
         workers=args.workers, amp=args.amp, tta=args.tta, by=args.by, compare=args.compare,
@@ -278,7 +375,9 @@ def _register_train_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key, e.g. -o train.epochs=3 -o model.width=0.5 (repeatable)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
-    p.add_argument("--seed", type=int, metavar="S", help="random seed (a CPU run is repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that holds an earlier run (its files are replaced)")
+    p.add_argument("--seed", type=non_negative_int, metavar="S", help="random seed (a CPU run is repeatable)")
     _add_runtime_arguments(p, from_config=True)
     p.set_defaults(func=_cmd_train)
 
@@ -304,7 +403,7 @@ def _register_train_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="another model's predictions.csv on the same images: DeLong's test of the two AUCs")
     p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="resamples of the 95%% bootstrap intervals (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of the bootstrap (default: 0)")
     _add_runtime_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -314,17 +413,23 @@ def _register_train_evaluate(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------------
 def _cmd_explain(args: argparse.Namespace) -> int:
     records = run_explain(
-        args.checkpoint, args.inputs, args.out, data=args.data, split=args.split, limit=args.limit,
-        device=args.device, progress=not args.no_progress,
+        args.checkpoint, args.inputs, check_output_folder(args.out), data=args.data, split=args.split,
+        limit=args.limit, device=args.device, progress=not args.no_progress,
     )
     for rec in records:
         print(summary_line(rec))
-    print(f"wrote {len(records)} explanation(s) (JSON + figures) to {args.out}")
+    renamed = renamed_outputs(records)
+    note = ""
+    if renamed:
+        shown = ", ".join(f"{rec['image_id']} ({rec['image_path']}) as {stem}.json" for rec, stem in renamed[:3])
+        note = f"; {len(renamed)} saved under another name so that none overwrites another ({shown}" + (
+            ", ...)" if len(renamed) > 3 else ")")
+    print(f"wrote {len(records)} explanation(s) (JSON + figures) to {args.out}{note}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    report = run_demo(args.out, fast=args.fast, device=args.device, workers=args.workers,
+    report = run_demo(check_output_folder(args.out), fast=args.fast, device=args.device, workers=args.workers,
                       progress=not args.no_progress)
     print(f"\nreport: {report}")
     return 0
@@ -404,7 +509,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``dermogaze`` parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dermogaze",
         description="Explainable skin-lesion diagnosis from sequences of gazes over dermoscopic structures.",
     )
@@ -419,10 +524,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that nothing more (not even the final flush) fails on a
+    closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a non-file object (e.g. captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; a :class:`DermogazeError` becomes one ``dermogaze: error:`` line (status 2)."""
+    """Run one subcommand; every user error becomes one ``dermogaze: error:`` line (status 2).
+
+    See the module docstring: :class:`DermogazeError`, usage errors and operating-system errors are
+    reported in one line; a closed standard output ends the command quietly with status 141.
+    """
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit:  # --help, --version or a usage error: flush here, so that a closed pipe ends quietly too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        raise
     args.extra = extra  # only ``bench`` takes arguments it does not declare (the script's own)
     if args.extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
@@ -435,9 +568,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at interpreter exit
+        return status
     except DermogazeError as exc:
-        print(f"dermogaze: error: {exc}", file=sys.stderr)
+        print(f"dermogaze: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        out = getattr(args, "out", None) or getattr(args, "resume", None)
+        print(f"dermogaze: error: {_one_line(describe_os_error(exc, out))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dermogaze: interrupted", file=sys.stderr)

@@ -6,12 +6,22 @@ A run's configuration is a :class:`Config` with four sections (``data``, ``model
 wheel); a preset only lists what differs from the defaults below, which are the paper's recipe
 (SPEC §5). Overrides are ``section.key=value`` strings whose value is
 parsed as YAML (``train.epochs=3``, ``model.skip=false``, ``train.betas=[0.9,0.99]``).
+
+Every way a config is made ends in one :func:`validate` step (:func:`load_config` for presets and
+overrides, :meth:`Config.from_dict` for a checkpoint's stored config, the command line after its
+flags). The type of each value is checked while merging (:func:`merge`); its range and choices
+once every source is merged (so an override may repair a preset's value). A nonsense value thus
+fails in one line naming ``section.key``, the value and what is allowed, before any folder is
+created or any work is done. The rules: :data:`RANGES` and the choices of :func:`_choices`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,8 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .clinical import choose_threshold
 from .errors import DermogazeError
 from .io import write_text
+from .models import list_models
+from .models.encoder import BATCH_NORM_MODES
+from .runtime import AMP_MODES, DEVICES
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -102,9 +116,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> Config:
+        """The config of a nested dict (a checkpoint's ``config``), merged over the defaults and validated."""
         cfg = cls()
         merge(cfg, d, source=source)
-        return cfg
+        return validate(cfg, source=source)
 
 
 _SECTIONS = ("data", "model", "loss", "train")
@@ -130,9 +145,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if typing.get_origin(hint) is tuple or tuple in allowed:
         if not isinstance(value, (list, tuple)):
             raise DermogazeError(f"{source}: {key} must be a list, got {value!r}")
-        return tuple(value)
+        return tuple(float(v) if _is_number(v) else v for v in value)
     if bool in allowed and not isinstance(value, bool):
         raise DermogazeError(f"{source}: {key} must be true or false, got {value!r}")
+    if isinstance(value, bool) and bool not in allowed and str not in allowed:
+        kind = "a number" if float in allowed else "an integer"
+        raise DermogazeError(f"{source}: {key} must be {kind}, got {value!r}")
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if float in allowed and str not in allowed and isinstance(value, str):
@@ -149,6 +167,104 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if str in allowed and not isinstance(value, str):
         return str(value)
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranges and choices
+# ----------------------------------------------------------------------------------------------
+
+
+def _range(test: Callable[[Any], bool], allowed: str, *, optional: bool = False) -> tuple:
+    return test, allowed + (" (or empty)" if optional else ""), optional
+
+
+#: ``section.key`` → (test of a present value, the allowed range in words, whether None is allowed).
+#: Floats must also be finite.
+RANGES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
+    "data.workers": _range(lambda v: v >= 0, "an integer >= 0"),
+    "model.steps": _range(lambda v: v >= 1, "an integer >= 1"),
+    "model.image_size": _range(lambda v: v >= 32 and v % 32 == 0, "a positive multiple of 32 (e.g. 224)"),
+    "model.width": _range(lambda v: v > 0, "a number > 0"),
+    **{f"loss.{k}": _range(lambda v: v >= 0, "a number >= 0") for k in ("alpha", "beta", "gamma", "mu")},
+    "loss.focal_theta": _range(lambda v: v >= 0, "a number >= 0"),
+    "loss.eps": _range(lambda v: v > 0, "a number > 0"),
+    "train.epochs": _range(lambda v: v >= 1, "an integer >= 1"),
+    "train.batch_size": _range(lambda v: v >= 1, "an integer >= 1"),
+    **{f"train.{k}": _range(lambda v: v >= 0, "a number >= 0") for k in ("lr_encoder", "lr_attention", "lr_branches")},
+    "train.betas": _range(
+        lambda v: len(v) == 2 and all(_is_number(b) and math.isfinite(b) and 0 <= b < 1 for b in v),
+        "two numbers in [0, 1), e.g. [0.92, 0.96]",
+    ),
+    "train.weight_decay": _range(lambda v: v >= 0, "a number >= 0"),
+    "train.seed": _range(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "train.grad_clip": _range(lambda v: v > 0, "a number > 0", optional=True),
+    "train.max_train_batches": _range(lambda v: v >= 1, "an integer >= 1", optional=True),
+}
+
+
+def _choices() -> dict[str, tuple[str | None, ...]]:
+    """``section.key`` → the values allowed. (``losses`` and ``training`` import this module, hence imported here.)"""
+    from .losses import BALANCING
+    from .training.optim import LR_SCHEDULES
+
+    return {
+        "model.name": tuple(list_models()),
+        "model.batch_norm": (None, *BATCH_NORM_MODES),
+        "loss.balancing": tuple(BALANCING),
+        "train.amp": AMP_MODES,
+        "train.lr_schedule": tuple(LR_SCHEDULES),
+    }
+
+
+def validate(cfg: Config, *, source: str = "config", origins: Mapping[str, str] | None = None) -> Config:
+    """Check every value of ``cfg`` against :data:`RANGES` and the allowed choices.
+
+    Args:
+        cfg: a merged config.
+        source: where the values come from, for the message (a file, ``command line``).
+        origins: ``section.key`` → where that key was set, when it differs from ``source``.
+
+    Returns:
+        ``cfg``, unchanged.
+
+    Raises:
+        DermogazeError: one line listing every bad value: ``section.key``, the value and what is allowed.
+    """
+    origins = origins or {}
+    problems: list[tuple[str, str]] = []  # (key, what is wrong)
+    for key, (test, allowed, optional) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None and optional:
+            continue
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if value is None or not finite or not test(value):
+            problems.append((key, f"must be {allowed}, got {value!r}"))
+    for key, allowed in _choices().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            shown = ", ".join("empty" if a is None else repr(a) for a in allowed)
+            problems.append((key, f"must be one of {shown}, got {value!r}"))
+    device = cfg.train.device
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        problems.append(("train.device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}"))
+    try:
+        choose_threshold(cfg.train.threshold, [0, 1], [0.25, 0.75])
+    except DermogazeError as exc:
+        problems.append(("train.threshold", f"is invalid: {exc}"))
+    if problems:
+        raise DermogazeError("; ".join(f"{origins.get(k, source)}: {k} {why}" for k, why in problems))
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging, overrides, files
+# ----------------------------------------------------------------------------------------------
 
 
 def merge(cfg: Config, updates: dict[str, Any], *, source: str) -> Config:
@@ -181,17 +297,33 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise DermogazeError(f"override {item!r} must look like section.key=value (e.g. train.epochs=3)")
-        out.setdefault(section, {})[name] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise DermogazeError(
+                f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)}); write lists as "
+                "[0.9, 0.99] and quote text holding ':' or '#'"
+            ) from None
+        out.setdefault(section, {})[name] = value
     return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line of a YAML error: what is wrong and where (PyYAML's own message spans several lines)."""
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Build a config from a preset name or YAML path, then apply ``section.key=value`` overrides.
 
     Raises:
-        DermogazeError: unknown preset, unreadable YAML, unknown key.
+        DermogazeError: unknown preset, unreadable YAML, unknown key, a value out of range
+            (:func:`validate`).
     """
     cfg = Config()
+    origins: dict[str, str] = {}  # section.key → the file or "command line" that set it
     if preset is not None:
         path: Path | Traversable = Path(preset)
         if path.suffix not in (".yaml", ".yml"):
@@ -203,12 +335,22 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
         elif not path.is_file():
             raise DermogazeError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise DermogazeError(f"{path}: not valid YAML ({exc})") from None
+            raise DermogazeError(f"{path}: not valid YAML ({_yaml_problem(exc)}); fix the file") from None
+        except UnicodeDecodeError:
+            raise DermogazeError(f"{path}: not a YAML text file (it is not UTF-8 text)") from None
         merge(cfg, data, source=str(path))
-    merge(cfg, parse_overrides(overrides), source="command line")
-    return cfg
+        origins.update(_keys_of(data, str(path)))
+    updates = parse_overrides(overrides)
+    merge(cfg, updates, source="command line")
+    origins.update(_keys_of(updates, "command line"))
+    return validate(cfg, source="config", origins=origins)
+
+
+def _keys_of(updates: Mapping[str, Any], source: str) -> dict[str, str]:
+    """``{"section.key": source}`` for every key of merged ``{section: {key: value}}`` updates."""
+    return {f"{section}.{key}": source for section, values in updates.items() for key in (values or {})}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -47,7 +47,7 @@ from .data.dataset import DermoscopyDataset
 from .data.metadata import group_labels
 from .errors import DataError, DermogazeError
 from .io import write_json
-from .metrics import EvaluationAccumulator, write_predictions_csv
+from .metrics import EvaluationAccumulator, check_finite_outputs, write_predictions_csv
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc
 from .runtime import autocast_factory, resolve_device
 from .training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -123,7 +123,8 @@ def evaluate_checkpoint(
 
     Raises:
         DermogazeError / DataError: unreadable checkpoint, missing cache or split, a cache the
-            model cannot run on.
+            model cannot run on, a model whose predictions are NaN or infinite (refused before
+            the clinical statistics and before any file is written).
     """
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
@@ -165,6 +166,11 @@ def evaluate_checkpoint(
         threshold=cal["threshold"], temperature=cal["temperature"], tta=tta, progress=progress,
         desc=f"evaluate {split}" + (" with TTA (8 views)" if tta else ""),
     )
+    acc = result.accumulator
+    outputs = {"melanoma probabilities": acc.probs, "melanoma log-odds": acc.margins}
+    if acc.tta_probs:
+        outputs["melanoma probabilities under test-time augmentation"] = acc.tta_probs
+    check_finite_outputs(acc.ids, outputs, f"the model in {checkpoint}")
     metrics = result.metrics
     groups = {field: group_labels(arrays.metadata, field) for field in by}
     metrics.update(clinical_metrics(

@@ -28,7 +28,15 @@ Geometry (decisions where the paper is silent):
 Files written per image by :func:`save_explanation` (``<id>`` = image id, or file stem for a
 user's image): ``<id>.json`` (the record), ``<id>_gazes.png`` (Figs. 7/8: gaze path, attention
 maps, per-step masks and structures) and, for decoder variants, ``<id>_masks.png`` (Fig. 5: GT vs
-predicted masks).
+predicted masks). ``<id>`` is the id made file-name safe (:func:`safe_name`); two inputs whose
+cleaned ids coincide (``a b.jpg`` and ``a_b.png``, or the same stem in two folders) get ``a_b``
+and ``a_b_2`` (:func:`output_stems`), with a warning, while each record keeps its original
+``image_id``. (Names that differ only in letter case are kept apart, as on a case-sensitive file
+system.)
+
+A model whose outputs are NaN or infinite (corrupt weights, a diverged run) is refused with one
+line naming the checkpoint and the image (:func:`dermogaze.metrics.check_finite_outputs`),
+before that image's files are written.
 """
 
 from __future__ import annotations
@@ -52,15 +60,13 @@ from .data.images import check_image_file, load_user_image, normalise
 from .data.transforms import center_crop_box, center_crop_slices
 from .errors import DataError, DermogazeError
 from .io import to_jsonable, write_json
-from .metrics import BINARY_THRESHOLD, pair_with_ground_truth
+from .metrics import BINARY_THRESHOLD, check_finite_outputs, pair_with_ground_truth
 from .plots import FULL_REGION
 from .runtime import resolve_device
 from .structures import SHORT_NAMES, STRUCTURES
 from .training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +293,7 @@ def explain_image(
     structures: Sequence[str] = STRUCTURES,
     threshold: float = BINARY_THRESHOLD,
     temperature: float = 1.0,
+    model_source: str | None = None,
 ) -> Explanation:
     """Run ``model`` on one normalised image and build its explanation.
 
@@ -304,9 +311,13 @@ def explain_image(
         structures: structure names in the model's index order.
         threshold, temperature: the checkpoint's calibration (decision threshold chosen on
             validation; temperature scaling of P(melanoma)).
+        model_source: the checkpoint the model was read from, named if its outputs are not finite.
 
     Returns:
         An :class:`Explanation`.
+
+    Raises:
+        DermogazeError: the model's outputs on the image are NaN or infinite.
     """
     model.eval()
     param = next(model.parameters(), None)
@@ -316,6 +327,12 @@ def explain_image(
     attention = _np(out.attention[0]) if out.attention is not None else None
     masks = _np(out.masks[0]) if out.masks is not None else None
     sprobs = _np(out.structure_logits[0].float().softmax(-1)) if out.structure_logits is not None else None
+    outputs = {"melanoma probabilities": [prob], "melanoma log-odds": _np(out.melanoma_margin),
+               "attention maps": attention, "structure masks": masks, "structure probabilities": sprobs}
+    check_finite_outputs(
+        [image_id], {what: v for what, v in outputs.items() if v is not None},  # each the values of one image
+        "the model" + (f" in {model_source}" if model_source else ""),
+    )
     image = np.ascontiguousarray(original_image, dtype=np.uint8)
     record = explain_record(
         image_id=image_id, melanoma_prob=prob, image_hw=image.shape[:2], attention=attention, masks=masks,
@@ -338,12 +355,14 @@ def _title(record: Mapping[str, Any]) -> str:
     return text
 
 
-def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
+def save_explanation(expl: Explanation, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
     """Write ``<id>.json``, ``<id>_gazes.png`` (variants with attention) and ``<id>_masks.png`` (decoder).
 
     Args:
         expl: from :func:`explain_image`.
         out_dir: destination folder (created).
+        stem: the file names' ``<id>`` (default: ``safe_name`` of the image id; :func:`output_stems`
+            makes them unique over several images).
 
     Returns:
         ``{"json": path, "gazes": path, "masks": path}`` for the files written.
@@ -351,7 +370,7 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = expl.record
-    stem = safe_name(rec["image_id"])
+    stem = stem or safe_name(rec["image_id"])
     files: dict[str, Path] = {}
     steps = rec["steps"]
     short = dict(zip(STRUCTURES, SHORT_NAMES, strict=True))
@@ -395,15 +414,28 @@ def safe_name(image_id: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _unique_ids(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    ids = []
-    for p in paths:
-        stem = p.stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        ids.append(stem if n == 0 else f"{stem}_{n + 1}")
-    return ids
+def output_stems(ids: Sequence[str]) -> list[str]:
+    """File-name stems of ``ids`` (:func:`safe_name`), unique: a stem already taken gets ``_2``, ``_3``...
+
+    ``["a b", "a_b", "a_b"]`` → ``["a_b", "a_b_2", "a_b_3"]``: no image's files overwrite another's.
+    """
+    taken: set[str] = set()
+    stems = []
+    for image_id in ids:
+        base = stem = safe_name(image_id)
+        n = 1
+        while stem in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def renamed_outputs(records: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str]]:
+    """``(record, stem)`` of the records :func:`run_explain` saved under another stem than their cleaned id."""
+    stems = output_stems([rec["image_id"] for rec in records])
+    return [(rec, stem) for rec, stem in zip(records, stems, strict=True) if stem != safe_name(rec["image_id"])]
 
 
 def run_explain(
@@ -420,9 +452,10 @@ def run_explain(
     """Explain image files, or images of a prepared split, with a trained checkpoint.
 
     Without ``data``, every input is an image file (checked before the model runs, so a bad file
-    fails fast); ids are the file stems (``_2``, ``_3``... appended to repeated stems). With
-    ``data`` (a prepared cache), the inputs are split names (``split`` adds one; ``test`` when
-    none is given) and the ground truth of the cache is used.
+    fails fast); ids are the file stems. With ``data`` (a prepared cache), the inputs are split
+    names (``split`` adds one; ``test`` when none is given) and the ground truth of the cache is
+    used. Output names are unique (:func:`output_stems`): an input whose cleaned id is taken is
+    written as ``<id>_2``... with a warning, and its record keeps the original ``image_id``.
 
     Args:
         checkpoint_path: ``RUN/best.pt``.
@@ -438,7 +471,8 @@ def run_explain(
         The records written (each with its ``files``).
 
     Raises:
-        DermogazeError / DataError: unreadable checkpoint, missing cache or split, bad image file.
+        DermogazeError / DataError: unreadable checkpoint, missing cache or split, bad image file,
+            a model whose outputs are NaN or infinite.
     """
     if limit is not None and limit < 1:
         raise DermogazeError(f"--limit must be at least 1, got {limit}")
@@ -464,7 +498,7 @@ def run_explain(
             if p.is_dir():
                 raise DataError(f"{p} is a folder: give image files (or --data CACHE and a split name)")
             check_image_file(p)  # fail fast, naming the file, before any work
-        jobs = [("file", (p, i)) for p, i in zip(paths, _unique_ids(paths), strict=True)]
+        jobs = [("file", (p, p.stem)) for p in paths]
     else:
         info = load_info(data)
         splits = [str(s) for s in inputs] + ([split] if split else [])
@@ -475,13 +509,22 @@ def run_explain(
             jobs.extend(("split", (arrays, k, name, int(info["size"]))) for k in range(len(arrays)))
     if limit is not None:
         jobs = jobs[:limit]
+    ids = [payload[1] if kind == "file" else payload[0].ids[payload[1]] for kind, payload in jobs]
+    stems = output_stems(ids)
+    for (kind, payload), image_id, stem in zip(jobs, ids, stems, strict=True):
+        if stem != safe_name(image_id):
+            source = payload[0] if kind == "file" else f"{image_id} of split {payload[2]}"
+            log.warning("explain: %s would be written as %s.json, like an earlier input: writing it as %s.json",
+                        source, safe_name(image_id), stem)
 
-    for kind, payload in tqdm(jobs, desc="explain", unit="img", disable=not progress or len(jobs) < 2):
+    bar = tqdm(jobs, desc="explain", unit="img", disable=not progress or len(jobs) < 2)
+    for (kind, payload), stem in zip(bar, stems, strict=True):
         if kind == "file":
             path, image_id = payload
             tensor, original = load_user_image(path, image_size, mean, std)
             expl = explain_image(
-                model, tensor, original, image_id=image_id, image_path=str(path), structures=structures, **calibration
+                model, tensor, original, image_id=image_id, image_path=str(path), structures=structures,
+                model_source=str(checkpoint_path), **calibration,
             )
         else:
             arrays, k, name, cache_size = payload
@@ -496,9 +539,9 @@ def run_explain(
             expl = explain_image(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
                 region=region, gt_masks=gt, present=present, label=int(arrays.labels[k]), structures=structures,
-                **calibration,
+                model_source=str(checkpoint_path), **calibration,
             )
-        files = save_explanation(expl, out)
+        files = save_explanation(expl, out, stem)
         records.append(expl.record)
         log.debug("explained %s → %s", expl.record["image_id"], ", ".join(str(f) for f in files.values()))
     return records

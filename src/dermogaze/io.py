@@ -3,24 +3,47 @@
 Every file dermogaze writes (checkpoints, ``config.yaml``, ``metrics.jsonl``, ``metrics.json``,
 figures, reports, cache metadata) goes through :func:`atomic_write`: the content goes to a
 temporary file in the destination's folder, is flushed to disk, and replaces the destination with
-``os.replace`` (atomic on POSIX and Windows). An interrupted write therefore never leaves a
-truncated file behind: readers see the previous version or the new one.
+``os.replace`` (atomic on POSIX and Windows), and the folder is flushed too, so that renames reach
+the disk in the order they were made. An interrupted write therefore never leaves a truncated file
+behind: readers see the previous version or the new one. A process killed during a write leaves
+its temporary file (``.<name>.<random>.tmp``); :func:`remove_temporaries` removes those of a file
+once no process writes it any more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+#: ``atomic_write(RUN/last.pt)`` writes ``RUN/.last.pt.<random>.tmp`` first.
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def _temporary_prefix(path: Path) -> str:
+    """The name of :func:`atomic_write`'s temporary files for ``path`` starts with this."""
+    return f".{path.name}."
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: The process's file-creation mask, read once at import (os.umask can only be read by setting it).
+_UMASK = _current_umask()
 
 
 @contextlib.contextmanager
@@ -34,7 +57,8 @@ def atomic_write(
         mode: ``"w"`` (text) or ``"wb"`` (binary).
         encoding: text encoding (ignored in binary mode).
         newline: as :func:`open` (``""`` for the csv module).
-        fsync: flush the file to disk before the rename (what makes the write durable, not only atomic).
+        fsync: flush the file to disk before the rename, and the folder after it (what makes the write
+            durable, not only atomic).
 
     Yields:
         The open temporary file.
@@ -43,7 +67,8 @@ def atomic_write(
         raise ValueError(f"atomic_write opens files for writing ('w' or 'wb'), not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=_TEMPORARY_SUFFIX, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide checkpoints and figures from the user's group
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
         with os.fdopen(fd, mode, **kwargs) as fh:
@@ -52,9 +77,41 @@ def atomic_write(
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if fsync:
+            _fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename just made) to disk; Windows cannot open a folder, and needs no call."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot flush a folder (some network ones): the rename is done
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files that interrupted :func:`atomic_write` calls for ``path`` left beside it.
+
+    Only safe while no other process writes ``path`` (the caller holds the folder, e.g. a run's lock).
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f"{glob.escape(_temporary_prefix(path))}*{_TEMPORARY_SUFFIX}"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(text: str, path: str | Path) -> Path:

@@ -52,7 +52,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 
 from .clinical import format_interval
-from .errors import DataError
+from .errors import DataError, DermogazeError
 from .io import write_csv
 from .models.output import GazeOutput
 from .structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, SHORT_NAMES, STRUCTURES
@@ -79,7 +79,8 @@ def diagnosis_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 
     * ``sensitivity`` = TP / (TP + FN) and ``specificity`` = TN / (TN + FP) where an image is
       predicted melanoma when ``prob >= threshold``; ``accuracy`` = (TP + TN) / n.
 
-    Undefined values are ``NaN`` rather than errors: AUC and AP when only one class is present,
+    Undefined values are ``NaN`` rather than errors: AUC and AP when only one class is present or
+    a probability is NaN (a diverged model: :func:`check_finite_outputs` is what refuses it),
     sensitivity without melanoma, specificity without benign images, everything when ``n = 0``.
 
     Args:
@@ -98,7 +99,7 @@ def diagnosis_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 
         raise ValueError("diagnosis labels must be 0 (benign) or 1 (melanoma)")
     n, n_pos = int(labels.size), int(labels.sum())
     n_neg = n - n_pos
-    if n_pos > 0 and n_neg > 0:
+    if n_pos > 0 and n_neg > 0 and np.isfinite(probs).all():
         auc = float(roc_auc_score(labels, probs))
         ap = float(average_precision_score(labels, probs))
     else:
@@ -116,6 +117,33 @@ def diagnosis_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 
         "n": n,
         "n_pos": n_pos,
     }
+
+
+def check_finite_outputs(ids: Sequence[str], outputs: Mapping[str, Any], model: str) -> None:
+    """Refuse NaN or infinite model outputs before any metric, record or file is made of them.
+
+    Args:
+        ids: the image ids, one per row of every output.
+        outputs: what the output is (``"melanoma probabilities"``) → its values, image after image
+            (read as ``(N, -1)``).
+        model: the model as the message names it (``"the model in RUN/best.pt"``).
+
+    Raises:
+        DermogazeError: e.g. ``the model in RUN/best.pt produced non-finite melanoma probabilities
+            for 3 of 8 images (e.g. ISIC_0000001): its weights are corrupt or it diverged ...``.
+    """
+    if not len(ids):
+        return
+    for what, values in outputs.items():
+        v = np.asarray(values, dtype=np.float64).reshape(len(ids), -1)  # (N, values per image)
+        bad = ~np.isfinite(v).all(axis=1)  # (N,)
+        if bad.any():
+            first = ids[int(np.argmax(bad))]
+            which = str(first) if len(ids) == 1 else f"{int(bad.sum())} of {len(ids)} images (e.g. {first})"
+            raise DermogazeError(
+                f"{model} produced non-finite {what} for {which}: its weights are corrupt or it diverged; "
+                "use another checkpoint (e.g. an earlier epoch's)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,13 +449,14 @@ def superpixel_auc(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -
         labels: per image ``(n_i, F)`` superpixel labels in [0, 1]; ``>= 0.5`` is positive.
 
     Returns:
-        ``(F,)`` AUC, NaN for a feature whose pooled labels hold a single class.
+        ``(F,)`` AUC, NaN for a feature whose pooled labels hold a single class or whose scores are
+        not all finite (a diverged model).
     """
     s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores], axis=0)  # (N, F)
     y = np.concatenate([np.asarray(x, dtype=np.float64) for x in labels], axis=0) >= 0.5  # (N, F)
     out = np.full(s.shape[1], np.nan)
     for f in range(s.shape[1]):
-        if 0 < y[:, f].sum() < y.shape[0]:
+        if 0 < y[:, f].sum() < y.shape[0] and np.isfinite(s[:, f]).all():
             out[f] = roc_auc_score(y[:, f], s[:, f])
     return out
 

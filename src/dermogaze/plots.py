@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .io import atomic_write, read_jsonl  # noqa: E402
 from .structures import SHORT_NAMES, STRUCTURES  # noqa: E402
@@ -40,6 +41,9 @@ NEUTRAL_COLOR = "#222222"
 FULL_REGION: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 _DPI = 110
+#: Longest side of the copy of a photograph drawn in a figure: a panel is a few inches at _DPI, so more pixels are
+#: never seen, and drawing a 100-megapixel original would cost gigabytes and a minute. Coordinates stay the original's.
+DISPLAY_MAX_SIDE = 1024
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -315,9 +319,13 @@ def region_extent(region: Sequence[float], image_hw: tuple[int, int]) -> tuple[f
 
 
 def _image_axes(ax: plt.Axes, image: np.ndarray) -> None:
-    ax.imshow(image, interpolation="bilinear")
-    ax.set_xlim(-0.5, image.shape[1] - 0.5)
-    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    """Draw a photograph in its own pixel coordinates (a reduced copy of a large one: see DISPLAY_MAX_SIDE)."""
+    h, w = image.shape[:2]
+    factor = math.ceil(max(h, w) / DISPLAY_MAX_SIDE)
+    shown = np.asarray(Image.fromarray(image).reduce(factor)) if factor > 1 else image  # box filter
+    ax.imshow(shown, interpolation="bilinear", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
 

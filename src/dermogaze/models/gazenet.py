@@ -299,11 +299,6 @@ def _create(
         encoder.load_torchvision(state, 0, src)
         diagnosis.load_torchvision(state, src)
         logger.info("loaded VGG-16-BN weights (%s) into the encoder and blocks 4-5", weights)
-    elif batch_norm == "frozen":
-        logger.warning(
-            "model %s: batch_norm='frozen' without pretrained weights keeps the VGG batch norms at their "
-            "initial statistics (nearly the identity); use weights='imagenet' for the paper's setup", name
-        )
     init_kwargs = dict(
         name=name, steps=steps, image_size=image_size, width=width, skip=skip, batch_norm=batch_norm, weights=None
     )

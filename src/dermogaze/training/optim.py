@@ -11,7 +11,9 @@ Decisions where the paper and SPEC are silent:
   statistics fixed, no backward pass through it; the same weights as an lr of 0, at a fraction of
   the cost). Without pretrained encoder weights (``model.weights`` unset) a learning rate of 0 for
   the encoder is refused, because a frozen random encoder cannot learn (SPEC §5); the message
-  suggests ``-o train.lr_encoder=1e-4`` (an error rather than a silent change of the recipe).
+  suggests ``-o train.lr_encoder=1e-4`` (an error rather than a silent change of the recipe). A
+  resumed run's encoder holds the checkpoint's trained weights, so there a learning rate of 0 is
+  allowed whatever ``model.weights`` says.
 - **Schedules.** ``train.lr_schedule="constant"`` is the paper's; ``"cosine"`` anneals every
   group's rate per step from its base value to 0. The factor depends only on the position in the
   run, so a resumed run needs no scheduler state. On resume the rates, betas and weight decay come
@@ -44,17 +46,26 @@ def learning_rates(t: TrainConfig) -> dict[str, float]:
     return {"encoder": t.lr_encoder, "attention": t.lr_attention, "branches": t.lr_branches}
 
 
-def build_optimizer(model: GazeNet, cfg: Config) -> torch.optim.Adam:
+def build_optimizer(model: GazeNet, cfg: Config, *, pretrained_encoder: bool | None = None) -> torch.optim.Adam:
     """Adam over ``model.parameter_groups()`` with the per-group rates of :func:`learning_rates`.
 
     Groups with a learning rate of 0 are frozen and left out (see the module docstring).
+
+    Args:
+        model: the network.
+        cfg: the configuration (``train`` rates, betas, weight decay).
+        pretrained_encoder: whether the encoder's weights are trained ones, so that a learning rate
+            of 0 may freeze it; None means "``model.weights`` is set". A resumed run passes True
+            (its weights come from the checkpoint).
 
     Raises:
         DermogazeError: a frozen random encoder, or nothing to train.
     """
     t = cfg.train
     lrs = learning_rates(t)
-    if t.lr_encoder == 0 and not cfg.model.weights:
+    if pretrained_encoder is None:
+        pretrained_encoder = bool(cfg.model.weights)
+    if t.lr_encoder == 0 and not pretrained_encoder:
         raise DermogazeError(
             "model.weights is not set, so the encoder starts from random weights and must train (lr > 0): "
             "pass -o train.lr_encoder=1e-4, or -o model.weights=imagenet (or a path to vgg16_bn weights) "

@@ -27,7 +27,16 @@ Decisions where the paper and SPEC are silent:
   once); fp16 uses a ``GradScaler``. The loss always runs in float32.
 - **Resume** (``resume=True``): from ``RUN/last.pt``, with its model configuration (another one is
   refused), weights, optimiser state, RNG states of every rank and history; the configuration's
-  rates, betas and weight decay apply. A resumed CPU run reproduces the uninterrupted one.
+  rates, betas and weight decay apply. A resumed CPU run reproduces the uninterrupted one, also
+  after a kill at any instant of an epoch's end (the write order and the repairs are in
+  :mod:`.checkpoint`). The network is built without ``model.weights`` (the checkpoint holds every
+  weight: no download), and the encoder counts as pretrained, so a learning rate of 0 freezes it.
+- **The run folder** is locked by rank 0 for the whole run (``RUN/.lock``): a second ``train`` on it
+  is refused with the holder's pid. A fresh run refuses a folder holding a run's files unless
+  ``overwrite``.
+- **Refused before any work**: an empty training or validation split. **Stopped**: a run whose
+  training or validation loss, or weights, become NaN or infinite ("training diverged"); ``last.pt``
+  keeps the previous epoch.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -54,7 +63,7 @@ from ..losses import GazeLoss
 from ..metrics import EvaluationAccumulator
 from ..models import GazeNet, build_model
 from ..runtime import autocast_factory
-from .checkpoint import RunWriter, checkpoint_state, load_checkpoint
+from .checkpoint import RunWriter, checkpoint_state, first_nonfinite, load_checkpoint
 from .distributed import DistInfo, ShardSampler, all_gather, barrier, cleanup_distributed, setup_distributed
 from .loop import run_inference, train_one_epoch
 from .optim import apply_hyperparameters, build_optimizer, lr_schedule
@@ -97,29 +106,43 @@ def train(
         ``best_val_loss``, ``last``, ``best`` (checkpoint paths), ``history`` (the metrics rows).
 
     Raises:
-        DermogazeError / DataError: a missing or unsuitable cache, an existing run without
-            ``resume``/``overwrite``, a checkpoint that does not match ``cfg``.
+        DermogazeError / DataError: a missing or unsuitable cache (an empty training or validation
+            split included), an existing run without ``resume``/``overwrite``, a folder locked by
+            another run, a checkpoint that does not match ``cfg``, a diverged training (the run
+            folder keeps the last good epoch).
     """
     dist = setup_distributed(cfg.train.device)
+    run = RunWriter(out_dir)
     try:
-        return _train(cfg, RunWriter(out_dir), resume=resume, overwrite=overwrite, progress=progress, dist=dist)
+        return _train(cfg, run, resume=resume, overwrite=overwrite, progress=progress, dist=dist)
     finally:
+        run.unlock()
         cleanup_distributed(dist)
 
 
 def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progress: bool, dist: DistInfo) -> dict:
     t = cfg.train
     device = dist.device
-    ckpt = _check_run(cfg, run, resume=resume, overwrite=overwrite, dist=dist)
+    _check_config(cfg, dist)
     cache = Path(cfg.data.cache)
     info = load_info(cache)
+    _check_data(info, cache, cfg)
+    ckpt = _open_run(cfg, run, resume=resume, overwrite=overwrite, dist=dist)
     seed_everything(t.seed)
-    model = build_model(cfg.model.name, **_model_kwargs(cfg))
-    _check_data_for_model(info, cache, cfg, model.needs_masks)
+    kwargs = _model_kwargs(cfg)
+    if ckpt is not None:
+        kwargs["weights"] = None  # the checkpoint holds every weight: never fetch the pretrained ones again
+    model = build_model(cfg.model.name, **kwargs)
+    if ckpt is None and model.batch_norm == "frozen" and not cfg.model.weights:
+        logger.warning(
+            "model %s: batch_norm='frozen' without pretrained weights keeps the VGG batch norms at their initial "
+            "statistics (nearly the identity); use -o model.weights=imagenet for the paper's setup", cfg.model.name
+        )
+    _check_masks(info, cache, cfg, model.needs_masks)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, pretrained_encoder=True if ckpt is not None else None)
     loss_fn = GazeLoss(cfg.loss, presences=info["presences"]).to(device)
     autocast = autocast_factory(device, t.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=(t.amp == "fp16" and device.type == "cuda"))
@@ -128,7 +151,7 @@ def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progre
     history: list[dict[str, Any]] = []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _load_optimizer_state(optimizer, ckpt)
         apply_hyperparameters(optimizer, t)  # the config's rates, betas and decay, not the saved ones
         if ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
@@ -142,7 +165,7 @@ def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progre
     loaders = _make_loaders(cfg, cache, dist)
     net = _wrap(model, cfg, dist)
     if dist.is_main:
-        run.start(cfg, history, resume=resume)
+        run.start(cfg, history, resume_from=ckpt)
     if ckpt is not None:
         rngs = ckpt["rng"]
         set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else rngs[0])
@@ -158,16 +181,24 @@ def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progre
         tic = time.perf_counter()
         loaders.sampler.set_epoch(epoch)
         loaders.train_set.set_epoch(epoch)
-        train_terms = train_one_epoch(
-            net, loaders.train, loss_fn, optimizer, device=device, epoch=epoch, autocast=autocast, scaler=scaler,
-            grad_clip=t.grad_clip, max_batches=t.max_train_batches, channels_last=t.channels_last,
-            lr_scale=lr_schedule(t.lr_schedule, epoch, t.epochs, loaders.steps_per_epoch), dist=dist,
-            progress=progress,
-        )
+        try:
+            train_terms = train_one_epoch(
+                net, loaders.train, loss_fn, optimizer, device=device, epoch=epoch, autocast=autocast, scaler=scaler,
+                grad_clip=t.grad_clip, max_batches=t.max_train_batches, channels_last=t.channels_last,
+                lr_scale=lr_schedule(t.lr_schedule, epoch, t.epochs, loaders.steps_per_epoch), dist=dist,
+                progress=progress,
+            )
+        except DermogazeError as exc:  # the loss became NaN or infinite
+            raise DermogazeError(f"{exc}; {_kept(run, epoch)}") from None
+        bad = first_nonfinite(model.state_dict())  # the last update can break the weights after a finite loss
+        if bad is not None:
+            _diverged(f"the weights are NaN or infinite (first in {bad!r})", epoch, run)
         val = run_inference(
             model, loaders.val, device=device, structures=info["structures"], loss_fn=loss_fn, autocast=autocast,
             channels_last=t.channels_last, dist=dist, progress=progress, desc=f"epoch {epoch} val",
         )
+        if not math.isfinite(val.losses["loss"]):
+            _diverged(f"the validation loss is {val.losses['loss']}", epoch, run)
         calibration = _calibrate(val.accumulator, t.threshold)
         improved = val.losses["loss"] < best_val
         if improved:
@@ -200,8 +231,8 @@ def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progre
     }
 
 
-def _check_run(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, dist: DistInfo) -> dict | None:
-    """Refuse what cannot start; the checkpoint to resume from (None for a fresh run)."""
+def _check_config(cfg: Config, dist: DistInfo) -> None:
+    """Refuse a configuration that cannot train (the same answer on every rank)."""
     t = cfg.train
     if not cfg.data.cache:
         raise DermogazeError("no training data: pass --data CACHE (a folder written by 'dermogaze data prepare')")
@@ -213,20 +244,62 @@ def _check_run(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, di
     if t.epochs < 1:
         raise DermogazeError(f"train.epochs must be at least 1, got {t.epochs}")
     choose_threshold(t.threshold, [0, 1], [0.25, 0.75])  # an unknown rule fails before any work
-    if resume:
+
+
+def _open_run(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, dist: DistInfo) -> dict | None:
+    """Rank 0 locks the run folder and checks it; every rank gets its refusal or the checkpoint to resume from.
+
+    Returns:
+        ``last.pt`` when resuming, else None.
+    """
+    ckpt, refusal = None, None
+    if dist.is_main:
+        try:
+            run.lock()
+            if resume:
+                ckpt = run.resume_checkpoint(cfg)
+            else:
+                run.check_fresh(overwrite=overwrite)
+        except DermogazeError as exc:
+            if not dist.enabled:
+                raise
+            refusal = exc
+    refusals = [r for r in all_gather(None if refusal is None else str(refusal), dist) if r is not None]
+    if refusal is not None:
+        raise refusal
+    if refusals:  # rank 0 refused: every rank stops with its message
+        raise DermogazeError(refusals[0])
+    if resume and not dist.is_main:
         ckpt = load_checkpoint(run.last)
-        if ckpt["config"]["model"] != cfg.to_dict()["model"]:
-            raise DermogazeError(
-                f"cannot resume {run.last}: its model configuration {ckpt['config']['model']} differs from the "
-                f"requested {cfg.to_dict()['model']}"
-            )
-        return ckpt
-    if run.last.exists() and not overwrite:
+    return ckpt
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: dict[str, Any]) -> None:
+    """Adam's saved state; another set of trained parameter groups (a learning rate changed to or from 0) is refused."""
+    saved = [g.get("name") for g in ckpt["optimizer"]["param_groups"]]
+    now = [g["name"] for g in optimizer.param_groups]
+    if saved != now:
         raise DermogazeError(
-            f"{run.run} already holds a training run ({run.last.name}); continue it with --resume {run.run} "
-            "or choose another --out"
+            f"cannot resume {ckpt['path']}: it trained the groups {', '.join(saved)}, the configuration trains "
+            f"{', '.join(now)} (a learning rate changed to or from 0); keep the run's learning rates non-zero "
+            "where they were"
         )
-    return None
+    optimizer.load_state_dict(ckpt["optimizer"])
+
+
+def _kept(run: RunWriter, epoch: int) -> str:
+    """What the run folder keeps when epoch ``epoch`` fails."""
+    if epoch == 1:
+        return "no checkpoint was written"
+    return f"{run.last} keeps epoch {epoch - 1}"
+
+
+def _diverged(what: str, epoch: int, run: RunWriter) -> NoReturn:
+    """Stop before an epoch with NaN or infinite weights or validation loss is written."""
+    raise DermogazeError(
+        f"training diverged: {what} after epoch {epoch} (lower the learning rates, e.g. "
+        f"-o train.lr_attention=1e-3); {_kept(run, epoch)}"
+    )
 
 
 def _calibrate(acc: EvaluationAccumulator, rule: str) -> dict[str, Any]:
@@ -251,7 +324,8 @@ def _model_kwargs(cfg: Config) -> dict[str, Any]:
     return d
 
 
-def _check_data_for_model(info: dict, cache: Path, cfg: Config, needs_masks: bool) -> None:
+def _check_data(info: dict, cache: Path, cfg: Config) -> None:
+    """Refuse a cache that cannot feed this configuration: a missing or empty split, images too small."""
     size = int(info["size"])
     if cfg.model.image_size > size:
         fit = size // 32 * 32
@@ -260,15 +334,24 @@ def _check_data_for_model(info: dict, cache: Path, cfg: Config, needs_masks: boo
             f"(prepare it with --size {cfg.model.image_size * 8 // 7} or more"
             + (f", or pass -o model.image_size={fit})" if fit else ")")
         )
+    for key, split in (("train_split", cfg.data.train_split), ("val_split", cfg.data.val_split)):
+        if split not in info["splits"]:
+            raise DataError(f"cache {cache} has no split {split!r} (it holds {', '.join(info['splits']) or 'none'})")
+        if int(info["counts"][split]) == 0:
+            raise DataError(
+                f"cache {cache}: split {split!r} holds no images, so there is nothing to "
+                f"{'train on' if key == 'train_split' else 'validate on'}; prepare the cache from a collection "
+                f"with images in that split, or choose another with -o data.{key}=SPLIT"
+            )
+
+
+def _check_masks(info: dict, cache: Path, cfg: Config, needs_masks: bool) -> None:
     if needs_masks and not info["has_masks"]:
         raise DataError(
             f"cache {cache} has no structure masks (ISIC Part 1/Part 2 missing), but the {cfg.model.name!r} variant "
             "trains a structure decoder on them; use a variant without a decoder (vgg, vgg_gap, vgg_attconvlstm, "
             "vgg_attconvlstm_gap) or data with masks"
         )
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        if split not in info["splits"]:
-            raise DataError(f"cache {cache} has no split {split!r} (it holds {', '.join(info['splits']) or 'none'})")
 
 
 def _make_loaders(cfg: Config, cache: Path, dist: DistInfo) -> _Loaders:
