@@ -78,10 +78,10 @@ def _corrupt_forward(monkeypatch, *, logits: str = "nan", first_only: bool = Fal
         first_only: corrupt only the first image of each batch.
         attention: also make the attention maps NaN.
     """
-    forward = GazeNet.forward
+    forward_with_state = GazeNet.forward_with_state  # GazeNet.forward and the evaluation both go through it
 
-    def corrupted(self, images):
-        out = forward(self, images)
+    def corrupted(self, images, **kwargs):
+        out, state = forward_with_state(self, images, **kwargs)
         rows = slice(0, 1) if first_only else slice(None)
         new_logits = out.logits.clone()
         if logits == "nan":
@@ -91,9 +91,9 @@ def _corrupt_forward(monkeypatch, *, logits: str = "nan", first_only: bool = Fal
         changes = {"logits": new_logits}
         if attention and out.attention is not None:
             changes["attention"] = torch.full_like(out.attention, float("nan"))
-        return dataclasses.replace(out, **changes)
+        return dataclasses.replace(out, **changes), state
 
-    monkeypatch.setattr(GazeNet, "forward", corrupted)
+    monkeypatch.setattr(GazeNet, "forward_with_state", corrupted)
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,8 @@ OUT_OF_RANGE = [
     ("loss.gamma=-1", "loss.gamma must be a number >= 0"),
     ("loss.mu=-1", "loss.mu must be a number >= 0"),
     ("loss.focal_theta=-2", "loss.focal_theta must be a number >= 0"),
+    ("loss.attention=-0.5", "loss.attention must be a number >= 0, got -0.5"),
+    ("loss.attention=.nan", "loss.attention must be a number >= 0, got nan"),
     ("loss.eps=0", "loss.eps must be a number > 0, got 0.0"),
     ("model.steps=0", "model.steps must be an integer >= 1, got 0"),
     ("model.image_size=33", "model.image_size must be a positive multiple of 32"),
@@ -163,3 +165,8 @@ def test_malformed_yaml_in_an_override_is_one_line(override):
     with pytest.raises(DermogazeError, match="the value is not valid YAML") as exc:
         parse_overrides([override])
     assert override in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_attention_supervision_defaults_to_the_papers_loss():
+    assert load_config("tiny").loss.attention == 0.0
+    assert load_config("tiny", ["loss.attention=2"]).loss.attention == 2.0

@@ -41,26 +41,32 @@ def test_demo_data_is_reused_when_the_recipe_matches(tmp_path, monkeypatch):
 
 def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
     from dermogaze.config import load_config
-    from dermogaze.demo import write_report
+    from dermogaze.demo import compared_explanations, write_report
     from dermogaze.evaluate import evaluate_checkpoint
     from dermogaze.explain import run_explain
     from dermogaze.io import read_jsonl
-    from dermogaze.plots import plot_training_curves
+    from dermogaze.plots import plot_explanation_bars, plot_training_curves
 
     best = pipeline_tiny_run / "best.pt"
     evaluation = evaluate_checkpoint(best, pipeline_cache, "test", tmp_path / "eval", progress=False)
     records = run_explain(best, ["test"], tmp_path / "explain", data=pipeline_cache, limit=2, progress=False)
     history = read_jsonl(pipeline_tiny_run / "metrics.jsonl")
     curves = plot_training_curves(history, tmp_path / "training_curves.png")
+    runs = compared_explanations(evaluation["metrics"]["explanation"], tmp_path / "no_results.json")
+    bars = plot_explanation_bars(runs, tmp_path / "explanation.png")
     report = write_report(
         tmp_path, metrics=evaluation["metrics"], history=history, records=records,
         timings={"train": 1.0, "total": 2.0}, config=load_config("tiny").to_dict(), recipe=SMALL_RECIPE,
-        files={"curves": curves, **evaluation["files"], "explain_dir": tmp_path / "explain"},
+        files={"curves": curves, "explanation": bars, **evaluation["files"], "explain_dir": tmp_path / "explain"},
+        explanation_runs=runs,
     )
     text = report.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    # curves, confusion matrix, ROC, reliability diagram, and a gaze + mask figure per explained image
-    assert len(links) == 4 + 2 * len(records)
+    # curves, confusion matrix, ROC, reliability diagram, explanation bars, and a gaze + mask figure per image
+    assert len(links) == 5 + 2 * len(records)
+    ex = evaluation["metrics"]["explanation"]
+    assert "## Explanations measured (SPEC §6b)" in text
+    assert f"| *overall* | | {ex['pointing_matched']['overall']:.3f} |" in text
     for link in links:
         assert not Path(link).is_absolute() and (tmp_path / link).is_file(), link
     auc = evaluation["metrics"]["diagnosis"]["auc"]
@@ -70,6 +76,28 @@ def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
     assert "specificity at sensitivity 89%" in text and "before temperature scaling" in text
     for rec in records:
         assert rec["image_id"] in text
+
+
+def test_compared_explanations_average_the_benchmark_seeds(tmp_path):
+    import json
+
+    from dermogaze.demo import compared_explanations
+
+    def section(pointing, lift):
+        return {"pointing_matched": {"per_structure": {"lesion": pointing, "skin": 1.0}},
+                "relevance_lift": {"per_structure": {"lesion": lift, "skin": None}}}
+
+    bench = {"lambda": 2.0, "seeds": [0, 1], "runs": {
+        "0/0": section(0.2, 1.0), "0/1": section(0.4, 1.2), "2/0": section(0.9, 3.0), "2/1": section(1.0, None)}}
+    (tmp_path / "results.json").write_text(json.dumps(bench))
+    own = section(0.5, 1.1)
+    runs = compared_explanations(own, tmp_path / "results.json")
+    base, lam = "λ = 0, mean of 2 seeds (benchmark)", "λ = 2, mean of 2 seeds (benchmark)"
+    assert list(runs) == ["this demo (λ = 0)", base, lam]
+    assert runs[base]["pointing_matched"]["per_structure"]["lesion"] == pytest.approx(0.3)
+    lam = runs[lam]
+    assert lam["relevance_lift"]["per_structure"] == {"lesion": 3.0, "skin": None}  # seeds without a value left out
+    assert compared_explanations(own, tmp_path / "absent.json") == {"this demo (λ = 0)": own}
 
 
 @pytest.mark.slow

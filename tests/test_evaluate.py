@@ -69,6 +69,29 @@ def test_evaluate_checkpoint_writes_metrics_predictions_and_figures(pipeline_cac
     lo, hi = metrics["diagnosis_ci"]["auc"]
     assert lo <= metrics["diagnosis"]["auc"] <= hi
 
+    # SPEC §6b: the explanation section, its names from the checkpoint, its counts from the cache
+    ex = metrics["explanation"]
+    names = list(ckpt["structures"])
+    present = torch.stack([ds[i]["present"] for i in range(len(ds))]).sum(0)  # images where each is present
+    for key in ("pointing_matched", "pointing_named", "hallucination_rate", "relevance_mass", "relevance_lift"):
+        assert set(ex[key]) == {"overall", "per_structure", "excluded"} and list(ex[key]["per_structure"]) == names
+        assert ex[key]["excluded"] == {n: 8 - ex["present_images"][n] for n in names}
+    assert [ex["present_images"][n] for n in names] == present.tolist()
+    assert len(ex["ablation"]["mean_abs_delta_per_step"]) == ckpt["config"]["model"]["steps"]
+    assert ex["faithfulness_images"] == 8  # the default (100) covers the whole test split
+    for kind in ("deletion", "insertion"):
+        assert 0.0 <= ex[kind]["auc"] <= 1.0 and 0.0 <= ex[kind]["random_auc"] <= 1.0
+    assert set(ex["stability"]) >= {"position", "shape", "p_spread"} and ex["seconds"]["total"] > 0
+
+
+def test_faithfulness_limits_the_costly_explanation_measures(pipeline_cache, pipeline_tiny_run, tmp_path):
+    from dermogaze.evaluate import evaluate_checkpoint
+
+    ex = evaluate_checkpoint(pipeline_tiny_run / "best.pt", pipeline_cache, "test", tmp_path, progress=False,
+                             n_resamples=50, figures=False, faithfulness=0)["metrics"]["explanation"]
+    assert ex["faithfulness_images"] == 0 and ex["deletion"] is None and ex["stability"] is None
+    assert ex["n_images"] == 8 and ex["pointing_matched"] is not None  # the cheap measures cover every image
+
 
 def test_each_checkpoint_carries_the_calibration_of_its_own_validation(pipeline_cache, pipeline_tiny_run):
     """Temperature and threshold in best.pt = fitting them afresh on an independent forward pass over validation."""

@@ -64,6 +64,9 @@ RECORD_SCHEMA = {
             "mask_area_pixels": (int, type(None)),
             "gt_structure": OPT_STR,
             "structure_correct": OPT_BOOL,
+            "matched_structure": OPT_STR,
+            "pointing_hit": OPT_BOOL,
+            "relevance_mass": OPT_NUM,
         }
     ],
 }
@@ -246,6 +249,15 @@ def test_explain_record_hand_computed():
     # GT pairing (highest soft IoU): step 1 → lesion (right), step 2 → skin (wrong)
     assert (s1["gt_structure"], s1["structure_correct"]) == ("lesion", True)
     assert (s2["gt_structure"], s2["structure_correct"]) == ("skin", False)
+    # SPEC §6b: Hungarian matching step 1 ↔ lesion, step 2 ↔ skin; the peaks (cell (1, 0): pixel columns 0-1;
+    # cell (0, 3): columns 6-7) lie on them; relevance = 0.5 + 7 · 0.01 (the other 7 cells of that half)
+    assert (s1["matched_structure"], s1["pointing_hit"]) == ("lesion", True)
+    assert (s2["matched_structure"], s2["pointing_hit"]) == ("skin", True)
+    assert s1["relevance_mass"] == pytest.approx(0.57) and s2["relevance_mass"] == pytest.approx(0.57)
+    moved = one_hot_attention([(1, 3), (0, 3)])  # step 1 now peaks on the skin: a miss for its lesion
+    rec = explain_record(image_id="x", melanoma_prob=0.3, image_hw=(100, 200), attention=moved, masks=masks,
+                         structure_probs=sprobs, gt_masks=gt, label=1)
+    assert rec["steps"][0]["pointing_hit"] is False and rec["steps"][0]["relevance_mass"] == pytest.approx(0.08)
     assert rec["prediction"] == "benign"
     assert rec["ground_truth"] == {"diagnosis": "melanoma", "label": 1, "prediction_correct": False,
                                    "structures_present": ["lesion", "skin"]}
@@ -259,6 +271,7 @@ def test_explain_record_without_attention_or_decoder():
     rec = explain_record(image_id="a", melanoma_prob=0.8, image_hw=(10, 12), attention=np.ones((3, 2, 2)) / 4)
     validate_record(rec)
     assert rec["n_steps"] == 3 and rec["steps"][0]["structure"] is None and rec["steps"][0]["mask_area_pixels"] is None
+    assert rec["steps"][0]["pointing_hit"] is None and rec["steps"][0]["matched_structure"] is None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dermogaze.config import LossConfig
 from dermogaze.errors import DermogazeError
 from dermogaze.losses import (
     GazeLoss,
+    area_fraction,
     focal_loss,
     hungarian_match,
     match_batch,
@@ -506,3 +507,137 @@ def test_loss_is_float32_under_autocast_with_half_precision_outputs():
     assert res["loss"].dtype == torch.float32
     assert [m.tolist() for m in res["matching"][1]] == [m.tolist() for m in ref["matching"][1]]
     assert res["loss"].item() == pytest.approx(ref["loss"].item(), rel=2e-2)
+
+
+# ------------------------------------------------------------------------------------------
+# Attention supervision (loss.attention = λ, SPEC §6b) and the area-fraction reduction
+# ------------------------------------------------------------------------------------------
+def test_area_fraction_is_the_share_of_each_cell_inside_the_mask():
+    m = torch.zeros(4, 6)
+    m[0, 0] = 1.0  # one pixel: 1/4 of cell (0, 0) of a 2×3 grid of 2×2 cells
+    m[2:, 4:] = 1.0  # the whole cell (1, 2)
+    m[3, 2] = 1.0  # 1/4 of cell (1, 1)
+    expected = torch.tensor([[0.25, 0.0, 0.0], [0.0, 0.25, 1.0]])
+    torch.testing.assert_close(area_fraction(m, (2, 3)), expected)
+    batched = area_fraction(torch.stack([m, 1 - m]).unsqueeze(0), (2, 3))  # (1, 2, 2, 3)
+    torch.testing.assert_close(batched[0, 1], 1 - expected)
+    # a grid that does not divide the mask: adaptive cells (rows 0-1 / 1-2 of 3, columns as before)
+    torch.testing.assert_close(area_fraction(torch.ones(3, 3), (2, 2)), torch.ones(2, 2))
+    assert area_fraction(torch.zeros(8, 8), (2, 2)).sum() == 0
+
+
+def _attention_sample(requires_grad: bool = False):
+    """One sample, T = 2, 4×4 masks, attention on a 2×2 grid.
+
+    lesion = the top-left 2×2 block + pixel (0, 2): cell fractions [[1, 1/4], [0, 0]];
+    skin = the rest: [[0, 3/4], [1, 1]]. Predicted masks = the GT masks, so step 0 ↔ lesion and
+    step 1 ↔ skin. A_0 = [[.5, .2], [.2, .1]]: Σ A·m = .5 + .2/4 = .55 → 0.45;
+    A_1 = [[.1, .4], [.25, .25]]: Σ A·m = .3 + .25 + .25 = .8 → 0.2. Mean (balancing none) 0.325.
+    """
+    gt = torch.zeros(1, 6, 4, 4)
+    gt[0, 0, :2, :2] = 1.0
+    gt[0, 0, 0, 2] = 1.0
+    gt[0, 1] = 1.0 - gt[0, 0]
+    attention = torch.tensor([[[[0.5, 0.2], [0.2, 0.1]], [[0.1, 0.4], [0.25, 0.25]]]], requires_grad=requires_grad)
+    struct = torch.zeros(1, 2, 6, requires_grad=requires_grad)
+    logits = torch.tensor([[0.3, -0.2]], requires_grad=requires_grad)
+    out = GazeOutput(logits=logits, attention=attention, masks=gt[:, :2].clone(), structure_logits=struct)
+    return out, {"masks": gt, "label": torch.tensor([1])}
+
+
+def test_attention_term_hand_computed():
+    out, batch = _attention_sample()
+    plain = GazeLoss(LossConfig(balancing="none"))(out, batch)
+    supervised = GazeLoss(LossConfig(balancing="none", attention=2.0))(out, batch)
+    assert [m.tolist() for m in supervised["matching"][0]] == [[0, 1], [0, 1]]
+    assert supervised["att"].item() == pytest.approx(0.325, rel=1e-6)
+    assert plain["att"].item() == pytest.approx(0.325, rel=1e-6)  # reported, not added
+    assert supervised["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * 0.325, rel=1e-6)
+    # w' balancing with presences giving lesion : skin = 3 : 1 → (3 · 0.45 + 0.2) / 4
+    weighted = GazeLoss(LossConfig(balancing="w'", attention=1.0), [1, 3, 5, 5, 5, 5])(out, batch)
+    assert weighted["att"].item() == pytest.approx((3 * 0.45 + 0.2) / 4, rel=1e-6)
+
+
+def test_attention_weight_zero_is_the_papers_loss_exactly():
+    out, batch = random_batch(B=3, T=4, H=8, W=8, seed=3)
+    g = torch.Generator().manual_seed(1)
+    leaves = {
+        "logits": out.logits.clone().requires_grad_(True),
+        "mask_logits": out.mask_logits.clone().requires_grad_(True),
+        "structure_logits": out.structure_logits.clone().requires_grad_(True),
+        "attention": torch.softmax(torch.randn(3, 4, 16, generator=g), -1).view(3, 4, 4, 4).requires_grad_(True),
+    }
+
+    def run(with_attention):
+        for v in leaves.values():
+            v.grad = None
+        o = GazeOutput(
+            logits=leaves["logits"], masks=torch.sigmoid(leaves["mask_logits"]),
+            structure_logits=leaves["structure_logits"], attention=leaves["attention"] if with_attention else None,
+        )
+        res = GazeLoss(LossConfig())(o, batch)
+        res["loss"].backward()
+        return res, {k: None if v.grad is None else v.grad.clone() for k, v in leaves.items()}
+
+    with_att, grads = run(True)
+    without, grads0 = run(False)
+    assert torch.equal(with_att["loss"], without["loss"])
+    assert not with_att["att"].requires_grad and with_att["att"].item() > 0
+    assert without["att"].item() == 0.0
+    for k in ("logits", "mask_logits", "structure_logits"):
+        assert torch.equal(grads[k], grads0[k])
+    assert grads["attention"] is None  # λ = 0: nothing reaches the attention maps
+
+
+def test_attention_gradient_is_minus_lambda_times_the_matched_mask():
+    """d(λ L_att)/dA_t = −λ w m_s / Σw at the matched steps: zero outside the mask and at unmatched steps."""
+    B, T, H = 2, 4, 8
+    gt = torch.zeros(B, 6, H, H)
+    gt[:, 0, :4, :4] = 1.0  # lesion: the top-left quarter
+    gt[:, 1] = 1.0 - gt[:, 0]
+    gt[1, 5, 6:, :1] = 1.0  # streaks in sample 1: one pixel column of two cells (fraction 1/2)
+    gt[1, 1, 6:, :1] = 0.0
+    masks = torch.zeros(B, T, H, H)
+    masks[:, 1], masks[:, 3] = gt[:, 0], gt[:, 1]  # steps 1 and 3 match lesion and skin
+    masks[1, 0] = gt[1, 5]  # step 0 matches the streaks in sample 1; step 2 stays unmatched
+    attention = torch.full((B, T, 4, 4), 1 / 16, requires_grad=True)
+    out = GazeOutput(logits=torch.zeros(B, 2), attention=attention, masks=masks, structure_logits=torch.zeros(B, T, 6))
+    batch = {"masks": gt, "label": torch.tensor([0, 1])}
+    lam = 0.5
+    res = GazeLoss(LossConfig(alpha=0.0, beta=0.0, balancing="none", attention=lam))(out, batch)
+    res["loss"].backward()
+    n_pairs = 2 + 3
+    expected = torch.zeros(B, T, 4, 4)
+    for b, (steps, structures) in enumerate(res["matching"]):
+        for t, s in zip(steps.tolist(), structures.tolist(), strict=True):
+            expected[b, t] = -lam * area_fraction(gt[b, s], (4, 4)) / n_pairs
+    assert [m.tolist() for m in res["matching"][1]] == [[0, 1, 3], [5, 0, 1]]
+    torch.testing.assert_close(attention.grad, expected)
+    assert torch.equal(attention.grad[:, 2], torch.zeros(B, 4, 4))  # the unmatched step
+    assert (attention.grad[:, 1, 2:, :] == 0).all() and (attention.grad[:, 1, :2, :2] < 0).all()  # lesion only
+
+
+def test_attention_supervision_reaches_only_what_makes_the_attention():
+    """In a real network λ > 0 changes the gradients of the attentive model (and the encoder under it), not
+    those of the structure decoder or the diagnosis branch, whose outputs do not depend on A_t."""
+    from dermogaze.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("deco_gap_5", width=0.125, image_size=32, steps=3)
+    with torch.no_grad():
+        model.attention.v_a.weight.normal_(0.0, 0.5)
+    images = torch.randn(2, 3, 32, 32)
+    gt = torch.zeros(2, 6, 32, 32)
+    gt[:, 0, 4:20, 4:20] = 1.0
+    gt[:, 1] = 1.0 - gt[:, 0]
+    batch = {"masks": gt, "label": torch.tensor([0, 1])}
+
+    def grads(lam):
+        model.zero_grad()
+        GazeLoss(LossConfig(attention=lam))(model(images), batch)["loss"].backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    g0, g1 = grads(0.0), grads(1.0)
+    changed = {n for n in g0 if not torch.equal(g0[n], g1[n])}
+    assert {"attention.v_a.weight", "attention.w_a.weight", "attention.u_h.weight"} <= changed
+    assert not any(n.startswith(("decoder.", "diagnosis.")) for n in changed)

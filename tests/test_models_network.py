@@ -310,3 +310,94 @@ def test_baseline_presets(preset):
     cfg = load_config(preset)
     assert cfg.model.name == preset
     assert not build_model(preset, width=TINY, image_size=32, skip=cfg.model.skip).needs_masks
+
+
+@pytest.mark.parametrize("name", sorted(WITH_ATTENTION))
+def test_diagnose_from_the_state_equals_the_forward(name):
+    model = tiny(name, steps=3).eval()
+    randomise_v_a(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out, state = model.forward_with_state(x)
+        assert torch.equal(model(x).logits, out.logits)
+        torch.testing.assert_close(model.diagnose(state), out.melanoma_prob, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.diagnose(state, torch.ones(3, dtype=torch.bool)), out.melanoma_prob)
+        torch.testing.assert_close(model.diagnose(state, temperature=2.0), out.calibrated_melanoma_prob(2.0))
+        # a per-image keep: image 0 loses gaze 0, the others keep everything
+        keep = torch.ones(3, 3, dtype=torch.bool)
+        keep[0, 0] = False
+        per_image = model.diagnose(state, keep)
+        alone = model.diagnose(state, torch.tensor([False, True, True]))
+    torch.testing.assert_close(per_image[1:], out.melanoma_prob[1:])
+    torch.testing.assert_close(per_image[0], alone[0])
+    with pytest.raises(ValueError, match="keep must have shape"):
+        model.diagnose(state, torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", ["vgg", "vgg_gap"])
+def test_diagnose_ignores_keep_without_gazes(name):
+    model = tiny(name, steps=3).eval()
+    with torch.no_grad():
+        out, state = model.forward_with_state(torch.randn(2, 3, 32, 32))
+        assert state.pooled is None and state.last_attended is None
+        p = model.diagnose(state, torch.zeros(3, dtype=torch.bool))
+    torch.testing.assert_close(p, out.melanoma_prob, rtol=0, atol=1e-6)
+
+
+def crafted_gap_model(reduce: bool = False):
+    """A ``vgg_attconvlstm_gap`` whose blocks 4-5 are the identity and whose top is set by hand.
+
+    ``C = 2`` channels, ``T = 3``: the melanoma margin is ``GAP(block input)[0] + Σ_t pool_t[0] · (t + 1)``
+    (benign row zero, no bias), so every ablation can be computed by hand.
+    """
+    from dermogaze.models.diagnosis import GapHead
+
+    model = tiny("vgg_attconvlstm_gap", steps=3).eval()
+    c, steps = 2, 3
+    model.diagnosis.blocks = nn.Identity()
+    head = GapHead(c, gaze_channels=c, steps=steps, reduce=reduce)
+    with torch.no_grad():
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+        head.fc.weight[1, 0] = 1.0  # GAP of the blocks' input, channel 0
+        if reduce:  # reduction = ReLU of the sum of the weighted channel-0 pools, into reduced channel 0
+            head.reduce[0].weight.zero_()
+            head.reduce[0].bias.zero_()
+            for t in range(steps):
+                head.reduce[0].weight[0, t * c] = t + 1.0
+            head.fc.weight[1, c] = 1.0
+        else:
+            for t in range(steps):
+                head.fc.weight[1, c + t * c] = t + 1.0  # pool_t channel 0, weight t + 1
+    model.diagnosis.head = head
+    return model
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+def test_gaze_ablation_of_a_crafted_model_is_computed_by_hand(reduce):
+    from dermogaze.models import GazeState
+
+    model = crafted_gap_model(reduce)
+    x_prime = torch.zeros(1, 2, 2, 2)
+    x_prime[0, 0] = 1.0  # GAP(X')[0] = 1
+    last = torch.zeros(1, 2, 2, 2)
+    last[0, 0] = torch.tensor([[4.0, 0.0], [0.0, 8.0]])  # GAP(X̃'_2)[0] = 12 / 4 = 3
+    pooled = torch.tensor([[[0.5, 9.0], [-1.0, 9.0], [2.0, 9.0]]])  # channel 1 carries no weight
+    state = GazeState(x_prime=x_prime, last_attended=last, pooled=pooled)
+    # margin = GAP(block input)[0] + 1·0.5 + 2·(−1) + 3·2 (the reduction's ReLU keeps the positive sum 4.5)
+    expected = {
+        None: 3 + 0.5 - 2 + 6,
+        0: 3 - 2 + 6,  # pool 0 zeroed
+        1: 3 + 0.5 + 6,  # pool 1 zeroed
+        2: 1 + 0.5 - 2,  # pool 2 zeroed, blocks 4-5 read X' instead of X̃'_2
+    }
+    if reduce:
+        expected[2] = 1 + max(0.5 - 2, 0.0)  # the reduction's ReLU cuts the negative sum
+    with torch.no_grad():
+        for removed, margin in expected.items():
+            keep = None if removed is None else torch.arange(3) != removed
+            p = model.diagnose(state, keep)
+            torch.testing.assert_close(p, torch.sigmoid(torch.tensor([margin])), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            model.diagnose(state, torch.zeros(3, dtype=torch.bool)), torch.sigmoid(torch.tensor([1.0]))
+        )

@@ -75,6 +75,7 @@ class LossConfig:
     focal_theta: float = 2.0
     balancing: str = "batch"  # "w" | "w'" | "batch" | "none"
     eps: float = 1e-6
+    attention: float = 0.0  # λ of the attention supervision (beyond the paper, SPEC §6b); 0 = the paper
 
 
 @dataclass
@@ -191,6 +192,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "model.width": _range(lambda v: v > 0, "a number > 0"),
     **{f"loss.{k}": _range(lambda v: v >= 0, "a number >= 0") for k in ("alpha", "beta", "gamma", "mu")},
     "loss.focal_theta": _range(lambda v: v >= 0, "a number >= 0"),
+    "loss.attention": _range(lambda v: v >= 0, "a number >= 0"),
     "loss.eps": _range(lambda v: v > 0, "a number > 0"),
     "train.epochs": _range(lambda v: v >= 1, "an integer >= 1"),
     "train.batch_size": _range(lambda v: v >= 1, "an integer >= 1"),

@@ -13,11 +13,15 @@ test split (:func:`dermogaze.evaluate.evaluate_checkpoint`), explain a few test 
     OUT/eval/                metrics.json, predictions.csv, confusion_matrix.png, roc.png
     OUT/explain/             <id>.json, <id>_gazes.png, <id>_masks.png for a few test images
     OUT/training_curves.png  loss terms and validation AUC/AP per epoch
+    OUT/explanation.png      pointing game and relevance-mass lift per structure (SPEC §6b), for the runs compared
     OUT/report.md            all of the above on one page (relative links)
 
 Decisions: a re-run reuses the synthetic data and cache when ``demo_data.json`` matches the recipe
 and the cache loads (synthesis is the slow part), but always retrains. ``--fast`` is a smoke run
-(fewer images, two epochs): it exercises every stage but is not expected to reach the floors.
+(fewer images, two epochs): it exercises every stage but is not expected to reach the floors. The
+explanation measures (SPEC §6b) run on every test image; the attention-supervised model (``loss.attention``)
+is not trained by the demo (it would double its time): the report cites the committed results of
+``benchmarks/attention_supervision.py`` when they are found beside the package (a repository checkout).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .evaluate import evaluate_checkpoint
 from .explain import run_explain
 from .io import write_json, write_text
 from .metrics import format_value
-from .plots import plot_training_curves
+from .plots import plot_explanation_bars, plot_training_curves
 from .training import train
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,13 @@ EXPLAIN_COUNT = 4
 #: What the demo must reach on its synthetic test split: diagnosis AUC and the mean
 #: Jaccard of the lesion and skin structures.
 DEMO_FLOORS = {"auc": 0.80, "jaccard_lesion_skin": 0.5}
+#: Test images that get the costly explanation measures (deletion, insertion, stability): all of
+#: them (``None``) in the demo, a few in the ``--fast`` smoke run.
+DEMO_FAITHFULNESS: int | None = None
+FAST_FAITHFULNESS = 8
+#: The attention-supervision experiment (``benchmarks/attention_supervision.py``): the demo trains only
+#: the preset (λ = 0) and cites these committed results for λ > 0, found in a repository checkout.
+SUPERVISION_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "attention_supervision.json"
 
 
 def prepare_demo_data(data_dir: str | Path, recipe: Mapping[str, Any], *, progress: bool = True) -> Path:
@@ -146,8 +157,11 @@ def run_demo(
     logger.info("demo 3/4: evaluating the best checkpoint on the test split")
     best = out / "train" / "best.pt"
     by = [field for field in ("sex", "age") if field in load_info(cache)["metadata"]]
-    evaluation = evaluate_checkpoint(best, cache, "test", out / "eval", device=device, by=by, progress=progress)
-    timings["evaluate"] = time.perf_counter() - tic
+    evaluation = evaluate_checkpoint(
+        best, cache, "test", out / "eval", device=device, by=by, progress=progress,
+        faithfulness=FAST_FAITHFULNESS if fast else DEMO_FAITHFULNESS,
+    )
+    timings["evaluate (explanation measures included)"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     logger.info("demo 4/4: explaining %d test images", EXPLAIN_COUNT)
@@ -155,6 +169,12 @@ def run_demo(
         best, ["test"], out / "explain", data=cache, limit=EXPLAIN_COUNT, device=device, progress=progress
     )
     curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
+    explanation_runs = compared_explanations(evaluation["metrics"].get("explanation"), SUPERVISION_RESULTS)
+    figures = {"curves": curves}
+    if explanation_runs:
+        figures["explanation"] = plot_explanation_bars(
+            explanation_runs, out / "explanation.png", title="explanations on the synthetic test split"
+        )
     timings["explain + figures"] = time.perf_counter() - tic
     timings["total"] = time.perf_counter() - start
 
@@ -167,12 +187,13 @@ def run_demo(
         config=cfg.to_dict(),
         recipe=recipe,
         files={
-            "curves": curves,
+            **figures,
             **evaluation["files"],
             "explain_dir": out / "explain",
             "run": out / "train",
         },
         fast=fast,
+        explanation_runs=explanation_runs,
     )
     logger.info("demo finished in %.1f s", timings["total"])
     return report
@@ -280,6 +301,108 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _seed_mean(sections: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The per-structure matched pointing game and lift averaged over runs (``None`` where no run has a value)."""
+    mean: dict[str, Any] = {}
+    for key in ("pointing_matched", "relevance_lift"):
+        names = list(sections[0][key]["per_structure"])
+        per = {}
+        for n in names:
+            values = [s[key]["per_structure"][n] for s in sections if s[key]["per_structure"].get(n) is not None]
+            per[n] = sum(values) / len(values) if values else None
+        mean[key] = {"per_structure": per}
+    return mean
+
+
+def compared_explanations(
+    explanation: Mapping[str, Any] | None, results: str | Path = SUPERVISION_RESULTS
+) -> dict[str, Mapping[str, Any]]:
+    """The runs the demo report compares: this run's explanation measures and, when the committed results of
+    ``benchmarks/attention_supervision.py`` are found, its λ = 0 and λ > 0 runs averaged over their seeds.
+
+    Args:
+        explanation: the ``explanation`` section of this run's evaluation (``None`` or without the pointing game:
+            not shown).
+        results: ``attention_supervision.json``.
+
+    Returns:
+        label → a section with ``pointing_matched`` and ``relevance_lift`` (``per_structure``), in display order.
+    """
+    runs: dict[str, Mapping[str, Any]] = {}
+    if explanation and explanation.get("pointing_matched"):
+        runs["this demo (λ = 0)"] = explanation
+    path = Path(results)
+    if path.is_file():
+        try:
+            bench = json.loads(path.read_text())
+            seeds = bench["seeds"]
+            for lam in (0, bench["lambda"]):
+                sections = [bench["runs"][f"{lam:g}/{seed}"] for seed in seeds]
+                if sections:
+                    runs[f"λ = {lam:g}, mean of {len(seeds)} seeds (benchmark)"] = _seed_mean(sections)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("could not read the attention-supervision results %s: %s", path, exc)
+    return runs
+
+
+def explanation_markdown(metrics: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown of the SPEC §6b measures: this run per structure, the ablation, deletion/insertion, stability, and
+    the matched pointing game and lift of the ``runs`` compared (:func:`compared_explanations`).
+    """
+    ex = metrics.get("explanation")
+    if not ex:
+        return "No explanation measures (the evaluation computed none)."
+    lines = []
+    pm = ex.get("pointing_matched")
+    if pm:
+        pn, rm, rl = ex["pointing_named"], ex["relevance_mass"], ex["relevance_lift"]
+        lines += [
+            "| structure | images present | pointing game (matched) | pointing game (named) | relevance mass | lift |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n in pm["per_structure"]:
+            lines.append(
+                f"| {n} | {ex['present_images'][n]} | {_fmt(pm['per_structure'][n])} | {_fmt(pn['per_structure'][n])} "
+                f"| {_fmt(rm['per_structure'][n])} | {_fmt(rl['per_structure'][n])} |"
+            )
+        lines.append(f"| *overall* | | {_fmt(pm['overall'])} | {_fmt(pn['overall'])} | {_fmt(rm['overall'])} "
+                     f"| {_fmt(rl['overall'])} |")
+        lines += ["", f"Hallucination rate (a step names a structure absent from the image): "
+                  f"{_fmt(ex['hallucination_rate']['overall'])}."]
+    ab = ex.get("ablation") or {}
+    if ab.get("zero_by_construction"):
+        lines += ["", "Gaze ablation: the model has no gazes; zero effect by construction."]
+    elif ab:
+        lines += ["", "Gaze ablation (one gaze's attended features removed from the diagnosis input): mean "
+                  "|ΔP(melanoma)| per step " + ", ".join(_fmt(v) for v in ab["mean_abs_delta_per_step"])
+                  + f"; decisions flipped at the threshold {_fmt(ab['threshold'])}: {_fmt(ab['flip_fraction'])}."]
+    dele, ins, st = ex.get("deletion"), ex.get("insertion"), ex.get("stability")
+    if dele and ins:
+        lines += ["", f"Deletion / insertion (RISE, {ex['faithfulness_images']} images, 20 steps, pixels by "
+                  f"decreasing Σ_t A_t): area under P(predicted class) {_fmt(dele['auc'])} / {_fmt(ins['auc'])}, "
+                  f"random order {_fmt(dele['random_auc'])} / {_fmt(ins['random_auc'])} (faithful gazes: lower "
+                  "deletion and higher insertion than random)."]
+    if st:
+        lines += ["", f"Stability over the 8 flips/rotations: MultiMatch position {_fmt(st.get('position'))}, shape "
+                  f"{_fmt(st.get('shape'))}; spread of P(melanoma) {_fmt(st.get('p_spread'))}."]
+    sec = ex.get("seconds") or {}
+    lines += ["", f"These measures took {sec.get('total', 0.0):.1f} s (deletion/insertion "
+              f"{sec.get('deletion_insertion', 0.0):.1f} s, stability {sec.get('stability', 0.0):.1f} s)."]
+    if len(runs) > 1:
+        names = list(next(iter(runs.values()))["pointing_matched"]["per_structure"])
+        lines += ["", "Attention supervision (`loss.attention` = λ, beyond the paper): the demo trains the preset "
+                  "(λ = 0) only, as a second model would double its time; the other columns are the committed results "
+                  "of `benchmarks/attention_supervision.py` (`benchmarks/results/attention_supervision.md`: same "
+                  "configuration, data and epochs).", "",
+                  "| structure | " + " | ".join(f"pointing, {k} | lift, {k}" for k in runs) + " |",
+                  "|---|" + "---|---|" * len(runs)]
+        for n in names:
+            cells = [(r["pointing_matched"]["per_structure"].get(n), r["relevance_lift"]["per_structure"].get(n))
+                     for r in runs.values()]
+            lines.append(f"| {n} | " + " | ".join(f"{_fmt(p)} | {_fmt(lift)}" for p, lift in cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -291,6 +414,7 @@ def write_report(
     recipe: Mapping[str, Any],
     files: Mapping[str, Path],
     fast: bool = False,
+    explanation_runs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``OUT/report.md``: timings, configuration, metrics, curves, Fig. 6, ROC and gaze figures.
 
@@ -304,9 +428,10 @@ def write_report(
         timings: stage → seconds.
         config: the resolved training configuration (``Config.to_dict()``).
         recipe: the synthetic data recipe.
-        files: paths of ``curves``, ``roc``, ``confusion_matrix``, ``metrics``, ``predictions``,
-            ``explain_dir`` and ``run`` (those present are linked).
+        files: paths of ``curves``, ``roc``, ``confusion_matrix``, ``explanation``, ``metrics``,
+            ``predictions``, ``explain_dir`` and ``run`` (those present are linked).
         fast: the run was a ``--fast`` smoke run.
+        explanation_runs: the runs the explanation section compares (default: :func:`compared_explanations`).
 
     Returns:
         The report's path.
@@ -365,6 +490,10 @@ def write_report(
         lines += [f"![ROC and precision-recall]({_rel(files['roc'], out)})", ""]
     if "reliability" in files:
         lines += ["## Calibration", "", f"![reliability diagram]({_rel(files['reliability'], out)})", ""]
+    lines += ["## Explanations measured (SPEC §6b)", "",
+              explanation_markdown(metrics, explanation_runs or compared_explanations(metrics.get("explanation"))), ""]
+    if "explanation" in files:
+        lines += [f"![pointing game and relevance-mass lift per structure]({_rel(files['explanation'], out)})", ""]
     lines += ["## Sequences of gazes (Figs. 5, 7, 8)", ""]
     explain_dir = Path(files.get("explain_dir", out / "explain"))
     for rec in records:
@@ -396,6 +525,7 @@ def write_report(
         "| `eval/confusion_matrix.png`, `eval/roc.png` | Fig. 6 and the ROC / precision-recall curves |",
         "| `eval/reliability.png` | reliability diagram before and after temperature scaling |",
         "| `explain/` | per explained image: JSON record, gaze figure, mask figure |",
+        "| `explanation.png` | pointing game and relevance-mass lift per structure, for the runs compared |",
         "| `training_curves.png` | the curves above |",
         "",
     ]

@@ -9,6 +9,10 @@ Outputs in ``out_dir`` (default ``<checkpoint folder>/eval_<split>``):
   DeLong's comparison with another model's predictions (``--compare``);
 - ``predictions.csv``: ``image_id,melanoma[,label]`` (the ISIC 2017 Part 3 submission shape), the
   calibrated probabilities;
+- the ``explanation`` section of ``metrics.json``: the SPEC §6b measures of
+  :class:`~dermogaze.explanation.ExplanationAccumulator` (pointing game, relevance mass and lift,
+  gaze ablation on every image; deletion, insertion and stability on the first ``faithfulness``
+  images, with the seconds they cost), from the same pass;
 - ``roc.png`` (labelled images), ``reliability.png`` (before/after temperature scaling) and, for
   decoder variants, ``confusion_matrix.png`` (Fig. 6).
 
@@ -46,14 +50,19 @@ from .data.cache import load_info, load_split
 from .data.dataset import DermoscopyDataset
 from .data.metadata import group_labels
 from .errors import DataError, DermogazeError
+from .explanation import ExplanationAccumulator
 from .io import write_json
 from .metrics import EvaluationAccumulator, check_finite_outputs, write_predictions_csv
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc
 from .runtime import autocast_factory, resolve_device
+from .scanpath import view_stability
 from .training.checkpoint import load_checkpoint, model_from_checkpoint
 from .training.loop import run_inference
 
 logger = logging.getLogger(__name__)
+
+#: Images that get the costly explanation measures (deletion, insertion, stability) unless told otherwise.
+DEFAULT_FAITHFULNESS = 100
 
 
 def check_checkpoint_data(ckpt: Mapping[str, Any], info: Mapping[str, Any], cache: str | Path) -> None:
@@ -97,6 +106,7 @@ def evaluate_checkpoint(
     compare: str | Path | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
+    faithfulness: int | None = DEFAULT_FAITHFULNESS,
     figures: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -114,7 +124,9 @@ def evaluate_checkpoint(
         tta: also diagnose under the 8 symmetries of the square and report both.
         by: metadata fields to report the AUC per subgroup of (``sex``, ``age``, ``localization``).
         compare: another model's ``predictions.csv`` on the same images: DeLong's test of the two AUCs.
-        n_resamples, seed: of the bootstrap intervals.
+        n_resamples, seed: of the bootstrap intervals (``seed`` also seeds the random pixel orders of deletion).
+        faithfulness: how many images (the first of the split) get the costly explanation measures
+            (deletion, insertion, stability); ``None`` = all, 0 = none.
         figures: write the figures.
         progress: show a progress bar.
 
@@ -160,11 +172,15 @@ def evaluate_checkpoint(
         pin_memory=dev.type == "cuda",
     )
     cal = ckpt["calibration"]
+    explanation = ExplanationAccumulator(
+        ckpt["structures"], threshold=cal["threshold"], temperature=cal["temperature"], faithfulness=faithfulness,
+        seed=seed, stability=view_stability,
+    )
     result = run_inference(
         model, loader, device=dev, structures=ckpt["structures"], autocast=autocast_factory(dev, amp),
         with_masks=dataset.has_masks, sp_features=arrays.sp_features if has_sp else None,
         threshold=cal["threshold"], temperature=cal["temperature"], tta=tta, progress=progress,
-        desc=f"evaluate {split}" + (" with TTA (8 views)" if tta else ""),
+        desc=f"evaluate {split}" + (" with TTA (8 views)" if tta else ""), explanation=explanation,
     )
     acc = result.accumulator
     outputs = {"melanoma probabilities": acc.probs, "melanoma log-odds": acc.margins}
@@ -172,6 +188,7 @@ def evaluate_checkpoint(
         outputs["melanoma probabilities under test-time augmentation"] = acc.tta_probs
     check_finite_outputs(acc.ids, outputs, f"the model in {checkpoint}")
     metrics = result.metrics
+    metrics["explanation"] = result.explanation
     groups = {field: group_labels(arrays.metadata, field) for field in by}
     metrics.update(clinical_metrics(
         result.accumulator, cal, groups=groups, compare=compare, n_resamples=n_resamples, seed=seed

@@ -59,7 +59,9 @@ from .data.cache import load_info, load_split
 from .data.images import check_image_file, load_user_image, normalise
 from .data.transforms import center_crop_box, center_crop_slices
 from .errors import DataError, DermogazeError
+from .explanation import hungarian_steps, pointing_and_relevance
 from .io import to_jsonable, write_json
+from .losses import area_fraction
 from .metrics import BINARY_THRESHOLD, check_finite_outputs, pair_with_ground_truth
 from .plots import FULL_REGION
 from .runtime import resolve_device
@@ -161,8 +163,11 @@ def explain_record(
     ``attention`` (value of ``A_t`` at the gaze), ``attention_vs_uniform`` (that value times
     ``h·w``: 1 = no preference), ``structure`` and ``structure_probability`` (arg-max of
     ``softmax(pred_t)``), ``structure_probabilities`` (all six), ``mask_area_fraction``,
-    ``mask_area_pixels``, ``gt_structure`` and ``structure_correct``. Values a variant cannot
-    produce (no attention, no decoder, no ground truth) are ``None``.
+    ``mask_area_pixels``, ``gt_structure`` and ``structure_correct``, and the SPEC §6b measures
+    (:mod:`dermogaze.explanation`): ``matched_structure`` (the loss's Hungarian matching, which may
+    differ from ``gt_structure``'s highest-IoU pairing), ``pointing_hit`` (the attention peak lies on
+    that structure, one cell of tolerance) and ``relevance_mass`` (``Σ A_t·m_s``). Values a variant
+    cannot produce (no attention, no decoder, no ground truth, an unmatched step) are ``None``.
 
     Args:
         image_id: image identifier.
@@ -195,6 +200,9 @@ def explain_record(
     else:
         pres, has_gt_structures = None, False
     paired = pair_with_ground_truth(gt, pres, masks) if has_gt_structures and masks is not None else None
+    pointing = None
+    if has_gt_structures and att is not None and masks is not None:
+        pointing = _step_pointing(att, masks, gt, pres)
 
     steps = []
     for t in range(n_steps):
@@ -223,6 +231,7 @@ def explain_record(
                         structure_correct=None if step["structure"] is None else step["structure"] == gt_name)
         else:
             step.update(gt_structure=None, structure_correct=None)
+        step.update(_pointing(t, pointing, structures))
         steps.append(step)
 
     predicted = "melanoma" if melanoma_prob >= threshold else "benign"
@@ -248,6 +257,32 @@ def explain_record(
         "steps": steps,
     }
     return to_jsonable(record)
+
+
+def _step_pointing(
+    att: np.ndarray, masks: np.ndarray, gt: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each step's matched structure (the loss's Hungarian matching, -1 = none), pointing hit and relevance mass.
+
+    The SPEC §6b measures of :mod:`dermogaze.explanation` for one image: ``(T,)`` arrays.
+    """
+    a = torch.from_numpy(np.ascontiguousarray(att, dtype=np.float32))[None]  # (1, T, h, w)
+    g = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]  # (1, S, H, W)
+    matched = hungarian_steps(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[None], g,
+                              torch.from_numpy(np.asarray(present, dtype=bool))[None])[0]  # (T,)
+    hit, relevance, _ = pointing_and_relevance(a, area_fraction(g, tuple(a.shape[-2:])))  # (1, T, S) each
+    s = matched.clamp(min=0)
+    steps = torch.arange(len(s))
+    return matched.numpy(), hit[0, steps, s].numpy(), relevance[0, steps, s].numpy()
+
+
+def _pointing(t: int, pointing: tuple[np.ndarray, np.ndarray, np.ndarray] | None, structures: Sequence[str]) -> dict:
+    """The step's ``matched_structure``, ``pointing_hit`` and ``relevance_mass`` (``None`` without ground truth)."""
+    if pointing is None or pointing[0][t] < 0:
+        return {"matched_structure": None, "pointing_hit": None, "relevance_mass": None}
+    matched, hit, relevance = pointing
+    return {"matched_structure": structures[int(matched[t])], "pointing_hit": bool(hit[t]),
+            "relevance_mass": float(relevance[t])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ Pieces, each usable on its own:
   ground-truth structures to the ``T`` gaze steps (``scipy.optimize.linear_sum_assignment``).
 - :func:`focal_loss`: Eq. 12 on the melanoma probability (θ = 0 is the BCE of Eq. 11).
 - :class:`GazeLoss`: ``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14) with the structure
-  balancing of Eqs. 15-16 or mini-batch balancing.
+  balancing of Eqs. 15-16 or mini-batch balancing, plus the optional attention supervision
+  ``λ L_att`` (beyond the paper, SPEC §6b; λ = ``loss.attention``, 0 = the paper).
+- :func:`area_fraction`: ground-truth masks reduced to the attention grid (cell = fraction of its
+  pixels inside the mask), shared with :mod:`dermogaze.explanation`.
 
 Everything is computed in float32 with autocast disabled: the softIoU sums run over ``H*W``
 pixels (50 176 at 224 px), which float16 cannot hold reliably.
@@ -151,6 +154,35 @@ def match_batch(cost: Tensor, present: Tensor) -> list[Matching]:
 
 
 # --------------------------------------------------------------------------------------------
+# Masks on the attention grid (attention supervision, explanation measures)
+# --------------------------------------------------------------------------------------------
+def area_fraction(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Masks reduced to a coarser grid by area fraction: each cell = the fraction of its pixels inside the mask.
+
+    When the grid divides the mask (the attention grid does: ``H/8`` cells of 8 pixels) this is
+    ``avg_pool2d`` with a cell-sized kernel, exactly the area fraction. Otherwise it is
+    ``adaptive_avg_pool2d``, whose cells are the (possibly overlapping) pixel ranges
+    ``[floor(i·H/h), ceil((i+1)·H/h))``: the same definition on cells of unequal size.
+
+    Args:
+        masks: 0/1 (or soft) masks ``(..., H, W)``.
+        size: the grid ``(h, w)``.
+
+    Returns:
+        ``(..., h, w)`` float32 values in ``[0, 1]``; a mask smaller than one cell gives a value
+        ``> 0`` (its area share) in the cells it touches.
+    """
+    h, w = size
+    big_h, big_w = masks.shape[-2:]
+    x = masks.float().reshape(-1, 1, big_h, big_w)  # (N, 1, H, W)
+    if big_h % h == 0 and big_w % w == 0:
+        x = F.avg_pool2d(x, kernel_size=(big_h // h, big_w // w))
+    else:
+        x = F.adaptive_avg_pool2d(x, (h, w))
+    return x.reshape(*masks.shape[:-2], h, w)
+
+
+# --------------------------------------------------------------------------------------------
 # Focal loss (Eqs. 11-12)
 # --------------------------------------------------------------------------------------------
 def focal_loss(logits: Tensor, labels: Tensor, theta: float = 2.0, reduction: str = "mean") -> Tensor:
@@ -220,6 +252,15 @@ class GazeLoss(nn.Module):
         mean with weight ``1 / n_s`` for a structure occurring ``n_s`` times);
       * ``"none"``: plain mean over all matched pairs.
 
+    Attention supervision (beyond the paper, SPEC §6b): with ``λ = cfg.attention > 0`` the loss
+    gains ``λ L_att``, ``L_att`` = the balanced mean over the matched pairs ``(t, s)`` of
+    ``1 − Σ A_t·m_s`` (the attention mass of gaze ``t`` outside its matched structure, ``m_s``
+    reduced to the attention grid by :func:`area_fraction`). It is a term of its own, outside
+    ``β(...)``: λ alone sets its weight. It reaches only what makes ``A_t`` (the attentive model and
+    the encoder); the matching stays that of the masks. ``"att"`` is reported for every decoder
+    variant with attention maps (0 without them), detached from the loss when λ = 0, so the paper's
+    loss is unchanged.
+
     Decisions where the paper is silent:
 
     - A variant without a decoder (``out.masks is None``) is trained on ``loss = L_diag``
@@ -276,7 +317,7 @@ class GazeLoss(nn.Module):
         c = self.cfg
         return (
             f"alpha={c.alpha}, beta={c.beta}, gamma={c.gamma}, mu={c.mu}, theta={c.focal_theta}, "
-            f"balancing={self.balancing!r}"
+            f"balancing={self.balancing!r}, attention={c.attention}"
         )
 
     def _pair_weights(self, structures: Tensor) -> Tensor:
@@ -298,9 +339,10 @@ class GazeLoss(nn.Module):
                 and optionally ``present`` ``(B, 6)`` bools.
 
         Returns:
-            ``{"loss", "diag", "seg", "cls"}`` scalar tensors (attached to the graph; detach them
-            for logging) and ``"matching"``: one ``(step_indices, structure_indices)`` pair of
-            int64 arrays per sample (empty arrays for variants without a decoder).
+            ``{"loss", "diag", "seg", "cls", "att"}`` scalar tensors (attached to the graph; detach
+            them for logging; ``att`` = ``L_att`` before λ) and ``"matching"``: one
+            ``(step_indices, structure_indices)`` pair of int64 arrays per sample (empty arrays for
+            variants without a decoder).
         """
         logits = out.logits
         device = logits.device
@@ -310,7 +352,7 @@ class GazeLoss(nn.Module):
                 zero = diag.new_zeros(())
                 empty = np.zeros(0, dtype=np.int64)
                 matching = [(empty, empty.copy()) for _ in range(logits.shape[0])]
-                return {"loss": diag, "diag": diag, "seg": zero, "cls": zero, "matching": matching}
+                return {"loss": diag, "diag": diag, "seg": zero, "cls": zero, "att": zero, "matching": matching}
 
             if out.structure_logits is None:
                 raise ValueError("GazeOutput has masks but no structure_logits")
@@ -337,6 +379,7 @@ class GazeLoss(nn.Module):
             if b_idx.size == 0:
                 seg = cost.sum() * 0.0  # zero, but attached so backward reaches every parameter
                 cls = out.structure_logits.float().sum() * 0.0
+                att = seg.new_zeros(())
             else:
                 b = torch.from_numpy(b_idx).to(device)
                 t = torch.from_numpy(t_idx).to(device)
@@ -346,7 +389,24 @@ class GazeLoss(nn.Module):
                 w = self._pair_weights(s)  # (N,)
                 seg = _weighted_mean(seg_pairs, w)
                 cls = _weighted_mean(cls_pairs, w)
+                att = seg.new_zeros(())
+                if out.attention is not None:
+                    att = self._attention_term(out.attention, gt, b, t, s, w)
 
             c = self.cfg
             loss = c.alpha * diag + c.beta * (c.gamma * seg + c.mu * cls)
-        return {"loss": loss, "diag": diag, "seg": seg, "cls": cls, "matching": matching}
+            if c.attention > 0:
+                if out.attention is None:
+                    raise ValueError("loss.attention > 0 needs the attention maps, but the GazeOutput has none")
+                loss = loss + c.attention * att
+            else:
+                att = att.detach()
+        return {"loss": loss, "diag": diag, "seg": seg, "cls": cls, "att": att, "matching": matching}
+
+    @staticmethod
+    def _attention_term(attention: Tensor, gt: Tensor, b: Tensor, t: Tensor, s: Tensor, w: Tensor) -> Tensor:
+        """``L_att``: balanced mean of ``1 − Σ A_t·m_s`` over the matched pairs ``(b, t, s)`` (weights ``w``)."""
+        a = attention.float()[b, t]  # (N, h, w) A_t of each matched pair
+        m = area_fraction(gt[b, s], tuple(a.shape[-2:]))  # (N, H, W) -> (N, h, w) m_s
+        relevance = (a * m).sum(dim=(-2, -1))  # (N,) Σ A_t·m_s
+        return _weighted_mean(1.0 - relevance, w)

@@ -844,4 +844,55 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     elif sp:
         lines.append("")
         lines.append("Task 2 superpixel AUC: " + "  ".join(f"{k} {format_value(v)}" for k, v in sp.items()))
+    lines += explanation_lines(metrics.get("explanation"))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def explanation_lines(ex: Mapping[str, Any] | None) -> list[str]:
+    """Terminal lines of the explanation measures (SPEC §6b, :class:`dermogaze.explanation.ExplanationAccumulator`).
+
+    A per-structure table (pointing game matched and named, relevance mass and lift, images where
+    the structure is absent), then the overall values, the gaze ablation, deletion/insertion against
+    a random order, stability and the seconds the costly measures took.
+    """
+    if not ex:
+        return []
+    lines = ["", f"Explanations (SPEC §6b): {ex['n_images']} images"]
+    pm, pn, rm, rl = (ex.get(k) for k in ("pointing_matched", "pointing_named", "relevance_mass", "relevance_lift"))
+    if pm:
+        names = list(pm["per_structure"])
+        width = max([len(n) for n in names] + [9])
+        head = ("pointing", "named", "relevance", "lift", "absent")
+        lines.append(f"  {'structure':<{width}}" + "".join(f"{h:>11}" for h in head))
+        rows = [(n, pm["per_structure"][n], pn["per_structure"][n], rm["per_structure"][n], rl["per_structure"][n])
+                for n in names]
+        rows.append(("overall", pm["overall"], pn["overall"], rm["overall"], rl["overall"]))
+        for name, *values in rows:
+            absent = pm["excluded"].get(name, "")
+            lines.append(f"  {name:<{width}}" + "".join(f"{format_value(v, 3):>11}" for v in values) + f"{absent:>11}")
+        hr = ex.get("hallucination_rate") or {}
+        lines.append(f"  pointing game: matched (Hungarian) / named (classifier) structure, one cell of tolerance; "
+                     f"hallucination rate {format_value(hr.get('overall'), 3)}")
+    ab = ex.get("ablation") or {}
+    if ab.get("zero_by_construction"):
+        lines.append("  gaze ablation: no gazes, zero effect by construction")
+    elif ab:
+        per_step = " ".join(format_value(v, 3) for v in ab["mean_abs_delta_per_step"])
+        lines.append(f"  gaze ablation: mean |ΔP| per step {per_step}; flips at {format_value(ab['threshold'], 2)}: "
+                     f"{format_value(ab['flip_fraction'], 3)}")
+    for kind in ("deletion", "insertion"):
+        d = ex.get(kind)
+        if d:
+            lines.append(f"  {kind} AUC {format_value(d['auc'], 3)} (random order {format_value(d['random_auc'], 3)})")
+    st = ex.get("stability")
+    if st:
+        lines.append(f"  stability over 8 flips/rotations: MultiMatch position {format_value(st.get('position'), 3)}, "
+                     f"shape {format_value(st.get('shape'), 3)}; "
+                     f"P(melanoma) spread {format_value(st.get('p_spread'), 3)}"
+                     + (f" ({st['note']})" if st.get("note") else ""))
+    sec = ex.get("seconds") or {}
+    if ex.get("faithfulness_images"):
+        costly = sec.get("deletion_insertion", 0.0) + sec.get("stability", 0.0)
+        lines.append(f"  deletion/insertion and stability on {ex['faithfulness_images']} images took {costly:.1f} s "
+                     f"(all explanation measures {sec.get('total', 0.0):.1f} s)")
+    return lines

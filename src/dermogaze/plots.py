@@ -1,4 +1,5 @@
-"""Matplotlib figures: confusion matrix (Fig. 6), ROC, training curves, and the gaze figures of §4.4.
+"""Matplotlib figures: confusion matrix (Fig. 6), ROC, training curves, the gaze figures of §4.4, and the
+explanation measures of SPEC §6b (:func:`plot_explanation_bars`).
 
 Every function draws with the non-interactive ``Agg`` backend, writes one PNG atomically
 (:func:`dermogaze.io.atomic_write`) and returns its path; none of them shows a window, so they run
@@ -228,6 +229,47 @@ def plot_reliability(
     return _save(fig, path)
 
 
+def plot_explanation_bars(runs: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Per-structure matched pointing game and relevance-mass lift (SPEC §6b), one bar per run and structure.
+
+    Args:
+        runs: label → the ``explanation`` section of an evaluation (or a mean over seeds of the same
+            shape): ``pointing_matched`` and ``relevance_lift`` with ``per_structure`` values
+            (``None`` = no pair, drawn as no bar). Structures are those of the first run, in its order.
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    labels = list(runs)
+    names = list(next(iter(runs.values()))["pointing_matched"]["per_structure"])
+    x = np.arange(len(names))
+    width = 0.8 / max(len(labels), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.8 * len(names) + 2.0), 3.8))
+    panels = (("pointing_matched", "pointing game (matched structure)", 1.0),
+              ("relevance_lift", "relevance-mass lift (uniform attention = 1)", None))
+    for ax, (key, ylabel, top) in zip(axes, panels, strict=True):
+        for k, label in enumerate(labels):
+            per = runs[label][key]["per_structure"]
+            values = [math.nan if per.get(n) is None else float(per[n]) for n in names]
+            bars = ax.bar(x + (k - (len(labels) - 1) / 2) * width, values, width, label=label)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        if top is not None:
+            ax.set_ylim(0, top * 1.12)
+        else:
+            ax.axhline(1.0, color=NEUTRAL_COLOR, lw=0.8, ls="--")
+        ax.set_xticks(x, _short(names), rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+    handles, legend = axes[0].get_legend_handles_labels()
+    fig.legend(handles, legend, loc="upper center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 1.0),
+               frameon=False)
+    if title:
+        fig.suptitle(title, y=1.07)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return _save(fig, path)
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -272,7 +314,7 @@ def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]], path
                 terms.setdefault(term, {})[phase] = key
     loss_terms = [t for t in terms if "train" in terms[t]]
     score_terms = [t for t in terms if "train" not in terms[t]]
-    order = ("loss", "diag", "seg", "cls")  # Eq. 14: total, then its terms
+    order = ("loss", "diag", "seg", "cls", "att")  # Eq. 14: total, then its terms; the attention supervision
     loss_terms.sort(key=lambda t: (order.index(t) if t in order else len(order), t))
     n_panels = len(loss_terms) + (1 if score_terms else 0)
     best = [e for e, r in zip(epochs, flat, strict=True) if r.get("best") is True]

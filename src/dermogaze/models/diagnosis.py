@@ -162,6 +162,11 @@ class DiagnosisBranch(nn.Module):
                 self.blocks.out_channels, gaze_channels=in_channels if gaze_pools else 0, steps=steps, reduce=reduce
             )
 
+    @property
+    def uses_gaze_pools(self) -> bool:
+        """The top concatenates the gaze pools ``GAP(X̃'_t)``."""
+        return isinstance(self.head, GapHead) and self.head.gaze_channels > 0
+
     def load_torchvision(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> None:
         """Load blocks 4-5 (``features[24:44]``) and, for the ``"fc"`` top, ``classifier.0/3``."""
         self.blocks.load_torchvision(state_dict, BLOCKS_4_5_START, source)

@@ -31,6 +31,23 @@ diagnosis branch (melanoma logits). Variants are registered constructors (timm's
   code calls :meth:`GazeNet.freeze_encoder`, which also stops the encoder's backward pass.
 * On the CPU the forward pass runs in channels-last layout whatever the input's layout (oneDNN's
   own layout: its convolutions then make no reorder copies; same results up to float rounding).
+
+Gaze ablation (SPEC §6b, beyond the paper). :meth:`GazeNet.forward_with_state` also returns a
+:class:`GazeState` (``X'``, ``X̃'_{T-1}``, the gaze pools), from which :meth:`GazeNet.diagnose`
+reruns the diagnosis branch alone with some gazes removed. *Removing gaze t* changes only the
+diagnosis input, not the recurrence (the later gazes stay as they were):
+
+* its pool ``GAP(X̃'_t)`` is zeroed in the concatenation (for the GAP top that removes exactly its
+  term ``w_t · GAP(X̃'_t)`` from the logits; for ``deco_gap_17`` the zero enters the reduction layer);
+* if ``t = T-1`` and blocks 4-5 read ``X̃'_{T-1}`` (``source = "attended"``), they read instead the
+  map of a uniform attention, ``(h·w)·(1/(h·w)) ⊙ X' = X'`` (the rescaled Eq. 3; ``X'/(h·w)`` with the
+  literal one): zeroing a feature map would feed blocks 4-5 an input they never saw, while a uniform
+  attention is "no gaze" within the model's own inputs.
+
+Which variants the measure can see: ``vgg`` and ``vgg_gap`` have no gazes (``diagnose`` ignores
+``keep``: zero effect by construction); ``vgg_attconvlstm`` uses only the last gaze (its FC top has
+no gaze pools), so removing an earlier one has zero effect; ``deco_gap_17`` feeds the unattended
+``X'`` to blocks 4-5, so only its gaze pools (through the dense reduction) carry the gazes.
 """
 
 from __future__ import annotations
@@ -56,6 +73,21 @@ logger = logging.getLogger(__name__)
 BUILD_OPTIONS = ("steps", "image_size", "width", "skip", "batch_norm", "weights")
 #: Spatial reduction of the whole VGG-16 (five pools): image sides must be multiples of it.
 IMAGE_MULTIPLE = 32
+
+
+@dataclass
+class GazeState:
+    """What the diagnosis branch reads, kept so that :meth:`GazeNet.diagnose` can rerun it alone.
+
+    Attributes:
+        x_prime: the encoder output ``X'`` ``(B, C, h, w)``.
+        last_attended: ``X̃'_{T-1}`` ``(B, C, h, w)``; ``None`` without an attentive ConvLSTM.
+        pooled: the gaze pools ``GAP(X̃'_t)`` ``(B, T, C)``; ``None`` without an attentive ConvLSTM.
+    """
+
+    x_prime: Tensor
+    last_attended: Tensor | None = None
+    pooled: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +161,20 @@ class GazeNet(nn.Module):
         return self.encoder.frozen
 
     def forward(self, images: Tensor) -> GazeOutput:
+        return self.forward_with_state(images)[0]
+
+    def forward_with_state(self, images: Tensor, *, decode: bool = True) -> tuple[GazeOutput, GazeState]:
+        """The forward pass, plus the :class:`GazeState` that :meth:`diagnose` recomputes the diagnosis from.
+
+        Args:
+            images: normalised ``(B, 3, H, W)``.
+            decode: run the structure decoder; without it the output holds the diagnosis and the
+                attention maps only (the masks and structure logits are ``None``): what the
+                perturbation measures need, at a fraction of the cost.
+
+        Shape:
+            ``images`` ``(B, 3, H, W)`` → (:class:`GazeOutput`, :class:`GazeState`) (see the class docstring).
+        """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if images.shape[-2] % IMAGE_MULTIPLE or images.shape[-1] % IMAGE_MULTIPLE:
@@ -137,19 +183,54 @@ class GazeNet(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         x_prime, skips = self.encoder(images)  # X' (B, C, H/8, W/8); pool1, pool2, pool3
         if self.attention is None:
-            return GazeOutput(logits=self.diagnosis(x_prime))
-        att = self.attention(x_prime, return_hidden=self.decoder is not None)
+            return GazeOutput(logits=self.diagnosis(x_prime)), GazeState(x_prime=x_prime)
+        decode = decode and self.decoder is not None
+        att = self.attention(x_prime, return_hidden=decode)
+        state = GazeState(x_prime=x_prime, last_attended=att.last_attended, pooled=att.pooled)
         logits = self.diagnosis(x_prime, att.last_attended, att.pooled)
-        if self.decoder is None:
-            return GazeOutput(logits=logits, attention=att.attention)
+        if not decode:
+            return GazeOutput(logits=logits, attention=att.attention), state
         mask_logits, structure_logits = self.decoder(att.hidden, skips)
-        return GazeOutput(
+        out = GazeOutput(
             logits=logits,
             attention=att.attention,
             masks=torch.sigmoid(mask_logits),
             mask_logits=mask_logits,
             structure_logits=structure_logits,
         )
+        return out, state
+
+    def diagnose(self, state: GazeState, keep: Tensor | None = None, *, temperature: float = 1.0) -> Tensor:
+        """P(melanoma) recomputed from a :class:`GazeState`, using only the gazes in ``keep`` (gaze ablation).
+
+        Removing gaze ``t`` (the module docstring defines it): its pool ``GAP(X̃'_t)`` is zeroed in the
+        diagnosis input, and when ``t = T-1`` and blocks 4-5 read ``X̃'_{T-1}``, they read the map a
+        uniform attention gives instead (``X'`` with the rescaled Eq. 3). For variants whose diagnosis
+        reads no gaze (no attentive ConvLSTM), ``keep`` changes nothing: the effect is zero by construction.
+
+        Args:
+            state: from :meth:`forward_with_state` of this model.
+            keep: bool ``(T,)`` or ``(B, T)``, the gazes the diagnosis may use; ``None`` = all
+                (then the result equals the forward's ``melanoma_prob``).
+            temperature: temperature scaling of the probability (1 = the network's own).
+
+        Returns:
+            ``(B,)`` P(melanoma).
+        """
+        if state.pooled is None or state.last_attended is None or keep is None:
+            logits = self.diagnosis(state.x_prime, state.last_attended, state.pooled)
+            return GazeOutput(logits=logits).calibrated_melanoma_prob(temperature)
+        b, steps = state.pooled.shape[:2]
+        keep = keep.to(device=state.pooled.device, dtype=torch.bool)
+        if keep.shape not in ((steps,), (b, steps)):
+            raise ValueError(f"keep must have shape ({steps},) or ({b}, {steps}), got {tuple(keep.shape)}")
+        keep = keep.expand(b, steps)  # (B, T)
+        pooled = state.pooled * keep.unsqueeze(-1).to(state.pooled.dtype)  # (B, T, C): removed pools zeroed
+        h, w = state.x_prime.shape[-2:]
+        x_tilde = state.x_prime if self.attention.rescale else state.x_prime / (h * w)  # uniform A: X̃' (B, C, h, w)
+        last = torch.where(keep[:, -1].view(b, 1, 1, 1), state.last_attended, x_tilde)
+        logits = self.diagnosis(state.x_prime, last, pooled)
+        return GazeOutput(logits=logits).calibrated_melanoma_prob(temperature)
 
     def freeze_encoder(self, frozen: bool = True) -> GazeNet:
         """Freeze the encoder (no gradient, BN in eval mode, forward under ``no_grad``), or unfreeze it."""

@@ -23,14 +23,15 @@ from tqdm.auto import tqdm
 
 from ..data.transforms import dihedral_views
 from ..errors import DermogazeError
+from ..explanation import ExplanationAccumulator
 from ..losses import GazeLoss
 from ..metrics import EvaluationAccumulator
-from ..models import GazeNet, GazeOutput
+from ..models import GazeNet, GazeOutput, GazeState
 from ..runtime import Autocast
 from .distributed import SINGLE_PROCESS, DistInfo, all_gather, all_reduce_sum
 
 #: Loss terms logged per epoch (keys of :class:`~dermogaze.losses.GazeLoss`'s output).
-LOSS_TERMS = ("loss", "diag", "seg", "cls")
+LOSS_TERMS = ("loss", "diag", "seg", "cls", "att")
 
 
 def forward_batch(
@@ -53,14 +54,35 @@ def forward_batch(
     Returns:
         ``(batch on device, float32 outputs)``.
     """
+    batch, images = _batch_to(batch, device, channels_last)
+    with autocast():
+        out = model(images)
+    return batch, out.float()
+
+
+def forward_batch_with_state(
+    model: GazeNet,
+    batch: Mapping[str, Any],
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    autocast: Autocast = contextlib.nullcontext,
+) -> tuple[dict[str, Any], GazeOutput, GazeState]:
+    """:func:`forward_batch` through :meth:`GazeNet.forward_with_state` (the explanation measures need the state)."""
+    batch, images = _batch_to(batch, device, channels_last)
+    with autocast():
+        out, state = model.forward_with_state(images)
+    return batch, out.float(), state
+
+
+def _batch_to(batch: Mapping[str, Any], device: torch.device, channels_last: bool) -> tuple[dict[str, Any], Tensor]:
+    """The batch on ``device`` and its images ``(B, 3, H, W)`` in the memory format asked for."""
     non_blocking = device.type == "cuda"
     batch = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
     images = batch["image"]  # (B, 3, H, W)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with autocast():
-        out = model(images)
-    return batch, out.float()
+    return batch, images
 
 
 def train_step(
@@ -89,7 +111,7 @@ def train_step(
         channels_last: feed the images in channels-last memory format.
 
     Returns:
-        The loss terms (``loss``, ``diag``, ``seg``, ``cls`` tensors, ``matching``).
+        The loss terms (``loss``, ``diag``, ``seg``, ``cls``, ``att`` tensors, ``matching``).
     """
     optimizer.zero_grad(set_to_none=True)  # before the forward pass: the old gradients are not held during it
     batch, out = forward_batch(model, batch, device, channels_last=channels_last, autocast=autocast)
@@ -140,7 +162,7 @@ def train_one_epoch(
         progress: show a tqdm bar (rank 0 only).
 
     Returns:
-        Sample-weighted means of the loss terms (``loss``, ``diag``, ``seg``, ``cls``).
+        Sample-weighted means of the loss terms (``loss``, ``diag``, ``seg``, ``cls``, ``att``).
 
     Raises:
         DermogazeError: the loss became NaN or infinite.
@@ -185,11 +207,13 @@ class InferenceResult:
         losses: sample-weighted means of the loss terms (empty without a loss function).
         metrics: :meth:`~dermogaze.metrics.EvaluationAccumulator.compute` of the whole split.
         accumulator: the merged accumulator (its ``predictions`` are in dataset order).
+        explanation: :meth:`~dermogaze.explanation.ExplanationAccumulator.compute` when one was fed, else ``None``.
     """
 
     losses: dict[str, float]
     metrics: dict[str, Any]
     accumulator: EvaluationAccumulator
+    explanation: dict[str, Any] | None = None
 
 
 @torch.no_grad()
@@ -210,6 +234,7 @@ def run_inference(
     dist: DistInfo = SINGLE_PROCESS,
     progress: bool = True,
     desc: str = "eval",
+    explanation: ExplanationAccumulator | None = None,
 ) -> InferenceResult:
     """Evaluate the model over a loader: the loss terms (optional) and every SPEC §6 metric.
 
@@ -237,13 +262,22 @@ def run_inference(
         dist: the process's place in the run.
         progress: show a tqdm bar (rank 0 only).
         desc: the bar's label.
+        explanation: also feed this accumulator of the SPEC §6b measures (the forward then keeps the
+            :class:`~dermogaze.models.GazeState` the gaze ablation needs).
     """
     model.eval()
     acc = EvaluationAccumulator(structures, threshold=threshold, temperature=temperature)
     sums = [0.0] * len(LOSS_TERMS)
     count = 0
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True):
-        batch, out = forward_batch(model, batch, device, channels_last=channels_last, autocast=autocast)
+        if explanation is None:
+            batch, out = forward_batch(model, batch, device, channels_last=channels_last, autocast=autocast)
+        else:
+            batch, out, state = forward_batch_with_state(
+                model, batch, device, channels_last=channels_last, autocast=autocast
+            )
+            gt = {"masks": batch["masks"], "present": batch.get("present")} if with_masks and "masks" in batch else {}
+            explanation.update(model, batch["image"], out, state, **gt, autocast=autocast)
         if loss_fn is not None:
             terms = loss_fn(out, batch)
             n = batch["image"].shape[0]
@@ -259,7 +293,11 @@ def run_inference(
         losses = {k: s / max(count, 1.0) for k, s in zip(LOSS_TERMS, sums, strict=True)}
     parts = all_gather(acc, dist)
     merged = parts[0].merge(parts[1:])
-    return InferenceResult(losses=losses, metrics=merged.compute(), accumulator=merged)
+    explained = None
+    if explanation is not None:
+        pieces = all_gather(explanation, dist)
+        explained = pieces[0].merge(pieces[1:]).compute()
+    return InferenceResult(losses=losses, metrics=merged.compute(), accumulator=merged, explanation=explained)
 
 
 def _tta_margins(

@@ -1,0 +1,237 @@
+"""Attention supervision (``loss.attention`` = λ, SPEC §6b) against the paper's loss (λ = 0), on the demo.
+
+Run by hand from a repository checkout (never timed in tests; a few minutes per training run on a CPU)::
+
+    nice -n 5 .venv/bin/python benchmarks/attention_supervision.py [--lam 1.0] [--seeds 0 1 2] [--out DIR]
+
+It builds the demo's synthetic dataset (:data:`dermogaze.demo.DEMO_DATA`, reused when already
+prepared in ``OUT/data``), trains the ``demo`` preset once with ``loss.attention=0`` and once with
+``loss.attention=λ`` for each seed (same seed, same epochs; every other setting is the preset's),
+evaluates each best checkpoint on the synthetic test split (:func:`dermogaze.evaluate.evaluate_checkpoint`,
+with the explanation measures on every test image) and writes
+``benchmarks/results/attention_supervision.md`` and ``.json`` (``--stage evaluate`` evaluates and reports only
+the runs already trained; an evaluation newer than its checkpoint is reused): per run the test AUC, the matched
+pointing game per structure and the relevance-mass lift per structure, and the issue's targets for
+the supervised model checked seed by seed:
+
+* matched pointing game ≥ 0.9 for lesion and skin;
+* relevance-mass lift above the unsupervised model's (same seed) for every structure present in at
+  least :data:`MIN_IMAGES` test images;
+* test AUC at most :data:`MAX_AUC_DROP` below the unsupervised model's (same seed).
+
+A run whose folder already holds a finished training (``best.pt`` and every epoch in
+``metrics.jsonl``) is not retrained (``--retrain`` forces it); ``--stage train`` only trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dermogaze.config import load_config
+from dermogaze.demo import DEMO_DATA, prepare_demo_data
+from dermogaze.evaluate import evaluate_checkpoint
+from dermogaze.io import read_jsonl, write_json, write_text
+from dermogaze.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+#: Structures must be present in at least this many test images for the lift target.
+MIN_IMAGES = 15
+#: The supervised model's test AUC may be at most this much below the unsupervised one's.
+MAX_AUC_DROP = 0.02
+#: Matched pointing game the supervised model must reach for these structures.
+POINTING_TARGET = {"lesion": 0.9, "skin": 0.9}
+
+
+def run_dir(out: Path, lam: float, seed: int) -> Path:
+    return out / f"lambda_{lam:g}" / f"seed_{seed}"
+
+
+def trained(run: Path, epochs: int) -> bool:
+    """The run folder holds a finished training of ``epochs`` epochs."""
+    history = run / "metrics.jsonl"
+    return (run / "best.pt").is_file() and history.is_file() and len(read_jsonl(history)) >= epochs
+
+
+def train_run(cache: Path, run: Path, lam: float, seed: int, retrain: bool, overrides: list[str]) -> float | None:
+    """Train the demo preset with λ and seed into ``run``; the seconds it took (None when reused).
+
+    An interrupted run (``last.pt`` without every epoch) is resumed.
+    """
+    cfg = load_config("demo", [*overrides, f"loss.attention={lam}", f"train.seed={seed}"])
+    cfg.data.cache = str(cache)
+    cfg.train.device = "cpu"
+    if not retrain and trained(run, cfg.train.epochs):
+        logging.info("reusing %s", run)
+        return None
+    resume = not retrain and (run / "last.pt").is_file()
+    tic = time.perf_counter()
+    train(cfg, run, overwrite=not resume, resume=resume, progress=False)
+    return time.perf_counter() - tic
+
+
+def evaluate_run(cache: Path, run: Path, faithfulness: int) -> dict[str, Any]:
+    """Test AUC and the explanation section of the run's best checkpoint on the test split."""
+    tic = time.perf_counter()
+    done = run / "eval_test" / "metrics.json"
+    if done.is_file() and done.stat().st_mtime > (run / "best.pt").stat().st_mtime:
+        logging.info("reusing the evaluation %s", done)
+        metrics = json.loads(done.read_text())
+    else:
+        metrics = evaluate_checkpoint(
+            run / "best.pt", cache, "test", run / "eval_test", device="cpu", figures=False, progress=False,
+            n_resamples=200, faithfulness=faithfulness,
+        )["metrics"]
+    ex = metrics["explanation"]
+    return {
+        "auc": metrics["diagnosis"]["auc"],
+        "pointing_matched": ex["pointing_matched"],
+        "pointing_named": ex["pointing_named"],
+        "hallucination_rate": ex["hallucination_rate"],
+        "relevance_mass": ex["relevance_mass"],
+        "relevance_lift": ex["relevance_lift"],
+        "ablation": ex["ablation"],
+        "deletion": ex["deletion"],
+        "insertion": ex["insertion"],
+        "present_images": ex["present_images"],
+        "evaluate_s": time.perf_counter() - tic,
+        "train_s": sum(row["time_s"] for row in read_jsonl(run / "metrics.jsonl")),
+        "epochs": len(read_jsonl(run / "metrics.jsonl")),
+    }
+
+
+def check_targets(sup: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
+    """The issue's targets for one seed: the supervised run ``sup`` against the unsupervised ``base``."""
+    point = sup["pointing_matched"]["per_structure"]
+    checks = {f"pointing {s} >= {v:g}": bool(point.get(s, 0.0) >= v) for s, v in POINTING_TARGET.items()}
+    present = sup["present_images"]
+    for s, n in present.items():
+        if n >= MIN_IMAGES:
+            checks[f"lift {s} above λ=0"] = bool(
+                sup["relevance_lift"]["per_structure"][s] > base["relevance_lift"]["per_structure"][s]
+            )
+    checks[f"AUC within {MAX_AUC_DROP} of λ=0"] = bool(sup["auc"] >= base["auc"] - MAX_AUC_DROP)
+    return checks
+
+
+def _f(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lam, seeds = report["lambda"], report["seeds"]
+    runs = report["runs"]
+    first = runs[f"0/{seeds[0]}"]
+    names = list(first["relevance_lift"]["per_structure"])
+    lines = [
+        "# Attention supervision on the demo (synthetic data)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; training {sum(r['train_s'] for r in runs.values()) / 60:.0f} min in all "
+        "(sum of the epochs' wall-clock times, several runs at once on a shared, loaded machine: an epoch took "
+        f"{min(r['train_s'] / r['epochs'] for r in runs.values()):.0f}-"
+        f"{max(r['train_s'] / r['epochs'] for r in runs.values()):.0f} s on average per run).",
+        "",
+        f"The `demo` preset trained with `loss.attention=0` (the paper's loss) and `loss.attention={lam:g}`, "
+        f"same seed and epochs, seeds {', '.join(map(str, seeds))}; best checkpoints evaluated on the "
+        f"synthetic test split ({report['test_images']} images). Pointing game = matched (the loss's "
+        "Hungarian matching), one attention cell of tolerance; lift = relevance mass / mean(m_s) "
+        "(uniform attention = 1).",
+        "",
+        "| λ | seed | test AUC | " + " | ".join(f"pointing {n}" for n in names) + " | "
+        + " | ".join(f"lift {n}" for n in names) + " | ablation flips | deletion AUC (random) | train s (epochs) |",
+        "|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|",
+    ]
+    for key, r in runs.items():
+        lam_k, seed = key.split("/")
+        point, lift = r["pointing_matched"]["per_structure"], r["relevance_lift"]["per_structure"]
+        lines.append(
+            f"| {lam_k} | {seed} | {_f(r['auc'])} | " + " | ".join(_f(point.get(n)) for n in names) + " | "
+            + " | ".join(_f(lift.get(n)) for n in names)
+            + f" | {_f(r['ablation']['flip_fraction'])} | {_f(r['deletion']['auc'])} "
+            f"({_f(r['deletion']['random_auc'])}) | {r['train_s']:.0f} ({r['epochs']}) |"
+        )
+    lines += ["", "Test images per structure: "
+              + ", ".join(f"{n} {c}" for n, c in first["present_images"].items()) + ".", ""]
+    lines += [f"## Targets for λ = {lam:g}, per seed", ""]
+    for seed, checks in report["targets"].items():
+        met = sum(checks.values())
+        lines.append(f"- seed {seed}: {met}/{len(checks)} met; "
+                     + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
+    lines += ["", report.get("notes", ""), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lam", type=float, default=1.0, help="λ of the supervised runs (default 1)")
+    parser.add_argument("--only", type=float, metavar="LAMBDA",
+                        help="train only the runs of this λ (0 or --lam): two processes can share the work")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change the demo preset for both λ (e.g. train.epochs=8 on a loaded machine)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "attention_supervision")
+    parser.add_argument("--stage", choices=("all", "train", "evaluate"), default="all",
+                        help="train: only train; evaluate: only evaluate and report the finished runs")
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS / "attention_supervision",
+                        help="results stem: STEM.md and STEM.json are written")
+    parser.add_argument("--notes", default="", help="a paragraph added to the Markdown (what was tried)")
+    parser.add_argument("--faithfulness", type=int, default=32,
+                        help="test images that get deletion/insertion and stability (default 32)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start = time.perf_counter()
+    cache = prepare_demo_data(args.out / "data", DEMO_DATA, progress=False)
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in args.seeds:
+        for lam in (0.0, args.lam):
+            if args.only is not None and lam != args.only:
+                continue
+            run = run_dir(args.out, lam, seed)
+            if args.stage == "evaluate":
+                epochs = load_config("demo", args.override).train.epochs
+                if not trained(run, epochs):
+                    logging.warning("λ=%g seed %d is not trained (%d epochs): left out", lam, seed, epochs)
+                    continue
+            else:
+                seconds = train_run(cache, run, lam, seed, args.retrain, args.override)
+                logging.info("trained λ=%g seed %d in %s s", lam, seed,
+                             "(reused)" if seconds is None else f"{seconds:.0f}")
+            if args.stage != "train":
+                runs[f"{lam:g}/{seed}"] = evaluate_run(cache, run, args.faithfulness)
+    if args.stage == "train":
+        return 0
+    seeds = [seed for seed in args.seeds if f"0/{seed}" in runs and f"{args.lam:g}/{seed}" in runs]
+    argv_shown = sys.argv[1:] if argv is None else argv
+    if "--notes" in argv_shown:  # the notes are printed below the table, not in the command
+        k = argv_shown.index("--notes")
+        argv_shown = argv_shown[:k] + ["--notes", "..."] + argv_shown[k + 2:]
+    report = {
+        "lambda": args.lam,
+        "seeds": seeds,
+        "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/attention_supervision.py", *argv_shown]),
+        "machine": "CPU, 2 cores, shared with other jobs",
+        "test_images": DEMO_DATA["counts"]["Test_v2"],
+        "runs": runs,
+        "targets": {
+            str(seed): check_targets(runs[f"{args.lam:g}/{seed}"], runs[f"0/{seed}"]) for seed in seeds
+        },
+        "notes": args.notes,
+        "total_s": time.perf_counter() - start,
+    }
+    write_json(report, args.results.parent / f"{args.results.name}.json")
+    write_text(markdown(report), args.results.parent / f"{args.results.name}.md")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""How good are the explanations? The measures of SPEC §6b (beyond the paper).
+
+The paper judged its gazes by eye (Figs. 7-8). These measures make it a number, per structure and
+overall, for the variants with an attentive ConvLSTM. Notation: ``A_t`` the attention map of step
+``t`` (``h × w``, sums to 1, Eq. 2); ``m_s`` the ground-truth mask of structure ``s`` reduced to the
+attention grid by **area fraction** (:func:`dermogaze.losses.area_fraction`: cell = the fraction of
+its pixels inside the mask; ``avg_pool2d`` with a cell-sized kernel, as the attention grid divides
+the image by 8)::
+
+    measure                  definition                                         reference
+    pointing game            hit ⇔ m_s[argmax A_t] > 0                          Zhang et al., IJCV 2018
+      matched                s = the step's structure in the loss's Hungarian matching (losses.match_batch)
+      named                  s = argmax of the step's structure classifier; s absent = a miss,
+                             counted in the hallucination rate
+    relevance mass           Σ A_t · m_s  (matched s)                           Arras et al., 2022
+    relevance lift           Σ A_t · m_s / mean(m_s)   (uniform attention = 1)
+    gaze ablation            |P(melanoma | all gazes) − P(melanoma | gaze t removed)|, and the
+                             fraction of decisions that flip at the checkpoint's threshold
+                             (GazeNet.diagnose defines "removed")
+    deletion / insertion     P(predicted class) while the pixels, most attended first (Σ_t A_t
+                             upsampled), are replaced by a blurred image / restored from it, in 20
+                             steps; area under the curve, and the same for a random order
+                                                                                Petsiuk et al., RISE 2018
+    stability                the gazes of the 8 flips/rotations, mapped back: MultiMatch position and
+                             shape similarity and the spread of P(melanoma) (dermogaze.scanpath)
+
+Decisions where the issue and the papers are silent:
+
+* **Tolerance.** The pointing game's hit needs ``m_s > 0`` in the peak *cell*: a structure touching
+  a cell by one pixel counts, a tolerance of one attention cell (8 image pixels at the paper's
+  scale). A mask smaller than one cell is therefore still hit when the peak is on its cell.
+* **Absent structures** (empty masks) are excluded from that structure's figures and counted
+  (``excluded``: the images where ``s`` is absent); the named pointing game is the exception, where
+  a step naming an absent structure is a miss (and a hallucination). A present structure left out of
+  the matching (more present structures than steps) gets no matched figure.
+* **Overall** = the mean over all (step, structure) pairs that enter a figure (so frequent
+  structures weigh more); ``per_structure`` gives each its own mean, ``None`` when no pair.
+* **Flip**: the calibrated probability (the checkpoint's temperature) crosses the checkpoint's
+  decision threshold (chosen on validation), one (image, removed step) pair at a time.
+* **Deletion/insertion**: the saliency is ``Σ_t A_t`` upsampled bilinearly to the input (so pixels
+  of a cell are ordered by their neighbours, not arbitrarily); ties keep row-major order. Step
+  ``k`` of ``K`` (= 20) has ``round(k·H·W/K)`` pixels changed; the curve has ``K + 1`` points
+  (``k = 0`` is the unperturbed image for deletion, the blurred one for insertion) and its area is
+  the trapezoid over ``[0, 1]``. The blurred image is ``torchvision`` ``gaussian_blur`` of the
+  normalised input (blurring commutes with the per-channel normalisation) with σ = 5·H/224 and a
+  kernel of ``2·ceil(2σ) + 1`` pixels (RISE's σ = 5 at 224 px). The predicted class is the
+  decision at the checkpoint's threshold on the unperturbed image; P is calibrated. The random
+  order is drawn per image from one generator seeded with ``seed`` (the same images get the same
+  orders whatever the batch size). The perturbed forwards of a batch run in chunks.
+* **Cost**: deletion, insertion and stability run on the first ``faithfulness`` images of the split
+  (all by default); the other measures on every image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.functional import gaussian_blur
+
+from .losses import area_fraction, match_batch, pairwise_soft_iou_loss
+from .models import GazeNet, GazeOutput, GazeState
+from .runtime import Autocast
+
+logger = logging.getLogger(__name__)
+
+#: Deletion/insertion steps (RISE).
+DELETION_STEPS = 20
+#: RISE's blur σ at 224 px; scaled with the input size.
+BLUR_SIGMA_224 = 5.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Pointing game and relevance mass
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_peaks(attention: Tensor) -> Tensor:
+    """The cell of highest attention of every step, as a flat index ``i·w + j`` ``(B, T)`` (first maximum)."""
+    return attention.flatten(-2).argmax(-1)  # (B, T, h*w) -> (B, T)
+
+
+def pointing_and_relevance(attention: Tensor, grid_masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pointing-game hits, relevance mass and lift of every step against every structure.
+
+    Args:
+        attention: ``A_t`` ``(B, T, h, w)``, each map summing to 1.
+        grid_masks: ``m_s`` on the attention grid ``(B, S, h, w)`` (:func:`dermogaze.losses.area_fraction`).
+
+    Returns:
+        ``hit`` bool ``(B, T, S)`` (``m_s`` at the peak of ``A_t`` is > 0), ``relevance`` ``(B, T, S)``
+        (``Σ A_t·m_s``) and ``lift`` ``(B, T, S)`` (relevance / mean(``m_s``); NaN for an empty mask).
+    """
+    a = attention.float()
+    m = grid_masks.float()
+    peaks = attention_peaks(a)  # (B, T)
+    at_peak = torch.gather(m.flatten(-2), 2, peaks.unsqueeze(1).expand(-1, m.shape[1], -1))  # (B, S, T)
+    hit = at_peak.transpose(1, 2) > 0  # (B, T, S)
+    relevance = torch.einsum("bthw,bshw->bts", a, m)  # (B, T, S)
+    mean = m.mean(dim=(-2, -1))  # (B, S)
+    lift = relevance / mean.unsqueeze(1).where(mean.unsqueeze(1) > 0, torch.nan)
+    return hit, relevance, lift
+
+
+def hungarian_steps(pred_masks: Tensor, masks: Tensor, present: Tensor) -> Tensor:
+    """The structure matched to each step by the loss's Hungarian matching, ``-1`` where unmatched ``(B, T)``.
+
+    Args:
+        pred_masks: the predicted masks ``M_t`` ``(B, T, H, W)``.
+        masks: GT masks ``(B, S, H, W)``; present: ``(B, S)`` bool.
+    """
+    cost = pairwise_soft_iou_loss(pred_masks.float(), masks.float())  # (B, S, T)
+    matched = torch.full(pred_masks.shape[:2], -1, dtype=torch.long)
+    for b, (steps, structures) in enumerate(match_batch(cost, present)):
+        matched[b, torch.from_numpy(steps)] = torch.from_numpy(structures)
+    return matched
+
+
+# ----------------------------------------------------------------------------------------------
+# Deletion and insertion (RISE)
+# ----------------------------------------------------------------------------------------------
+
+
+def blur_baseline(images: Tensor) -> Tensor:
+    """The blurred images that deleted pixels take (RISE): Gaussian, σ = 5·H/224, kernel ``2·ceil(2σ)+1``."""
+    sigma = BLUR_SIGMA_224 * images.shape[-2] / 224
+    kernel = 2 * math.ceil(2 * sigma) + 1
+    return gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+
+
+def saliency_order(attention: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pixels from most to least attended: ``Σ_t A_t`` upsampled bilinearly to ``size`` ``(B, H·W)``."""
+    total = attention.float().sum(dim=1, keepdim=True)  # Σ_t A_t (B, 1, h, w)
+    up = F.interpolate(total, size=size, mode="bilinear", align_corners=False).flatten(1)  # (B, H*W)
+    return torch.argsort(up, dim=1, descending=True, stable=True)
+
+
+def perturbation_curves(
+    prob: Callable[[Tensor], Tensor],
+    images: Tensor,
+    baseline: Tensor,
+    order: Tensor,
+    target: Tensor,
+    *,
+    steps: int = DELETION_STEPS,
+    chunk: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Deletion and insertion curves (RISE) of a batch for one pixel order.
+
+    Args:
+        prob: P(melanoma) of a batch of images ``(N, 3, H, W)`` → ``(N,)``.
+        images: ``(B, 3, H, W)``; baseline: the same images blurred (:func:`blur_baseline`).
+        order: ``(B, H·W)`` pixel indices, first = changed first.
+        target: ``(B,)`` the class whose probability is followed (1 = melanoma, 0 = benign).
+        steps: ``K``; the curves have ``K + 1`` points.
+        chunk: images per forward pass.
+
+    Returns:
+        ``deletion`` and ``insertion``, each ``(B, K + 1)``: P(target) after ``round(k·H·W/K)``
+        pixels were replaced by the baseline (deletion) or restored from it (insertion).
+    """
+    b, c, h, w = images.shape
+    n = h * w
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(b, -1))  # position of each pixel
+    counts = torch.tensor([round(k * n / steps) for k in range(steps + 1)], device=order.device)  # (K+1,)
+    changed = (rank.unsqueeze(0) < counts.view(-1, 1, 1)).view(steps + 1, b, 1, h, w)  # (K+1, B, 1, H, W)
+    deleted = torch.where(changed, baseline.unsqueeze(0), images.unsqueeze(0))  # (K+1, B, 3, H, W)
+    inserted = torch.where(changed, images.unsqueeze(0), baseline.unsqueeze(0))
+    batch = torch.cat([deleted, inserted]).view(-1, c, h, w)  # (2(K+1)B, 3, H, W)
+    p = torch.cat([prob(part) for part in batch.split(chunk)]).view(2, steps + 1, b)  # P(melanoma)
+    p = torch.where(target.bool().view(1, 1, b), p, 1.0 - p)  # P(target)
+    return p[0].T, p[1].T  # (B, K+1) each
+
+
+def curve_area(curves: np.ndarray) -> np.ndarray:
+    """Trapezoid area under curves of ``K + 1`` evenly spaced points of ``[0, 1]``: ``(..., K+1)`` → ``(...)``."""
+    k = curves.shape[-1] - 1
+    return np.trapezoid(curves, dx=1.0 / k, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The accumulator evaluate feeds
+# ----------------------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float | None:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()) if v.size else None
+
+
+class ExplanationAccumulator:
+    """Collects the SPEC §6b measures batch by batch (``dermogaze evaluate`` feeds one) and summarises them.
+
+    Per image it keeps a few numbers per step, so memory does not grow with the image size, and it
+    pickles (:meth:`merge` combines the accumulators of several processes).
+
+    Args:
+        structures: structure names in index order (the checkpoint's ``structures``).
+        threshold, temperature: the checkpoint's calibration (flips are counted at ``threshold`` on
+            the temperature-scaled probability).
+        faithfulness: how many images (the first of the split) get deletion, insertion and
+            stability; ``None`` = all.
+        steps: deletion/insertion steps (20).
+        seed: of the random pixel orders.
+        chunk: images per forward pass of the perturbed images.
+        stability: ``view_stability(model, images, temperature=...)`` → per-image ``position``, ``shape``,
+            ``p_spread`` arrays and possibly a ``reason`` text (:func:`dermogaze.scanpath.view_stability`),
+            or ``None`` to skip it.
+    """
+
+    def __init__(
+        self,
+        structures: Sequence[str],
+        *,
+        threshold: float = 0.5,
+        temperature: float = 1.0,
+        faithfulness: int | None = None,
+        steps: int = DELETION_STEPS,
+        seed: int = 0,
+        chunk: int = 256,
+        stability: Callable[..., Mapping[str, np.ndarray]] | None = None,
+    ) -> None:
+        self.structures = tuple(structures)
+        self.threshold = float(threshold)
+        self.temperature = float(temperature)
+        self.faithfulness = faithfulness
+        self.steps = steps
+        self.chunk = chunk
+        self.stability_fn = stability
+        self._generator = torch.Generator().manual_seed(seed)
+        s = len(self.structures)
+        self.n_images = 0
+        self.present = np.zeros(s, dtype=np.int64)  # images where each structure is present
+        # one row per (image, matched step): structure, hit, relevance, lift
+        self.matched: list[np.ndarray] = []
+        # one row per (image, step): named structure, present, hit
+        self.named: list[np.ndarray] = []
+        self.ablation_delta: list[np.ndarray] = []  # (B, T) |ΔP|
+        self.ablation_flip: list[np.ndarray] = []  # (B, T) bool
+        self.deletion: list[np.ndarray] = []  # (B, K+1) per order kind
+        self.insertion: list[np.ndarray] = []
+        self.random_deletion: list[np.ndarray] = []
+        self.random_insertion: list[np.ndarray] = []
+        self.stability: dict[str, list[np.ndarray]] = {}
+        self.stability_note: str | None = None
+        self.faithful_images = 0
+        self.seconds = {"pointing_relevance_ablation": 0.0, "deletion_insertion": 0.0, "stability": 0.0}
+
+    def _want_faithful(self, batch_size: int) -> int:
+        left = batch_size if self.faithfulness is None else max(self.faithfulness - self.faithful_images, 0)
+        return min(batch_size, left)
+
+    @torch.no_grad()
+    def update(
+        self,
+        model: GazeNet,
+        images: Tensor,
+        out: GazeOutput,
+        state: GazeState,
+        masks: Tensor | None = None,
+        present: Tensor | None = None,
+        autocast: Autocast = contextlib.nullcontext,
+    ) -> None:
+        """Add one batch.
+
+        Args:
+            model: the network that produced ``out`` and ``state`` (in eval mode).
+            images: the normalised batch ``(B, 3, H, W)`` it ran on.
+            out, state: :meth:`GazeNet.forward_with_state` of ``images`` (``out`` in float32).
+            masks: GT masks ``(B, S, H, W)``, or ``None`` (no structure ground truth).
+            present: ``(B, S)`` bool (derived from ``masks`` when ``None``).
+            autocast: the context of the perturbed forward passes.
+        """
+        if out.attention is None:  # no gazes: nothing to measure, the ablation effect is zero by construction
+            self.n_images += images.shape[0]
+            return
+        tic = time.perf_counter()
+        b = images.shape[0]
+        self.n_images += b
+        attention = out.attention.float()  # (B, T, h, w)
+        if masks is not None and out.masks is not None:
+            masks = masks.float()
+            present = masks.flatten(2).amax(-1) > 0 if present is None else present.bool()
+            if masks.shape[1] != len(self.structures):
+                raise ValueError(f"{masks.shape[1]} GT masks for {len(self.structures)} structures")
+            self.present += present.sum(0).cpu().numpy()
+            grid = area_fraction(masks, tuple(attention.shape[-2:]))  # (B, S, h, w)
+            hit, relevance, lift = (x.cpu() for x in pointing_and_relevance(attention, grid))
+            matched = hungarian_steps(out.masks, masks, present)  # (B, T)
+            bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
+            si = matched[bi, ti]
+            self.matched.append(np.stack([
+                si.numpy(), hit[bi, ti, si].numpy(), relevance[bi, ti, si].numpy(), lift[bi, ti, si].numpy(),
+            ], axis=1).astype(np.float64))  # (N, 4)
+            named = out.structure_logits.float().argmax(-1).cpu()  # (B, T)
+            pres = present.cpu()
+            named_present = torch.gather(pres, 1, named)  # (B, T)
+            named_hit = torch.gather(hit, 2, named.unsqueeze(-1)).squeeze(-1) & named_present
+            self.named.append(np.stack([named.flatten().numpy(), named_present.flatten().numpy(),
+                                        named_hit.flatten().numpy()], axis=1).astype(np.int64))  # (B*T, 3)
+        self._ablation(model, state)
+        self.seconds["pointing_relevance_ablation"] += time.perf_counter() - tic
+
+        k = self._want_faithful(b)
+        if k == 0:
+            return
+        tic = time.perf_counter()
+        self._deletion_insertion(model, images[:k], attention[:k], out.calibrated_melanoma_prob(self.temperature)[:k],
+                                 autocast)
+        self.seconds["deletion_insertion"] += time.perf_counter() - tic
+        if self.stability_fn is not None:
+            tic = time.perf_counter()
+            with autocast():
+                views = self.stability_fn(model, images[:k], temperature=self.temperature)
+            for key, values in views.items():
+                values = np.asarray(values)
+                if values.dtype.kind == "f":
+                    self.stability.setdefault(key, []).append(values.astype(np.float64))
+                else:  # why a part cannot be measured (a model with too few gazes)
+                    self.stability_note = str(values)
+            self.seconds["stability"] += time.perf_counter() - tic
+        self.faithful_images += k
+
+    def _ablation(self, model: GazeNet, state: GazeState) -> None:
+        """|ΔP(melanoma)| and flips for every step removed alone (:meth:`GazeNet.diagnose`)."""
+        full = model.diagnose(state, temperature=self.temperature).float()  # (B,)
+        steps = model.steps
+        deltas, flips = [], []
+        for t in range(steps):
+            keep = torch.arange(steps, device=full.device) != t
+            p = model.diagnose(state, keep, temperature=self.temperature).float()
+            deltas.append((p - full).abs())
+            flips.append((p >= self.threshold) != (full >= self.threshold))
+        self.ablation_delta.append(torch.stack(deltas, 1).cpu().numpy())  # (B, T)
+        self.ablation_flip.append(torch.stack(flips, 1).cpu().numpy())
+
+    def _deletion_insertion(
+        self, model: GazeNet, images: Tensor, attention: Tensor, prob: Tensor, autocast: Autocast
+    ) -> None:
+        def p_melanoma(x: Tensor) -> Tensor:
+            with autocast():
+                out = model.forward_with_state(x, decode=False)[0]  # the diagnosis needs no structure decoder
+            return out.float().calibrated_melanoma_prob(self.temperature)
+
+        b, _, h, w = images.shape
+        baseline = blur_baseline(images)
+        target = prob >= self.threshold  # the predicted class on the unperturbed image
+        order = saliency_order(attention, (h, w))
+        random_order = torch.stack([torch.randperm(h * w, generator=self._generator) for _ in range(b)])
+        for o, dele, ins in ((order, self.deletion, self.insertion),
+                             (random_order.to(images.device), self.random_deletion, self.random_insertion)):
+            d, i = perturbation_curves(p_melanoma, images, baseline, o, target, steps=self.steps, chunk=self.chunk)
+            dele.append(d.cpu().numpy())
+            ins.append(i.cpu().numpy())
+
+    def merge(self, others: Sequence[ExplanationAccumulator]) -> ExplanationAccumulator:
+        """This accumulator with the rows of ``others`` appended (in place; returns ``self``)."""
+        for o in others:
+            self.n_images += o.n_images
+            self.present += o.present
+            self.faithful_images += o.faithful_images
+            for name in ("matched", "named", "ablation_delta", "ablation_flip", "deletion", "insertion",
+                         "random_deletion", "random_insertion"):
+                getattr(self, name).extend(getattr(o, name))
+            for key, values in o.stability.items():
+                self.stability.setdefault(key, []).extend(values)
+            self.stability_note = self.stability_note or o.stability_note
+            for key, s in o.seconds.items():
+                self.seconds[key] += s
+        return self
+
+    def _by_structure(self, structure: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+        return {
+            "overall": _mean(values),
+            "per_structure": {n: _mean(values[structure == k]) for k, n in enumerate(self.structures)},
+            "excluded": {n: int(self.n_images - self.present[k]) for k, n in enumerate(self.structures)},
+        }
+
+    def compute(self) -> dict[str, Any]:
+        """The ``explanation`` section of ``metrics.json`` (see the module docstring for each measure).
+
+        Keys: ``pointing_matched``, ``pointing_named``, ``hallucination_rate``, ``relevance_mass``,
+        ``relevance_lift`` (each ``{"overall", "per_structure": {name: value}, "excluded": {name: images}}``;
+        ``None`` without structure ground truth or decoder), ``present_images``, ``ablation``
+        (``mean_abs_delta_per_step``, ``flip_fraction``, ``flip_fraction_per_step``, ``zero_by_construction``),
+        ``deletion`` and ``insertion`` (``auc``, ``random_auc``, ``curve``, ``random_curve``), ``stability``
+        (``position``, ``shape``, ``p_spread``: means of the per-image values, NaN left out; ``note``: why a
+        part could not be measured; or ``None``), ``n_images``, ``faithfulness_images`` and ``seconds``.
+        """
+        res: dict[str, Any] = {"n_images": self.n_images, "faithfulness_images": self.faithful_images}
+        empty = dict.fromkeys(("pointing_matched", "pointing_named", "hallucination_rate", "relevance_mass",
+                               "relevance_lift"))
+        res.update(empty)
+        res["present_images"] = {n: int(c) for n, c in zip(self.structures, self.present, strict=True)}
+        if self.matched:
+            m = np.concatenate(self.matched)  # (N, 4): structure, hit, relevance, lift
+            s = m[:, 0].astype(np.int64)
+            res["pointing_matched"] = self._by_structure(s, m[:, 1])
+            res["relevance_mass"] = self._by_structure(s, m[:, 2])
+            res["relevance_lift"] = self._by_structure(s, m[:, 3])
+            named = np.concatenate(self.named)  # (B*T, 3): named structure, present, hit
+            res["pointing_named"] = self._by_structure(named[:, 0], named[:, 2].astype(np.float64))
+            res["hallucination_rate"] = self._by_structure(named[:, 0], 1.0 - named[:, 1])
+        if self.ablation_delta:
+            delta, flip = np.concatenate(self.ablation_delta), np.concatenate(self.ablation_flip)  # (N, T)
+            res["ablation"] = {
+                "mean_abs_delta_per_step": delta.mean(0).tolist(),
+                "flip_fraction": float(flip.mean()),
+                "flip_fraction_per_step": flip.mean(0).tolist(),
+                "threshold": self.threshold,
+                "zero_by_construction": False,
+            }
+        else:
+            res["ablation"] = {"mean_abs_delta_per_step": [], "flip_fraction": 0.0, "flip_fraction_per_step": [],
+                               "threshold": self.threshold, "zero_by_construction": True}
+        for kind, curves, rand in (("deletion", self.deletion, self.random_deletion),
+                                   ("insertion", self.insertion, self.random_insertion)):
+            if curves:
+                c, r = np.concatenate(curves), np.concatenate(rand)  # (N, K+1)
+                res[kind] = {"auc": float(curve_area(c).mean()), "random_auc": float(curve_area(r).mean()),
+                             "curve": c.mean(0).tolist(), "random_curve": r.mean(0).tolist(), "steps": self.steps}
+            else:
+                res[kind] = None
+        res["stability"] = None
+        if self.stability:
+            values = {k: np.concatenate(v) for k, v in self.stability.items()}
+            res["stability"] = {k: _mean(v[~np.isnan(v)]) for k, v in values.items()}
+            res["stability"]["note"] = self.stability_note
+        res["seconds"] = {**self.seconds, "total": sum(self.seconds.values())}
+        return res
