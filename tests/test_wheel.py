@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = sorted(p.name for p in (ROOT / "src" / "dermogaze" / "configs").glob("*.yaml"))
+CONFIGS = ROOT / "src" / "dermogaze" / "configs"
+PRESETS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+SWEEP_SPACES = sorted(p.relative_to(CONFIGS).as_posix() for p in (CONFIGS / "sweeps").glob("*.yaml"))
 
 
 def _run(argv: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -51,7 +53,9 @@ def installed(wheel, tmp_path_factory) -> Path:
 def test_wheel_ships_every_preset_and_no_benchmark(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert len(PRESETS) >= 9
-    assert sorted(n.removeprefix("dermogaze/configs/") for n in names if n.startswith("dermogaze/configs/")) == PRESETS
+    assert sorted(n.removeprefix("dermogaze/configs/") for n in names if n.startswith("dermogaze/configs/")) == sorted(
+        PRESETS + SWEEP_SPACES
+    )
     assert not [n for n in names if "bench" in n.lower()], "benchmark code in the wheel"
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]
 

@@ -34,6 +34,9 @@ Decisions where the paper and SPEC are silent:
 - **The run folder** is locked by rank 0 for the whole run (``RUN/.lock``): a second ``train`` on it
   is refused with the holder's pid. A fresh run refuses a folder holding a run's files unless
   ``overwrite``.
+- **Watched from outside**: ``on_epoch(epoch, row)`` sees each epoch's metrics once its files are
+  written; an exception it raises ends the run there (a hyperparameter search's pruner,
+  :mod:`dermogaze.sweep`).
 - **Refused before any work**: an empty training or validation split. **Stopped**: a run whose
   training or validation loss, or weights, become NaN or infinite ("training diverged"); ``last.pt``
   keeps the previous epoch.
@@ -45,6 +48,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -88,6 +92,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train a model with ``cfg`` and write the run folder (:class:`~.checkpoint.RunWriter`).
 
@@ -100,6 +105,10 @@ def train(
         resume: continue from ``out_dir/last.pt`` (the model section of ``cfg`` must match it).
         overwrite: start afresh even if ``out_dir`` holds a run (its files are replaced).
         progress: show tqdm bars.
+        on_epoch: called as ``on_epoch(epoch, row)`` after each epoch's files are written, with the epoch's
+            line of ``metrics.jsonl`` (``val_auc``, ``val_map``, ...), on every process (the row is the same on
+            each). An exception it raises (e.g. a hyperparameter search's pruning signal) stops the run there
+            and reaches the caller; the run folder keeps that epoch (a later ``resume`` continues it).
 
     Returns:
         Summary: ``run``, ``is_main`` (rank 0), ``epochs`` (completed), ``best_epoch``,
@@ -114,13 +123,22 @@ def train(
     dist = setup_distributed(cfg.train.device)
     run = RunWriter(out_dir)
     try:
-        return _train(cfg, run, resume=resume, overwrite=overwrite, progress=progress, dist=dist)
+        return _train(cfg, run, resume=resume, overwrite=overwrite, progress=progress, dist=dist, on_epoch=on_epoch)
     finally:
         run.unlock()
         cleanup_distributed(dist)
 
 
-def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progress: bool, dist: DistInfo) -> dict:
+def _train(
+    cfg: Config,
+    run: RunWriter,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    dist: DistInfo,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None,
+) -> dict:
     t = cfg.train
     device = dist.device
     _check_config(cfg, dist)
@@ -219,6 +237,8 @@ def _train(cfg: Config, run: RunWriter, *, resume: bool, overwrite: bool, progre
                 train_terms["loss"], val.losses["loss"], auc, " *best*" if improved else "", row["time_s"],
             )
         barrier(dist)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
     return {
         "run": run.run,
         "is_main": dist.is_main,
