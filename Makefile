@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dermogaze-installed
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo serve test test-fast bench lint clean
 
 # torch/torchvision: the exact pair this machine installs from its disk (pyproject.toml allows the 2.14 series).
 $(STAMP): pyproject.toml
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/dermogaze demo
+
+# The gaze viewer in the browser over the demo's model and its test images (written by `make demo`).
+DEMO_RUN := runs/demo
+serve: $(STAMP)
+	@test -f $(DEMO_RUN)/train/best.pt || { echo "no demo model at $(DEMO_RUN)/train/best.pt: run 'make demo' first (a few minutes on a CPU)"; exit 2; }
+	$(VENV)/bin/dermogaze serve --checkpoint $(DEMO_RUN)/train/best.pt --data $(DEMO_RUN)/data/cache
 
 # pytest exits 5 when nothing is collected: that is not a failure of the project.
 test: $(STAMP)

@@ -201,3 +201,38 @@ def pipeline_tiny_run(pipeline_cache: Path, tmp_path_factory: pytest.TempPathFac
     run = tmp_path_factory.mktemp("pipeline_runs") / "tiny"
     train(cfg, run, progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def crafted_gaze_checkpoint(pipeline_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained ``configs/tiny.yaml`` network (T = 2) whose diagnosis reads gaze 1 alone, as a checkpoint.
+
+    The diagnosis top's weights are zero except those of gaze 1's pool ``GAP(X̃'_1)``, which all add
+    ``50 / C`` to the melanoma logit: P(melanoma) = ``sigmoid(50 · mean(GAP(X̃'_1)))`` with every
+    gaze, exactly 0.5 without gaze 1, and unchanged without gaze 2. Calibration: temperature 1,
+    threshold 0.6 (so removing gaze 1 turns a melanoma decision benign). Structures and normalisation
+    are those of :func:`pipeline_cache`.
+    """
+    from dermogaze.config import load_config
+    from dermogaze.data.cache import load_info
+    from dermogaze.models import build_model
+    from dermogaze.training.checkpoint import checkpoint_state, save_checkpoint
+
+    cfg = load_config("tiny", [f"data.cache={pipeline_cache}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, steps=cfg.model.steps, image_size=cfg.model.image_size,
+                        width=cfg.model.width, batch_norm=cfg.model.batch_norm).eval()
+    head = model.diagnosis.head
+    channels = head.gaze_channels
+    first_pool = head.fc.in_features - cfg.model.steps * channels  # GAP(blocks 4-5) first, then the gaze pools
+    with torch.no_grad():
+        head.fc.weight.zero_()
+        head.fc.bias.zero_()
+        head.fc.weight[1, first_pool : first_pool + channels] = 50.0 / channels
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = checkpoint_state(
+        cfg, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), load_info(pipeline_cache), epoch=1,
+        best_val=None, best_epoch=1, rngs=[], metrics={},
+        calibration={"temperature": 1.0, "threshold": 0.6, "threshold_rule": "crafted"},
+    )
+    return save_checkpoint(tmp_path_factory.mktemp("crafted") / "best.pt", state)

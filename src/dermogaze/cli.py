@@ -8,7 +8,12 @@ Subcommands, in the order of the dataflow::
     evaluate                         every SPEC §6 metric of a checkpoint on a prepared split
     explain                          gazes, structures, JSON and figures per image
     demo                             the whole pipeline on the built-in synthetic data
+    gaze compare                     MultiMatch of a record's gaze sequence vs a human scanpath
+    compare | table3                 runs side by side in one table; Table 3 trained and tabulated
+    sweep [show NAME]                Optuna hyperparameter search (processes share a study); its report
     bench                            the training-step benchmark of a repository checkout
+    export                           a checkpoint's network as an ONNX file (for onnxruntime)
+    serve                            the gaze viewer in the browser (Gradio, this machine only by default)
 
 Shared runtime flags (:func:`_add_runtime_arguments`): ``--device auto|cpu|cuda`` (default
 ``auto`` everywhere), ``--amp``, ``--workers``, ``--no-progress``. Library code receives typed
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import logging
 import os
 import sys
@@ -52,16 +58,22 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .compare import compare_runs
 from .config import Config, load_config, merge, parse_overrides, validate
 from .data.cache import format_stats, load_info, prepare
 from .data.synth import write_synthetic_isic
 from .demo import run_demo
 from .errors import DermogazeError
-from .evaluate import evaluate_checkpoint
+from .evaluate import DEFAULT_FAITHFULNESS, evaluate_checkpoint
 from .explain import renamed_outputs, run_explain, summary_line
+from .export import export_onnx
 from .metrics import format_table
 from .models import build_model, list_models
 from .runtime import AMP_MODES, DEVICES
+from .scanpath import SIMILARITIES, compare_record
+from .serve import DEFAULT_HOST, DEFAULT_PORT, Viewer, launch
+from .sweep import run_sweep, show_sweep
+from .table3 import TABLE3_PRESETS, run_table3
 from .training import load_checkpoint, train
 
 #: Where ``dermogaze bench`` finds the benchmark, relative to a repository checkout.
@@ -354,7 +366,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, args.out, device=args.device, batch_size=args.batch_size,
         workers=args.workers, amp=args.amp, tta=args.tta, by=args.by, compare=args.compare,
-        n_resamples=args.bootstrap, seed=args.seed, progress=not args.no_progress,
+        n_resamples=args.bootstrap, seed=args.seed, faithfulness=args.faithfulness, progress=not args.no_progress,
     )
     print(format_table(result["metrics"]))
     print(f"\nwritten to {result['out_dir']}: " + ", ".join(p.name for p in result["files"].values()))
@@ -403,7 +415,11 @@ def _register_train_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="another model's predictions.csv on the same images: DeLong's test of the two AUCs")
     p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="resamples of the 95%% bootstrap intervals (default: 2000)")
-    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of the bootstrap (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
+                   help="seed of the bootstrap and of deletion's random pixel orders (default: 0)")
+    p.add_argument("--faithfulness", type=non_negative_int, default=DEFAULT_FAITHFULNESS, metavar="N",
+                   help="explanation measures: run deletion/insertion and stability (the costly ones) on the first N "
+                   f"images of the split; 0 skips them (default: {DEFAULT_FAITHFULNESS}); their cost is printed")
     _add_runtime_arguments(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -468,6 +484,204 @@ def _register_explain_demo(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# gaze (the model's gaze sequence against a human scanpath)
+# ----------------------------------------------------------------------------------------------
+def _cmd_gaze_compare(args: argparse.Namespace) -> int:
+    result = compare_record(args.record, args.fixations)
+    if args.json:
+        print(json.dumps(result, indent=2, allow_nan=False))
+        return 0
+    width, height = result["image_size"]
+    print(f"MultiMatch similarity (1 = identical) of {result['image_id']}: {result['model_fixations']} model gazes "
+          f"vs {result['human_fixations']} human fixations, on the {width}×{height} px image")
+    for name in SIMILARITIES:
+        print(f"  {name:<10} {result['similarities'][name]:.3f}")
+    print(f"(model gaze durations ∝ attention peak, scaled to the human mean fixation of "
+          f"{result['mean_fixation_ms']:.0f} ms)")
+    return 0
+
+
+def _register_gaze(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("gaze", help="compare the model's gaze sequence with a human scanpath (eye tracking)")
+    actions = parser.add_subparsers(dest="gaze_command", metavar="ACTION", required=True)
+    p = actions.add_parser(
+        "compare",
+        help="MultiMatch's five similarities between an explanation record and a human fixations CSV",
+        description=(
+            "Compare the gaze sequence of an explanation record (RECORD.json, written by 'dermogaze explain') with a "
+            "human scanpath (FIXATIONS.csv: columns x,y,duration_ms in the image's own pixels, one fixation per row "
+            "in viewing order) by MultiMatch: vector, direction, length, position and duration similarity in [0, 1]. "
+            "Each gaze is a fixation at its attention peak, lasting in proportion to the peak value, scaled to the "
+            "human mean fixation duration. Both need at least three fixations."
+        ),
+    )
+    p.add_argument("record", type=Path, metavar="RECORD.json", help="explanation record of 'dermogaze explain'")
+    p.add_argument("fixations", type=Path, metavar="FIXATIONS.csv", help="human fixations: x,y,duration_ms")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_gaze_compare)
+
+
+# ----------------------------------------------------------------------------------------------
+# compare, table3
+# ----------------------------------------------------------------------------------------------
+def _cmd_compare(args: argparse.Namespace) -> int:
+    result = compare_runs(
+        args.runs, split=args.split, cache=args.data, out_dir=check_output_folder(args.out), device=args.device,
+        amp=args.amp, workers=args.workers, n_resamples=args.bootstrap, faithfulness=args.faithfulness,
+        progress=not args.no_progress,
+    )
+    print(result["markdown"])
+    print(f"written to {result['files']['markdown']} and {result['files']['csv']}")
+    return 0
+
+
+def _cmd_table3(args: argparse.Namespace) -> int:
+    result = run_table3(
+        args.data, check_output_folder(args.out), overrides=args.override, epochs=args.epochs, jobs=args.jobs,
+        split=args.split, presets=args.presets, device=args.device, amp=args.amp, workers=args.workers,
+        n_resamples=args.bootstrap, faithfulness=args.faithfulness, progress=not args.no_progress,
+    )
+    print(result["markdown"])
+    print(f"written to {result['files']['markdown']} and {result['files']['csv']}; every metric of every run: "
+          f"{result['files']['compare_markdown']}")
+    return 0
+
+
+def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """``--bootstrap`` and ``--faithfulness`` of the evaluations that ``compare`` and ``table3`` run."""
+    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
+                   help="resamples of the 95%% bootstrap intervals (default: 2000)")
+    p.add_argument("--faithfulness", type=non_negative_int, default=DEFAULT_FAITHFULNESS, metavar="N",
+                   help="deletion/insertion and stability (the costly explanation measures) on the first N images; "
+                   f"0 skips them (default: {DEFAULT_FAITHFULNESS})")
+
+
+def _register_experiments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="evaluate several runs on one split and tabulate them side by side (with DeLong's test)",
+        description="Evaluate the best.pt of every run on the same cache and split and write one table (Markdown "
+        "and CSV): AUC, AP, specificity at the ISIC 2017 sensitivities, structure mAP, Jaccard of lesion and skin, "
+        "Task 2 superpixel AUC and the explanation metrics, with 95%% intervals and DeLong's p against the first run.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'dermogaze train' (the first is "
+                   "the reference)")
+    p.add_argument("--split", default="test", help="cache split (default: test)")
+    p.add_argument("--data", metavar="CACHE", help="prepared cache (default: the one the runs were trained on)")
+    p.add_argument("--out", default="runs/compare", metavar="DIR",
+                   help="output folder: compare.md, compare.csv and each run's evaluation (default: runs/compare)")
+    _add_evaluation_arguments(p)
+    _add_runtime_arguments(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "table3",
+        help="train the seven Table 3 presets with one seed and budget, evaluate them and write Table 3",
+        description=f"Train the presets {', '.join(TABLE3_PRESETS)} on one cache with the same overrides (seed, "
+        "epochs, batch, rates, size), one after the other or --jobs at once; evaluate each best checkpoint and write "
+        "OUT/table3.md and .csv (AUC and AP with 95%% intervals, the paper's figures beside) and the full comparison "
+        "in OUT/compare_<split>/. Rerun the same command after an interruption: finished presets are kept, a "
+        "half-trained one resumes from its last epoch.",
+    )
+    p.add_argument("--data", required=True, metavar="CACHE", help="prepared cache (dermogaze data prepare)")
+    p.add_argument("--out", required=True, metavar="DIR", help="experiment folder (one run folder per preset)")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="epochs of every preset (default: the paper's 20)")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="J", help="trainings at once (default: 1)")
+    p.add_argument("--presets", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                   default=list(TABLE3_PRESETS), metavar="P1,P2,...",
+                   help="only these rows of Table 3, comma-separated (default: all seven)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key of every preset, e.g. -o model.width=0.25 (repeatable)")
+    p.add_argument("--split", default="test", help="cache split the table is computed on (default: test)")
+    _add_evaluation_arguments(p)
+    _add_runtime_arguments(p, from_config=True)
+    p.set_defaults(func=_cmd_table3)
+
+
+# ----------------------------------------------------------------------------------------------
+# export (ONNX)
+# ----------------------------------------------------------------------------------------------
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output file that is a folder, lies under a file, or whose folder cannot be
+    written (:func:`check_output_folder` for a file; its folder is created if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DermogazeError(f"{option} {path} is a folder: give the file to write, e.g. {path / 'model.onnx'}")
+    for folder in path.parents:
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise DermogazeError(
+                    f"{option} {path}: cannot write in {folder} (permission denied or read-only): choose another folder"
+                )
+            return path
+        if folder.exists() or folder.is_symlink():
+            raise DermogazeError(f"{option} {path} lies under {folder}, which is not a folder: give another path")
+    return path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    result = export_onnx(args.checkpoint, check_output_file(args.out))
+    meta = result["metadata"]
+    diffs = ", ".join(f"{name} {diff:.1e}" for name, diff in result["max_abs_diff"].items())
+    print(f"exported {meta['variant']} (T={meta['steps']}, input images (batch, 3, {meta['image_size']}, "
+          f"{meta['image_size']}) normalised with the metadata's mean/std) to {result['path']}")
+    print(f"outputs: {', '.join(result['outputs'])}; checked in onnxruntime, max |ONNX - PyTorch|: {diffs}")
+    return 0
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint's network to ONNX (dynamic batch; normalisation, structures and threshold "
+        "in its metadata)",
+        description="Export the network of a checkpoint to an ONNX file: input 'images' (batch, 3, S, S), "
+        "normalised; outputs melanoma_probability (calibrated), logits, and as the variant has them attention, "
+        "masks and structure_logits. The batch size is dynamic, T and S are the checkpoint's. The metadata holds "
+        "mean, std, structures, image_size, steps, temperature and threshold. The file is checked in onnxruntime "
+        "against PyTorch before it is written. Needs the export extra: pip install 'dermogaze[export]'.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint written by 'dermogaze train' "
+                   "(RUN/best.pt)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. model.onnx")
+    p.set_defaults(func=_cmd_export)
+
+
+# ----------------------------------------------------------------------------------------------
+# serve (the gaze viewer in the browser)
+# ----------------------------------------------------------------------------------------------
+def _cmd_serve(args: argparse.Namespace) -> int:
+    viewer = Viewer(args.checkpoint, args.data, device=args.device)
+    if args.host not in (DEFAULT_HOST, "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "serving on %s: other machines can reach the viewer, and it has no login", args.host)
+    print(f"dermogaze viewer of {args.checkpoint}: open http://{args.host}:{args.port} in a browser (Ctrl-C stops it)")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up requests to its own server
+    launch(viewer, host=args.host, port=args.port, quiet=True)
+    return 0
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="the gaze viewer in the browser: diagnosis, gazes step by step, switching gazes off",
+        description="Serve a web page (Gradio, offline) over a checkpoint: upload a JPEG/PNG or pick an image of a "
+        "prepared split (--data, with its ground truth) and see P(melanoma), the decision at the checkpoint's "
+        "threshold, the numbered gaze path, each gaze's attention, mask and structure, and the diagnosis recomputed "
+        "without the gazes you switch off. Bound to 127.0.0.1 (this machine only) unless --host says otherwise.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="checkpoint written by 'dermogaze train' "
+                   "(RUN/best.pt)")
+    p.add_argument("--data", metavar="CACHE", help="prepared cache whose images the page offers, with ground truth")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST}, this machine "
+                   "only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT})")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: auto, the GPU when "
+                   "there is one)")
+    p.set_defaults(func=_cmd_serve)
+
+
+# ----------------------------------------------------------------------------------------------
 # bench (a checkout's benchmarks/, not part of the installed package)
 # ----------------------------------------------------------------------------------------------
 def find_bench_script(start: Path | None = None) -> Path:
@@ -505,6 +719,100 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# sweep (Optuna): ``dermogaze sweep [OPTIONS]`` runs trials, ``dermogaze sweep show NAME`` reports a study
+# ----------------------------------------------------------------------------------------------
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    missing = [flag for flag, value in (("--study", args.study), ("--space", args.space), ("--trials", args.trials))
+               if value is None]
+    if missing:
+        raise DermogazeError(f"dermogaze sweep needs {', '.join(missing)} (see 'dermogaze sweep --help')")
+    cfg = load_config(args.preset, args.override)
+    flags = {"cache": (cfg.data, args.data), "device": (cfg.train, args.device), "amp": (cfg.train, args.amp),
+             "workers": (cfg.data, args.workers)}
+    for key, (section, value) in flags.items():
+        if value is not None:
+            setattr(section, key, value)
+    validate(cfg, source="command line")
+    out = check_output_folder(args.out or Path("runs") / "sweeps" / args.study)
+    result = run_sweep(
+        cfg, args.space, study=args.study, storage=args.storage, trials=args.trials, out=out,
+        objective=args.objective, resume=args.resume, seed=args.seed, heartbeat=args.heartbeat,
+        prune_startup=args.prune_startup, prune_warmup=args.prune_warmup, launcher=args.launcher,
+        progress=not args.no_progress,
+    )
+    best = result["best"]
+    print(f"study {result['study']}: {result['finished']} finished trials ({len(result['ran'])} run here); "
+          + ("no complete trial" if best is None else
+             f"best trial {best['number']}, {args.objective} = {best['value']:.4f}: {best['params']}"))
+    print(f"report: dermogaze sweep show {args.study} --storage {args.storage}")
+    return 0
+
+
+def _cmd_sweep_show(args: argparse.Namespace) -> int:
+    out = check_output_folder(args.show_out or Path("runs") / "sweeps" / args.name)
+    result = show_sweep(args.name, args.show_storage, out)
+    print(result["table"])
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"\nwritten to {out}: " + ", ".join(p.name for p in result["files"].values()))
+    return 0
+
+
+def _register_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="search hyperparameters with Optuna (TPE, median pruning; several processes share one study)",
+        description="Train one run per trial from a preset with the trial's values of a search space (YAML: "
+        "section.key: {float|log|int|categorical: VALUES}) and maximise a validation metric. Every process started "
+        "with the same --study and --storage (an SQLite file on one machine; PostgreSQL or MySQL across machines) "
+        "works on the same study until it holds --trials finished trials. Trial run folders: OUT/trial_NNNN. "
+        "'dermogaze sweep show NAME' reports a study.",
+    )
+    p.add_argument("--preset", metavar="NAME", help="the base configuration: a shipped preset or a YAML file")
+    p.add_argument("--space", metavar="YAML", help="search space: a YAML file or a shipped space (demo)")
+    p.add_argument("--study", metavar="NAME", help="the study's name in the storage")
+    p.add_argument("--storage", default="sqlite:///runs/sweeps.db", metavar="URL",
+                   help="Optuna storage URL (default: sqlite:///runs/sweeps.db; postgresql://USER:PW@HOST/DB)")
+    p.add_argument("--trials", type=positive_int, metavar="N",
+                   help="finished trials the study should hold, counted over every process")
+    p.add_argument("--out", metavar="DIR", help="folder of the trials' run folders (default: runs/sweeps/STUDY)")
+    p.add_argument("--objective", default="val_auc", metavar="EXPR",
+                   help="val_auc (default), val_ap, val_map or a weighted sum such as 0.7*val_auc+0.3*val_map")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed sweep, or join a study that another process runs")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
+                   help="seed of the sampler (default: 0; give each process of one study its own)")
+    p.add_argument("--data", metavar="CACHE", help="prepared cache folder (dermogaze data prepare)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key of the base configuration (repeatable)")
+    p.add_argument("--heartbeat", type=positive_int, default=10, metavar="S",
+                   help="seconds between a trial's heartbeats; a trial silent for twice that (its process died) "
+                   "is marked failed and retried once (default: 10)")
+    p.add_argument("--prune-startup", type=non_negative_int, default=5, metavar="N",
+                   help="finished trials before the median pruner stops any (default: 5)")
+    p.add_argument("--prune-warmup", type=non_negative_int, default=0, metavar="E",
+                   help="epochs of a trial before it may be pruned (default: 0)")
+    p.add_argument("--launcher", metavar="CMD",
+                   help="run each trial as 'CMD -m dermogaze train ...' in a child process, e.g. "
+                   "'torchrun --standalone --nproc-per-node 4' (default: in this process)")
+    _add_runtime_arguments(p, from_config=True)
+    p.set_defaults(func=_cmd_sweep)
+    actions = p.add_subparsers(dest="sweep_command", metavar="[show]")
+    s = actions.add_parser(
+        "show",
+        help="the trials table, the best configuration as a preset and Optuna's plots",
+        description="Write OUT/trials.csv, OUT/trials.md, OUT/best.yaml (the best trial's configuration as a "
+        "preset), OUT/importance.png and OUT/history.png (Optuna's parameter importance and optimisation history) "
+        "and print the trials table.",
+    )
+    s.add_argument("name", metavar="NAME", help="the study's name")
+    s.add_argument("--storage", dest="show_storage", default="sqlite:///runs/sweeps.db", metavar="URL",
+                   help="Optuna storage URL (default: sqlite:///runs/sweeps.db)")
+    s.add_argument("--out", dest="show_out", metavar="DIR", help="output folder (default: runs/sweeps/NAME)")
+    s.set_defaults(func=_cmd_sweep_show)
+
+
+# ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -520,7 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     _register_model(sub)
     _register_train_evaluate(sub)
     _register_explain_demo(sub)
+    _register_gaze(sub)
+    _register_experiments(sub)
     _register_bench(sub)
+    _register_export(sub)
+    _register_serve(sub)
+    _register_sweep(sub)
     return parser
 
 
