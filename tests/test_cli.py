@@ -128,5 +128,5 @@ def test_commands_are_registered():
     from dermogaze.config import available_presets
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"data", "model", "train", "evaluate", "explain", "demo", "bench"}
+    assert set(sub.choices) == {"data", "model", "train", "evaluate", "explain", "demo", "bench", "predict"}
     assert {"tiny", "demo", "deco_gap_3"} <= set(available_presets())
