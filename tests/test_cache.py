@@ -73,7 +73,7 @@ def test_prepare_arrays(tiny_cache):
     train = load_split(out, "train")
     assert len(train) == 4
     assert train.ids == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004"]
-    assert train.labels.dtype == np.int64
+    assert train.labels.dtype == np.float32  # NaN = unknown diagnosis
     np.testing.assert_array_equal(train.labels, [1, 0, 0, 1])
     assert train.images.dtype == np.uint8 and train.images.shape == (4, SIZE, SIZE, 3)
     np.testing.assert_array_equal(train.images[0], np.full((SIZE, SIZE, 3), (200, 100, 50)))

@@ -130,6 +130,6 @@ def test_commands_are_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {
         "data", "model", "train", "evaluate", "explain", "demo", "gaze", "bench",
-        "serve", "export", "sweep", "compare", "table3",
+        "serve", "export", "sweep", "compare", "table3", "predict",
     }
     assert {"tiny", "demo", "deco_gap_3"} <= set(available_presets())

@@ -254,8 +254,10 @@ def test_balancing_errors():
         GazeLoss(LossConfig(balancing="inverse"))
     with pytest.raises(DermogazeError, match="never present"):
         GazeLoss(LossConfig(balancing="w'"), [10, 10, 0, 1, 1, 1])
-    with pytest.raises(DermogazeError, match="6 counts"):
-        GazeLoss(LossConfig(balancing="w"), [10, 10, 1])
+    with pytest.raises(DermogazeError, match="one count per structure"):
+        GazeLoss(LossConfig(balancing="w"), [10, 10, 1], structures=["lesion", "skin"])
+    with pytest.raises(DermogazeError, match="never present: \\['streaks'\\]"):
+        GazeLoss(LossConfig(balancing="w'"), [10, 10, 1, 0], structures=["lesion", "skin", "globules", "streaks"])
     GazeLoss(LossConfig(balancing="batch"))  # presences are not needed here
     GazeLoss(LossConfig(balancing="none"))
 

@@ -254,7 +254,8 @@ def test_channels_last_gives_the_same_outputs():
 def test_init_kwargs_rebuild_the_same_architecture():
     model = tiny("deco_gap_17", steps=3, image_size=64)
     assert model.init_kwargs == dict(
-        name="deco_gap_17", steps=3, image_size=64, width=TINY, skip=False, batch_norm="on", weights=None
+        name="deco_gap_17", steps=3, image_size=64, width=TINY, skip=False, batch_norm="on", weights=None,
+        num_structures=6,
     )
     again = build_model(**model.init_kwargs)
     again.load_state_dict(model.state_dict(), strict=True)

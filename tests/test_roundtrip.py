@@ -82,7 +82,7 @@ def test_cached_arrays_match_the_files(collection, split):
     n = COUNTS[SPLITS[split]]
     assert arrays.images.dtype == np.uint8 and arrays.images.shape == (n, S, S, 3)
     assert arrays.masks.shape == (n, NUM_STRUCTURES, S, S) and arrays.masks.dtype in (np.bool_, np.uint8)
-    assert arrays.labels.dtype == np.int64 and arrays.labels.shape == (n,)
+    assert arrays.labels.dtype == np.float32 and arrays.labels.shape == (n,)
     assert arrays.superpixels.dtype == np.int32 and arrays.superpixels.shape == (n, S, S)
     assert sorted(arrays.ids) == sorted(ref)
     for i, iid in enumerate(arrays.ids):

@@ -6,6 +6,7 @@ Subcommands, in the order of the dataflow::
     model list | summary             the Table 3 variants and their parameter counts
     train                            a run folder from a preset (torchrun for several processes)
     evaluate                         every SPEC §6 metric of a checkpoint on a prepared split
+    predict                          challenge submission files (ISIC 2018 Task 2 masks, ISIC 2017 Part 3 CSV)
     explain                          gazes, structures, JSON and figures per image
     demo                             the whole pipeline on the built-in synthetic data
     gaze compare                     MultiMatch of a record's gaze sequence vs a human scanpath
@@ -60,7 +61,9 @@ from typing import Any, NoReturn
 from . import __version__
 from .compare import compare_runs
 from .config import Config, load_config, merge, parse_overrides, validate
-from .data.cache import format_stats, load_info, prepare
+from .data.cache import LAYOUTS, format_stats, load_info, prepare
+from .data.splits import parse_fractions
+from .data.synth import labels_path as synth_labels_path
 from .data.synth import write_synthetic_isic
 from .demo import run_demo
 from .errors import DermogazeError
@@ -69,6 +72,8 @@ from .explain import renamed_outputs, run_explain, summary_line
 from .export import export_onnx
 from .metrics import format_table
 from .models import build_model, list_models
+from .predict import FORMATS as PREDICT_FORMATS
+from .predict import predict
 from .runtime import AMP_MODES, DEVICES
 from .scanpath import SIMILARITIES, compare_record
 from .serve import DEFAULT_HOST, DEFAULT_PORT, Viewer, launch
@@ -213,22 +218,29 @@ def _parse_prevalences(items: list[str]) -> dict[str, float] | None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    test_split = "Test" if args.layout == "isic2018" else "Test_v2"
     out = write_synthetic_isic(
         check_output_folder(args.out),
-        counts={"Training": args.train, "Validation": args.val, "Test_v2": args.test},
+        counts={"Training": args.train, "Validation": args.val, test_split: args.test},
         image_size=(args.width, args.height),
         seed=args.seed,
         prevalences=_parse_prevalences(args.prevalence),
         progress=not args.no_progress,
+        layout=args.layout,
     )
-    print(f"synthetic ISIC 2017 collection written to {out}")
+    if args.layout == "isic2018":
+        print(f"synthetic ISIC 2018 Task 1-2 collection written to {out} (diagnosis labels for --labels: "
+              f"{synth_labels_path(out)})")
+    else:
+        print(f"synthetic ISIC 2017 collection written to {out}")
     return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     info = prepare(
         args.isic, check_output_folder(args.out), size=args.size, workers=args.workers, skip_bad=args.skip_bad,
-        progress=not args.no_progress, force=args.force,
+        progress=not args.no_progress, force=args.force, labels=args.labels, split=parse_fractions(args.split),
+        seed=args.seed, layout=args.layout,
     )
     counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
     masks = "with structure masks" if info["has_masks"] else "classification only (no Part 1/Part 2)"
@@ -258,16 +270,32 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
         help="fraction of images holding a feature (or 'melanoma'); repeatable, e.g. --prevalence streaks=0.1",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--layout", choices=("isic2017", "isic2018"), default="isic2017",
+                   help="ISIC 2017 (superpixels, Part 1-3) or ISIC 2018 Task 1-2 (pixel masks, globules) layout "
+                        "(default isic2017)")
     p.set_defaults(func=_cmd_synth)
 
     p = actions.add_parser("prepare", help="decode, resize and cache an ISIC 2017 collection once")
-    p.add_argument("--isic", required=True, type=Path, help="folder with the ISIC-2017_* folders and CSVs")
+    p.add_argument("--isic", required=True, type=Path,
+                   help="folder with the ISIC-2017_* or ISIC2018_Task1-2 folders, or a folder of images (--labels)")
     p.add_argument("--out", required=True, type=Path, help="cache folder to write")
     p.add_argument("--size", type=positive_int, default=256, help="side of the cached square images (default 256)")
     p.add_argument("--workers", type=positive_int, default=1, help="decoding processes (default 1)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad samples instead of stopping")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--labels", type=Path, metavar="CSV",
+                   help="diagnosis CSV for a collection without labels of its own: ISIC 2018 Task 1-2, or --isic "
+                        "as a folder of images (HAM10000_metadata.csv, ISIC2018_Task3_Training_GroundTruth.csv, "
+                        "ISIC_2019_Training_GroundTruth.csv, ISIC 2020 train.csv, or image_id/isic_id with "
+                        "melanoma or diagnosis)")
+    p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                   help="fractions where prepare divides a collection into splits, by lesion_id when known "
+                        "(default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of that division (default 0)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="the collection's layout (default auto: recognised from the folder names, ISIC-2017_* or "
+                        "ISIC2018_Task*)")
     p.set_defaults(func=_cmd_prepare)
 
     p = actions.add_parser("stats", help="print Table 1 (structure presence) and Table 2 (w, w') of a cache")
@@ -813,6 +841,40 @@ def _register_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# predict
+# ----------------------------------------------------------------------------------------------
+def _cmd_predict(args: argparse.Namespace) -> int:
+    out = check_output_folder(args.out) if args.format == "isic2018-task2" else args.out
+    result = predict(
+        args.checkpoint, args.data, args.split, out, fmt=args.format, device=args.device, batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    what = f"{result['files']} attribute masks in {args.out}" if args.format == "isic2018-task2" else result["files"]
+    print(f"{result['format']}: {result['n_images']} images of split {args.split}: wrote {what}")
+    return 0
+
+
+def _register_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="challenge submission files of a checkpoint on a prepared split",
+        description="Write submission files for every image of a split: isic2018-task2 writes "
+        "ISIC_<id>_attribute_<name>.png at each image's original size (per attribute, the union of the gaze "
+        "steps that name it, each thresholded at 0.5); isic2017-part3 writes the Part 3 CSV "
+        "(image_id,melanoma,seborrheic_keratosis; dermogaze predicts melanoma only, the other column is 0.0).",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="RUN/best.pt or RUN/last.pt")
+    p.add_argument("--data", required=True, metavar="CACHE", help="prepared cache (dermogaze data prepare)")
+    p.add_argument("--split", default="test", help="cache split: train, val or test (default: test)")
+    p.add_argument("--format", required=True, choices=PREDICT_FORMATS, help="submission format")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (isic2018-task2) or CSV file (isic2017-part3)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per batch (default: 8)")
+    _add_runtime_arguments(p, amp=False, workers=False)
+    p.set_defaults(func=_cmd_predict)
+
+
+# ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -834,6 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_export(sub)
     _register_serve(sub)
     _register_sweep(sub)
+    _register_predict(sub)
     return parser
 
 

@@ -501,7 +501,7 @@ def write_report(
         path = " → ".join(f"{st['structure'] or '?'}{_mark(st)}" for st in rec.get("steps", []))
         lines += [
             f"### {rec['image_id']}: P(melanoma) = {rec['melanoma_probability']:.3f}"
-            + (f", ground truth {gt['diagnosis']}" if gt else ""),
+            + (f", ground truth {gt['diagnosis']}" if gt.get("diagnosis") is not None else ""),
             "",
             f"Gazes: {path}" if path else "",
             "",

@@ -56,7 +56,7 @@ from .metrics import EvaluationAccumulator, check_finite_outputs, write_predicti
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc
 from .runtime import autocast_factory, resolve_device
 from .scanpath import view_stability
-from .training.checkpoint import load_checkpoint, model_from_checkpoint
+from .training.checkpoint import check_structure_set, load_checkpoint, model_from_checkpoint
 from .training.loop import run_inference
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ def check_checkpoint_data(ckpt: Mapping[str, Any], info: Mapping[str, Any], cach
 
     Raises:
         DataError: the cache's images are smaller than the model's input size.
+        DermogazeError: the cache holds another structure set than the model was trained on.
     """
+    check_structure_set(ckpt, info, cache)
     size, image_size, trained_on = int(info["size"]), int(ckpt["image_size"]), int(ckpt["cache_size"])
     if size < image_size:
         raise DataError(

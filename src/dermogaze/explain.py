@@ -65,8 +65,8 @@ from .losses import area_fraction
 from .metrics import BINARY_THRESHOLD, check_finite_outputs, pair_with_ground_truth
 from .plots import FULL_REGION
 from .runtime import resolve_device
-from .structures import SHORT_NAMES, STRUCTURES
-from .training.checkpoint import load_checkpoint, model_from_checkpoint
+from .structures import SHORT_NAME, STRUCTURES
+from .training.checkpoint import check_structure_set, load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,12 @@ def explain_record(
     Keys: ``image_id``, ``image_path``, ``image_size`` ``{width, height}``, ``input_region``
     ``{x0, y0, x1, y1}`` (image pixels, edges), ``melanoma_probability``, ``prediction``
     (``"melanoma"`` when the probability is ``>= threshold``, else ``"benign"``), ``threshold``,
-    ``ground_truth`` (``None``, or ``{diagnosis, label, prediction_correct, structures_present}``),
+    ``ground_truth`` (``None``, or ``{diagnosis, label, prediction_correct, structures_present}``; the first
+    three ``None`` when only the structures are known),
     ``n_steps`` and ``steps``: one dict per step with ``step`` (1-based), ``gaze`` ``{x, y}``,
     ``attention`` (value of ``A_t`` at the gaze), ``attention_vs_uniform`` (that value times
     ``h·w``: 1 = no preference), ``structure`` and ``structure_probability`` (arg-max of
-    ``softmax(pred_t)``), ``structure_probabilities`` (all six), ``mask_area_fraction``,
+    ``softmax(pred_t)``), ``structure_probabilities`` (one per structure), ``mask_area_fraction``,
     ``mask_area_pixels``, ``gt_structure`` and ``structure_correct``, and the SPEC §6b measures
     (:mod:`dermogaze.explanation`): ``matched_structure`` (the loss's Hungarian matching, which may
     differ from ``gt_structure``'s highest-IoU pairing), ``pointing_hit`` (the attention peak lies on
@@ -175,10 +176,10 @@ def explain_record(
         image_hw: ``(H, W)`` of the image the coordinates refer to.
         attention: ``(T, h, w)`` or None.
         masks: ``(T, S, S)`` mask probabilities over the input region, or None.
-        structure_probs: ``(T, 6)`` softmax of the structure logits, or None.
+        structure_probs: ``(T, K)`` softmax of the structure logits (K structures), or None.
         region: input region, fractions ``(top, left, bottom, right)``.
-        gt_masks: ``(6, S, S)`` GT masks over the input region, or None.
-        present: ``(6,)`` bool, or None (derived from ``gt_masks``).
+        gt_masks: ``(K, S, S)`` GT masks over the input region, or None.
+        present: ``(K,)`` bool, or None (derived from ``gt_masks``).
         label: GT diagnosis (1 = melanoma, 0 = benign) or None.
         image_path: the file the image came from, if any.
         structures: structure names.
@@ -236,12 +237,12 @@ def explain_record(
 
     predicted = "melanoma" if melanoma_prob >= threshold else "benign"
     ground_truth = None
-    if label is not None:
-        truth = "melanoma" if int(label) == 1 else "benign"
+    if label is not None or pres is not None:  # an unknown diagnosis (None) still has its GT structures
+        truth = None if label is None else "melanoma" if int(label) == 1 else "benign"
         ground_truth = {
             "diagnosis": truth,
-            "label": int(label),
-            "prediction_correct": truth == predicted,
+            "label": None if label is None else int(label),
+            "prediction_correct": None if truth is None else truth == predicted,
             "structures_present": [s for s, p in zip(structures, pres, strict=True) if p] if pres is not None else None,
         }
     record = {
@@ -298,8 +299,8 @@ class Explanation:
         record: :func:`explain_record` output.
         image: ``(H, W, 3)`` uint8, the image in its own pixels.
         region: input region (fractions).
-        attention: ``(T, h, w)`` or None; masks: ``(T, S, S)`` or None; structure_probs: ``(T, 6)``
-            or None; gt_masks: ``(6, S, S)`` or None; present: ``(6,)`` or None.
+        attention: ``(T, h, w)`` or None; masks: ``(T, S, S)`` or None; structure_probs: ``(T, K)``
+            or None; gt_masks: ``(K, S, S)`` or None; present: ``(K,)`` or None (K structures).
     """
 
     record: dict[str, Any]
@@ -340,8 +341,8 @@ def explain_image(
         image_id: identifier (file stem or ISIC id).
         image_path: source file, recorded in the JSON.
         region: the part of ``original_image`` the input covers (fractions).
-        gt_masks: ``(6, S, S)`` GT masks aligned with the input, or None.
-        present: ``(6,)`` bool, or None.
+        gt_masks: ``(K, S, S)`` GT masks aligned with the input (K structures), or None.
+        present: ``(K,)`` bool, or None.
         label: GT diagnosis or None.
         structures: structure names in the model's index order.
         threshold, temperature: the checkpoint's calibration (decision threshold chosen on
@@ -381,11 +382,16 @@ def explain_image(
     )
 
 
+def _known_label(value: float) -> int | None:
+    """A cached diagnosis label as an int, ``None`` when unknown (NaN: a structure-only collection)."""
+    return None if np.isnan(value) else int(value)
+
+
 def _title(record: Mapping[str, Any]) -> str:
     p = record["melanoma_probability"]
     text = f"{record['image_id']}:  P(melanoma) = {p:.3f} → {record['prediction']}"
     gt = record.get("ground_truth")
-    if gt:
+    if gt and gt["diagnosis"] is not None:
         text += f"   (GT: {gt['diagnosis']}, {'right' if gt['prediction_correct'] else 'wrong'})"
     return text
 
@@ -408,7 +414,7 @@ def save_explanation(expl: Explanation, out_dir: str | Path, stem: str | None = 
     stem = stem or safe_name(rec["image_id"])
     files: dict[str, Path] = {}
     steps = rec["steps"]
-    short = dict(zip(STRUCTURES, SHORT_NAMES, strict=True))
+    short = SHORT_NAME
     labels = [f"{short.get(s['structure'], s['structure'])} {s['structure_probability']:.2f}" if s["structure"] else ""
               for s in steps]
     correct = [s["structure_correct"] for s in steps]
@@ -418,7 +424,7 @@ def save_explanation(expl: Explanation, out_dir: str | Path, stem: str | None = 
     )
     mask_colors = None
     if pred_classes is not None:
-        mask_colors = [plots.STRUCTURE_COLORS[k % len(plots.STRUCTURE_COLORS)] for k in pred_classes]
+        mask_colors = [plots.structure_color(expl.structures[k]) for k in pred_classes]
     if expl.attention is not None:
         points = [(s["gaze"]["x"], s["gaze"]["y"]) for s in steps]
         files["gazes"] = plots.plot_gazes(
@@ -536,6 +542,7 @@ def run_explain(
         jobs = [("file", (p, p.stem)) for p in paths]
     else:
         info = load_info(data)
+        check_structure_set(ckpt, info, data)
         splits = [str(s) for s in inputs] + ([split] if split else [])
         for name in splits or ["test"]:
             if name not in info["splits"]:
@@ -569,11 +576,12 @@ def run_explain(
             crop = image[rows, cols]  # (S, S, 3)
             gt = present = None
             if arrays.masks is not None:
-                gt = np.asarray(arrays.masks[k][:, rows, cols]) > 0  # (6, S, S)
+                gt = np.asarray(arrays.masks[k][:, rows, cols]) > 0  # (K, S, S)
                 present = gt.reshape(gt.shape[0], -1).any(axis=1)
             expl = explain_image(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
-                region=region, gt_masks=gt, present=present, label=int(arrays.labels[k]), structures=structures,
+                region=region, gt_masks=gt, present=present, label=_known_label(arrays.labels[k]),
+                structures=structures,
                 model_source=str(checkpoint_path), **calibration,
             )
         files = save_explanation(expl, out, stem)
@@ -595,6 +603,6 @@ def summary_line(rec: Mapping[str, Any]) -> str:
         if s["gaze"] is not None
     )
     gt = rec.get("ground_truth")
-    truth = f" [GT {gt['diagnosis']}]" if gt else ""
+    truth = f" [GT {gt['diagnosis']}]" if gt and gt["diagnosis"] is not None else ""
     line = f"{rec['image_id']}: P(melanoma) {rec['melanoma_probability']:.3f}{truth}"
     return line + (f"  gazes {gazes}" if gazes else "")

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .config import LossConfig
 from .errors import DermogazeError
 from .models.output import GazeOutput
-from .structures import NUM_STRUCTURES, STRUCTURES, presence_weights
+from .structures import presence_weights
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,13 @@ def hungarian_match(cost: Tensor | np.ndarray, present: Tensor | np.ndarray | Se
     total cost). The matching is a discrete choice: it carries no gradient (a tensor is detached).
 
     Args:
-        cost: cost matrix ``(S, T)``, row ``s`` = structure ``s`` in :data:`STRUCTURES` order.
+        cost: cost matrix ``(S, T)``, row ``s`` = structure ``s`` in the order of the data's structure set.
         present: ``(S,)`` booleans, True where structure ``s`` is present in the sample.
 
     Returns:
         ``(step_indices, structure_indices)``: two int64 arrays of equal length
         ``min(#present, T)``, sorted by step; ``structure_indices`` use the row numbering of
-        ``cost`` (the 6-structure numbering of :data:`STRUCTURES`).
+        ``cost`` (the numbering of the data's structure set).
 
     Raises:
         ValueError: wrong shapes, or a non-finite cost of a present structure (diverged model).
@@ -225,6 +225,20 @@ def focal_loss(logits: Tensor, labels: Tensor, theta: float = 2.0, reduction: st
 # --------------------------------------------------------------------------------------------
 # Multi-task loss (Eq. 14) with balancing (Eqs. 15-16, mini-batch)
 # --------------------------------------------------------------------------------------------
+def _labelled_focal_loss(logits: Tensor, labels: Tensor, theta: float) -> Tensor:
+    """:func:`focal_loss` averaged over the samples whose label is known (``>= 0``; negative or NaN = unknown).
+
+    Zero, attached to the graph, when no sample of the batch is labelled.
+    """
+    y = labels.to(device=logits.device).reshape(-1)
+    known = y >= 0  # (B,) False for negative and NaN labels
+    if bool(known.all()):
+        return focal_loss(logits, y, theta)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return focal_loss(logits[known], y[known], theta)
+
+
 def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     """``Σ w v / Σ w`` over the used pairs (PyTorch's weighted cross-entropy convention)."""
     return (weights * values).sum() / weights.sum()
@@ -233,7 +247,10 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 class GazeLoss(nn.Module):
     """``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14, SPEC §5).
 
-    - ``L_diag``: :func:`focal_loss` (Eq. 12) with θ = ``cfg.focal_theta``, mean over the batch.
+    - ``L_diag``: :func:`focal_loss` (Eq. 12) with θ = ``cfg.focal_theta``, mean over the *labelled*
+      samples of the batch. A sample whose diagnosis is unknown (label negative or NaN: a
+      structure-only collection such as ISIC 2018 Task 1-2 without ``--labels``) takes part in the
+      structure terms only; a batch without any labelled sample has ``L_diag = 0`` (attached).
     - Matching: per sample, softIoU cost between every present structure and every step
       (:func:`pairwise_soft_iou_loss` on the post-sigmoid masks, whole batch at once), assigned by
       :func:`hungarian_match` on detached values.
@@ -267,6 +284,8 @@ class GazeLoss(nn.Module):
       itself, *not* ``α L_diag``: "the loss reduces to L_diag" (the scale is irrelevant to Adam).
     - A batch with no matched pair (no present structure) gives ``seg = cls = 0`` (attached to
       the graph, so backward works and every parameter still receives a gradient).
+    - The number of structures ``S`` is that of the data (``batch["masks"].shape[1]``, the cache's
+      structure set), which must equal the structure classifier's size.
     - ``batch["present"]`` is used when given; otherwise a structure is present where its mask
       has a positive pixel (SPEC §1).
     - With more present structures than steps, the structures left out of the matching get no
@@ -274,8 +293,10 @@ class GazeLoss(nn.Module):
 
     Args:
         cfg: the loss section of the config.
-        presences: training-set presences ``P_s`` (6 counts, :data:`STRUCTURES` order), as stored in
-            the prepared cache's ``info.json``; required for ``"w"`` and ``"w'"``.
+        presences: training-set presences ``P_s`` (one count per structure of the cache's set, in its
+            order), as stored in the prepared cache's ``info.json``; required for ``"w"`` and ``"w'"``.
+        structures: the names of the structures the presences count (``info["structures"]``); they
+            name the structures in messages and must match the presences in number.
 
     Raises:
         DermogazeError: unknown balancing, or ``"w"``/``"w'"`` without (valid) presences.
@@ -283,7 +304,9 @@ class GazeLoss(nn.Module):
 
     structure_weights: Tensor
 
-    def __init__(self, cfg: LossConfig, presences: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, cfg: LossConfig, presences: Sequence[int] | None = None, structures: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         if cfg.balancing not in BALANCING:
             raise DermogazeError(
@@ -291,25 +314,26 @@ class GazeLoss(nn.Module):
             )
         self.cfg = cfg
         self.balancing = BALANCING[cfg.balancing]
-        weights = np.ones(NUM_STRUCTURES)
+        weights = np.ones(0)
         if self.balancing in ("w", "w'"):
             if presences is None:
                 raise DermogazeError(
                     f"loss.balancing={cfg.balancing!r} needs the training presences of the structures "
                     "(the 'presences' of the prepared cache's info.json), but none were given"
                 )
-            if len(presences) != NUM_STRUCTURES:
+            names = [str(i) for i in range(len(presences))] if structures is None else list(structures)
+            if len(presences) != len(names) or len(presences) < 2:
                 raise DermogazeError(
-                    f"presences must hold {NUM_STRUCTURES} counts ({', '.join(STRUCTURES)}), got {list(presences)}"
+                    f"presences must hold one count per structure ({', '.join(names)}), got {list(presences)}"
                 )
             try:
-                weights = presence_weights(presences, self.balancing)
+                weights = presence_weights(presences, self.balancing, names)
             except ValueError as exc:
                 raise DermogazeError(f"cannot use loss.balancing={cfg.balancing!r}: {exc}") from None
             logger.info(
                 "structure weights (%s): %s",
                 self.balancing,
-                ", ".join(f"{n}={w:.3f}" for n, w in zip(STRUCTURES, weights, strict=True)),
+                ", ".join(f"{n}={w:.3f}" for n, w in zip(names, weights, strict=True)),
             )
         self.register_buffer("structure_weights", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
 
@@ -320,12 +344,12 @@ class GazeLoss(nn.Module):
             f"balancing={self.balancing!r}, attention={c.attention}"
         )
 
-    def _pair_weights(self, structures: Tensor) -> Tensor:
+    def _pair_weights(self, structures: Tensor, num_structures: int) -> Tensor:
         """Weight of each matched pair ``(N,)`` from its structure index ``(N,)``."""
         if self.balancing in ("w", "w'"):
             return self.structure_weights[structures]
         if self.balancing == "batch":
-            counts = torch.bincount(structures, minlength=NUM_STRUCTURES).float()  # (S,) occurrences
+            counts = torch.bincount(structures, minlength=num_structures).float()  # (S,) occurrences
             return 1.0 / counts[structures]
         return torch.ones_like(structures, dtype=torch.float32)
 
@@ -334,9 +358,10 @@ class GazeLoss(nn.Module):
 
         Args:
             out: model outputs; uses ``logits`` ``(B, 2)`` and, with a decoder, ``masks``
-                ``(B, T, H, W)`` (probabilities) and ``structure_logits`` ``(B, T, 6)``.
-            batch: ``label`` ``(B,)``; with a decoder also ``masks`` ``(B, 6, H, W)`` (0/1 floats)
-                and optionally ``present`` ``(B, 6)`` bools.
+                ``(B, T, H, W)`` (probabilities) and ``structure_logits`` ``(B, T, S)``.
+            batch: ``label`` ``(B,)`` (1 = melanoma, 0 = benign, negative or NaN = unknown); with a
+                decoder also ``masks`` ``(B, S, H, W)`` (0/1 floats) and optionally ``present``
+                ``(B, S)`` bools, ``S`` = the size of the data's structure set.
 
         Returns:
             ``{"loss", "diag", "seg", "cls", "att"}`` scalar tensors (attached to the graph; detach
@@ -347,7 +372,7 @@ class GazeLoss(nn.Module):
         logits = out.logits
         device = logits.device
         with torch.autocast(device_type=device.type, enabled=False):
-            diag = focal_loss(logits.float(), batch["label"], self.cfg.focal_theta)
+            diag = _labelled_focal_loss(logits.float(), batch["label"], self.cfg.focal_theta)
             if out.masks is None:
                 zero = diag.new_zeros(())
                 empty = np.zeros(0, dtype=np.int64)
@@ -360,10 +385,16 @@ class GazeLoss(nn.Module):
                 raise KeyError("GazeLoss: the model has a structure decoder but the batch holds no 'masks'")
             pred = out.masks.float()  # (B, T, H, W)
             gt = batch["masks"].to(device=device, dtype=torch.float32)  # (B, S, H, W)
-            if gt.shape[0] != pred.shape[0] or gt.shape[-2:] != pred.shape[-2:] or gt.shape[1] != NUM_STRUCTURES:
+            n_struct = out.structure_logits.shape[-1]
+            if gt.shape[0] != pred.shape[0] or gt.shape[-2:] != pred.shape[-2:] or gt.shape[1] != n_struct:
                 raise ValueError(
                     f"GazeLoss: predicted masks {tuple(pred.shape)} and ground-truth masks {tuple(gt.shape)} do not "
-                    f"match (expected (B, T, H, W) and (B, {NUM_STRUCTURES}, H, W))"
+                    f"match (expected (B, T, H, W) and (B, {n_struct}, H, W): the model classifies {n_struct} "
+                    "structures)"
+                )
+            if self.balancing in ("w", "w'") and len(self.structure_weights) != n_struct:
+                raise ValueError(
+                    f"GazeLoss: {len(self.structure_weights)} presence weights for a model of {n_struct} structures"
                 )
             present = batch.get("present")
             if present is None:
@@ -386,7 +417,7 @@ class GazeLoss(nn.Module):
                 s = torch.from_numpy(s_idx).to(device)
                 seg_pairs = cost[b, s, t]  # (N,)
                 cls_pairs = F.cross_entropy(out.structure_logits[b, t].float(), s, reduction="none")  # (N,)
-                w = self._pair_weights(s)  # (N,)
+                w = self._pair_weights(s, n_struct)  # (N,)
                 seg = _weighted_mean(seg_pairs, w)
                 cls = _weighted_mean(cls_pairs, w)
                 att = seg.new_zeros(())

@@ -3,8 +3,9 @@
 Everything here works on numpy arrays (torch tensors are converted by :class:`EvaluationAccumulator`),
 so the definitions can be read and tested without a model. Conventions shared by every function:
 
-* Structures are indexed in :data:`dermogaze.structures.STRUCTURES` order (lesion, skin, pigment
-  network, negative network, milia-like cysts, streaks).
+* Structures are indexed in the order of the data's structure set (``info["structures"]``, a
+  checkpoint's ``structures``): for ISIC 2017 lesion, skin, pigment network, negative network,
+  milia-like cysts, streaks; for ISIC 2018 the five Task 2 attributes follow lesion and skin.
 * A ground-truth (GT) structure is *present* in an image when its mask has at least one pixel
   (SPEC §1); metrics only ever compare predictions with present structures.
 * A predicted mask ``M_t`` (probabilities in [0, 1]) is *binarised* as ``M_t >= 0.5``.
@@ -27,8 +28,8 @@ as ``null`` by :func:`dermogaze.io.write_json`)::
         "precision_class_aware": [float, ...],  # mean over images of precision(τ), one per τ
         "precision_class_agnostic": [float, ...],
         "accuracy": float,                      # structure classification accuracy (§6 pairing)
-        "confusion_counts": 6×6 ints,           # rows = GT structure, columns = predicted
-        "confusion_matrix": 6×6 floats,         # row-normalised (Fig. 6); NaN rows never occurred
+        "confusion_counts": S×S ints,           # rows = GT structure, columns = predicted
+        "confusion_matrix": S×S floats,         # row-normalised (Fig. 6); NaN rows never occurred
         "jaccard": {structure: float},          # per-structure Jaccard (see per_structure_jaccard)
         "jaccard_n": {structure: int},          # images where the structure is present
         "jaccard_lesion_skin": float,           # mean of the lesion and skin Jaccard
@@ -36,6 +37,8 @@ as ``null`` by :func:`dermogaze.io.write_json`)::
       },
       "superpixel_auc": {feature: float, ..., "mean": float, "n_superpixels": int, "n_images": int},
                                                 # only when superpixels and their labels are given
+      "task2_jaccard": {"micro_average", "attribute_mean", "per_attribute": {attribute: float}, "n_images"},
+                                                # ISIC 2018 structure set only (task2_jaccard())
     }
 """
 
@@ -55,7 +58,7 @@ from .clinical import format_interval
 from .errors import DataError, DermogazeError
 from .io import write_csv
 from .models.output import GazeOutput
-from .structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, SHORT_NAMES, STRUCTURES
+from .structures import DERMOSCOPIC_FEATURES, ISIC2018_STRUCTURES, STRUCTURES, dermoscopic, short_names
 
 #: IoU thresholds of the 2018 Data Science Bowl metric: 0.50, 0.55, ..., 0.95 (rounded, so that
 #: ``0.6`` really is 0.6 and not ``0.6000000000000001``).
@@ -322,7 +325,7 @@ def pair_with_ground_truth(gt_masks: np.ndarray, present: np.ndarray, pred_masks
 
 
 def confusion_matrix(
-    gt_classes: np.ndarray, pred_classes: np.ndarray, n: int = NUM_STRUCTURES
+    gt_classes: np.ndarray, pred_classes: np.ndarray, n: int = len(STRUCTURES)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Structure confusion matrix (Fig. 6): rows = GT structure, columns = predicted structure.
 
@@ -382,14 +385,90 @@ def per_structure_jaccard(
         ``(S,)`` float64, NaN for the structures absent from the image.
     """
     gt_masks, present, pred_masks = _check_structure_args(gt_masks, present, pred_masks)
-    pred_classes = np.asarray(pred_classes).reshape(-1)
-    binary = pred_masks >= BINARY_THRESHOLD  # (T, H, W)
+    named = named_masks(pred_masks, pred_classes, gt_masks.shape[0])  # (S, H, W)
     out = np.full(gt_masks.shape[0], np.nan)
     for s in np.flatnonzero(present):
-        claimed = binary[pred_classes == s]  # (k, H, W)
-        union = claimed.any(axis=0) if claimed.shape[0] else np.zeros(gt_masks.shape[1:], dtype=bool)
-        out[s] = iou_matrix(gt_masks[s][None], union[None])[0, 0]
+        out[s] = iou_matrix(gt_masks[s][None], named[s][None])[0, 0]
     return out
+
+
+def named_masks(pred_masks: np.ndarray, pred_classes: np.ndarray, num_structures: int) -> np.ndarray:
+    """The predicted mask of every structure: the union of the steps that name it, each binarised at 0.5.
+
+    ``out[s] = OR over the steps t with argmax pred_t = s of (M_t >= 0.5)``; a structure no step
+    names gets an empty mask. This is the structure mask dermogaze reports: the per-structure
+    Jaccard, the ISIC 2018 Task 2 score and ``dermogaze predict --format isic2018-task2`` use it.
+
+    Args:
+        pred_masks: ``(T, H, W)`` probabilities; pred_classes: ``(T,)`` structure index of each step.
+        num_structures: ``S``, the size of the structure set.
+
+    Returns:
+        bool ``(S, H, W)``.
+    """
+    pred_masks = np.asarray(pred_masks)
+    pred_classes = np.asarray(pred_classes).reshape(-1)
+    binary = pred_masks >= BINARY_THRESHOLD  # (T, H, W)
+    out = np.zeros((num_structures, *pred_masks.shape[1:]), dtype=bool)
+    for t, s in enumerate(pred_classes):
+        out[s] |= binary[t]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# ISIC 2018 Task 2 Jaccard (the official scorer's definition)
+# ----------------------------------------------------------------------------------------------
+
+
+def task2_confusion(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per attribute, the image's binary confusion matrix normalised to sum to 1 (``isic-challenge-scoring``).
+
+    Args:
+        gt, pred: bool ``(F, H, W)``: ground-truth and predicted masks of F attributes of one image.
+
+    Returns:
+        float64 ``(F, 4)``: the fractions of the image's pixels that are TP, FP, FN, TN.
+    """
+    gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
+    if gt.shape != pred.shape or gt.ndim != 3:
+        raise ValueError(f"task2_confusion: expected two (F, H, W) masks, got {gt.shape} and {pred.shape}")
+    n = gt.shape[1] * gt.shape[2]
+    tp = (gt & pred).sum(axis=(1, 2))
+    fp = (~gt & pred).sum(axis=(1, 2))
+    fn = (gt & ~pred).sum(axis=(1, 2))
+    return np.stack([tp, fp, fn, n - tp - fp - fn], axis=1) / n  # (F, 4)
+
+
+def _confusion_jaccard(cm: np.ndarray) -> float:
+    """``TP / (TP + FP + FN)`` of a ``(4,)`` confusion; 1 when the denominator is 0 (the scorer's rule)."""
+    denominator = cm[0] + cm[1] + cm[2]
+    return 1.0 if denominator == 0 else float(cm[0] / denominator)
+
+
+def task2_jaccard(confusions: np.ndarray, attributes: Sequence[str]) -> dict[str, Any]:
+    """ISIC 2018 Task 2 Jaccard as ``isic_challenge_scoring.task2.score`` computes it.
+
+    Every (image, attribute) pair counts, the attribute present in the image or not: its normalised
+    confusion matrix (:func:`task2_confusion`) is summed over the images, per attribute, and the
+    Jaccard of the sum is the attribute's score. The **micro-average** (the headline: the Jaccard of
+    the sum over every image and attribute) is what the challenge ranked; the **mean over the
+    attributes** is what papers also quote. Both are returned, labelled.
+
+    Args:
+        confusions: ``(N, F, 4)`` per image and attribute (TP, FP, FN, TN fractions).
+        attributes: the F attribute names.
+
+    Returns:
+        ``{"micro_average", "attribute_mean", "per_attribute": {name: jaccard}, "n_images"}``.
+    """
+    c = np.asarray(confusions, dtype=np.float64).reshape(-1, len(attributes), 4)
+    per = {name: _confusion_jaccard(c[:, f].sum(axis=0)) for f, name in enumerate(attributes)}
+    return {
+        "micro_average": _confusion_jaccard(c.sum(axis=(0, 1))),
+        "attribute_mean": float(np.mean(list(per.values()))),
+        "per_attribute": per,
+        "n_images": int(c.shape[0]),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,7 +576,8 @@ class EvaluationAccumulator:
     :meth:`merge` combines the gathered ones.
 
     Args:
-        structures: structure names in index order (a checkpoint's ``structures``).
+        structures: structure names in index order (a checkpoint's ``structures``; default: ISIC 2017's).
+            With the ISIC 2018 set, the official Task 2 Jaccard of the five attributes is computed too.
         thresholds: IoU thresholds of the mAP.
         threshold: decision threshold on the melanoma probability (a checkpoint's, chosen on validation).
         temperature: temperature scaling of the diagnosis (a checkpoint's): the probabilities it keeps
@@ -519,6 +599,10 @@ class EvaluationAccumulator:
         self.features = tuple(s for s in DERMOSCOPIC_FEATURES if s in self.structures)
         self._feature_idx = [self.structures.index(s) for s in self.features]
         self._feature_col = [DERMOSCOPIC_FEATURES.index(s) for s in self.features]
+        # ISIC 2018 Task 2 attributes: their structure indices, and per image their normalised confusions.
+        self.attributes = dermoscopic(self.structures) if self.structures == ISIC2018_STRUCTURES else ()
+        self._attribute_idx = [self.structures.index(s) for s in self.attributes]
+        self._task2: list[np.ndarray] = []
         self.indices: list[int] = []
         self.ids: list[str] = []
         self.probs: list[float] = []
@@ -600,6 +684,9 @@ class EvaluationAccumulator:
                 self._pair_gt.append(pair_with_ground_truth(gt[i], present[i], masks[i]))
                 self._pair_pred.append(pred_classes[i])
                 self._jaccard.append(per_structure_jaccard(gt[i], present[i], masks[i], pred_classes[i]))
+                if self._attribute_idx:
+                    named = named_masks(masks[i], pred_classes[i], len(self.structures))  # (S, H, W)
+                    self._task2.append(task2_confusion(gt[i][self._attribute_idx], named[self._attribute_idx]))
             if sp is not None and sp_features is not None and self._feature_idx:
                 labels_i = np.asarray(sp_features[i], dtype=np.float64)  # (n_i, 4)
                 scores = structure_pixel_scores(masks[i], struct_probs[i][:, self._feature_idx])  # (F, H, W)
@@ -615,7 +702,7 @@ class EvaluationAccumulator:
         """
         for other in others:
             for name in ("indices", "ids", "probs", "margins", "labels", "tta_probs", "tta_spread", "_prec_aware",
-                         "_prec_agnostic", "_pair_gt", "_pair_pred", "_jaccard", "_sp_scores", "_sp_labels"):
+                         "_prec_agnostic", "_pair_gt", "_pair_pred", "_jaccard", "_sp_scores", "_sp_labels", "_task2"):
                 getattr(self, name).extend(getattr(other, name))
             self._has_decoder |= other._has_decoder
         order = np.argsort(np.asarray(self.indices, dtype=np.int64), kind="stable")
@@ -641,6 +728,11 @@ class EvaluationAccumulator:
                 self.threshold,
             ),
         }
+        if self.probs and not known:
+            result["diagnosis_absent"] = (
+                f"none of the {len(self.probs)} images has a diagnosis label (a structure-only collection, e.g. "
+                "ISIC 2018 Task 1-2; prepare it with --labels CSV to score the diagnosis)"
+            )
         if self._has_decoder:
             result["structures"] = self._structure_metrics()
         if self._sp_scores:
@@ -650,6 +742,8 @@ class EvaluationAccumulator:
             sp["n_superpixels"] = int(sum(s.shape[0] for s in self._sp_scores))
             sp["n_images"] = len(self._sp_scores)
             result["superpixel_auc"] = sp
+        if self._task2:
+            result["task2_jaccard"] = task2_jaccard(np.stack(self._task2), self.attributes)
         return result
 
     def _structure_metrics(self) -> dict[str, Any]:
@@ -802,13 +896,16 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     """
     lines: list[str] = []
     d = metrics.get("diagnosis", {})
-    lines.append(f"Diagnosis (melanoma vs rest): {d.get('n', 0)} images, {d.get('n_pos', 0)} melanoma")
-    lines.append(
-        f"  AUC {format_value(d.get('auc'))}   AP {format_value(d.get('ap'))}   "
-        f"sensitivity {format_value(d.get('sensitivity'))}   specificity {format_value(d.get('specificity'))}   "
-        f"(threshold {format_value(d.get('threshold'), 2)})"
-    )
-    lines += clinical_lines(metrics)
+    if metrics.get("diagnosis_absent"):
+        lines.append(f"Diagnosis: not scored: {metrics['diagnosis_absent']}")
+    else:
+        lines.append(f"Diagnosis (melanoma vs rest): {d.get('n', 0)} images, {d.get('n_pos', 0)} melanoma")
+        lines.append(
+            f"  AUC {format_value(d.get('auc'))}   AP {format_value(d.get('ap'))}   "
+            f"sensitivity {format_value(d.get('sensitivity'))}   specificity {format_value(d.get('specificity'))}   "
+            f"(threshold {format_value(d.get('threshold'), 2)})"
+        )
+        lines += clinical_lines(metrics)
     s = metrics.get("structures")
     sp = metrics.get("superpixel_auc") or {}
     if s:
@@ -835,7 +932,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
             lines.append(f"  {'Task 2 mean':<{width}}  {'':>7}  {'':>7}  {format_value(sp.get('mean')):>9}")
         cm = s.get("confusion_matrix")
         if cm:
-            short = list(SHORT_NAMES) if len(cm) == len(SHORT_NAMES) else [n[:7] for n in names]
+            short = short_names(names)
             lines.append("")
             lines.append("  Confusion matrix (rows: GT structure, columns: predicted; each row sums to 1)")
             lines.append("  " + " " * 9 + "".join(f"{c:>9}" for c in short))
@@ -844,6 +941,15 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     elif sp:
         lines.append("")
         lines.append("Task 2 superpixel AUC: " + "  ".join(f"{k} {format_value(v)}" for k, v in sp.items()))
+    t2 = metrics.get("task2_jaccard")
+    if t2:
+        lines.append("")
+        lines.append(
+            f"ISIC 2018 Task 2 Jaccard ({t2['n_images']} images; official scorer's definition): micro-average "
+            f"{format_value(t2['micro_average'])} (the challenge's headline)   mean over attributes "
+            f"{format_value(t2['attribute_mean'])}"
+        )
+        lines.append("  " + "   ".join(f"{k} {format_value(v)}" for k, v in t2["per_attribute"].items()))
     lines += explanation_lines(metrics.get("explanation"))
     return "\n".join(line.rstrip() for line in lines)
 

@@ -30,11 +30,26 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .io import atomic_write, read_jsonl  # noqa: E402
-from .structures import SHORT_NAMES, STRUCTURES  # noqa: E402
+from .structures import STRUCTURES, short_names  # noqa: E402
 
-#: Colours of the six structures (lesion, skin, pigment network, negative network, milia, streaks).
-#: Chosen to stand out on skin tones and brown lesions.
-STRUCTURE_COLORS: tuple[str, ...] = ("#e7298a", "#1b9e77", "#377eb8", "#a6d854", "#ffd92f", "#ff7f00")
+#: Colour of every known structure, by name, so that a structure keeps its colour in every structure
+#: set. Chosen to stand out on skin tones and brown lesions.
+STRUCTURE_COLOR: dict[str, str] = {
+    "lesion": "#e7298a",
+    "skin": "#1b9e77",
+    "pigment_network": "#377eb8",
+    "negative_network": "#a6d854",
+    "milia_like_cyst": "#ffd92f",
+    "streaks": "#ff7f00",
+    "globules": "#984ea3",
+}
+#: Colours of the default (ISIC 2017) set, in its order.
+STRUCTURE_COLORS: tuple[str, ...] = tuple(STRUCTURE_COLOR[s] for s in STRUCTURES)
+
+
+def structure_color(name: str) -> str:
+    """The figure colour of a structure (a neutral cyan for a name no set knows)."""
+    return STRUCTURE_COLOR.get(name, "#00e5ff")
 CORRECT_COLOR = "#1a9850"
 WRONG_COLOR = "#d73027"
 NEUTRAL_COLOR = "#222222"
@@ -58,7 +73,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def _short(structures: Sequence[str]) -> list[str]:
-    return [SHORT_NAMES[STRUCTURES.index(s)] if s in STRUCTURES else s for s in structures]
+    return short_names(structures)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,7 +569,7 @@ def plot_masks(
         axes[0, 0].set_ylabel("ground truth", fontsize=10)
         for s in range(n_struct):
             ax = axes[0, 1 + s]
-            show_mask(ax, gt[s].astype(float), STRUCTURE_COLORS[s % len(STRUCTURE_COLORS)])
+            show_mask(ax, gt[s].astype(float), structure_color(structures[s]))
             ax.set_title(_short(structures)[s] + ("" if pres[s] else " (absent)"), fontsize=9.5,
                          color=NEUTRAL_COLOR if pres[s] else "#888888")
             if not pres[s]:
@@ -566,7 +581,7 @@ def plot_masks(
     for t in range(t_steps):
         ax = axes[row, 1 + t]
         k = int(pred_classes[t]) if pred_classes is not None else -1
-        show_mask(ax, pred[t], STRUCTURE_COLORS[k % len(STRUCTURE_COLORS)] if k >= 0 else "#00e5ff")
+        show_mask(ax, pred[t], structure_color(structures[k]) if k >= 0 else structure_color(""))
         label = step_labels[t] if step_labels is not None else ""
         ax.set_title(f"t = {t + 1}" + (f": {label}" if label else ""), fontsize=9.5, color=_step_color(correct[t]))
         if gt_labels is not None and gt_labels[t] is not None:

@@ -1,13 +1,14 @@
-"""Prepare an ISIC 2017 collection once into a cache of resized arrays, and load it back (SPEC §3).
+"""Prepare an ISIC 2017 or 2018 collection once into a cache of resized arrays, and load it back (SPEC §3).
 
 Layout of a cache folder::
 
     info.json                  written last; the cache is valid only if it exists and matches
     <split>/images.npy         uint8 (N, S, S, 3), bilinear resize
-    <split>/labels.npy         int64 (N,), 1 = melanoma
+    <split>/labels.npy         float32 (N,), 1 = melanoma, 0 = other, NaN = unknown
+    <split>/sizes.npy          int32 (N, 2): each image's original (width, height), as stored on disk
     <split>/ids.json           {"token": ..., "ids": [...], "metadata": [fields of metadata.json]}
-    <split>/masks.npy          bool (N, 6, S, S), nearest resize          (only with masks)
-    <split>/superpixels.npy    int32 (N, S, S), nearest resize            (only with masks)
+    <split>/masks.npy          bool (N, K, S, S), nearest resize, K = len(info["structures"])  (only with masks)
+    <split>/superpixels.npy    int32 (N, S, S), nearest resize            (only with ISIC 2017 masks)
     <split>/sp_features.npy    float32 (sum n_i, 4), JSON values per superpixel
     <split>/sp_offsets.npy     int64 (N + 1,): sample i owns rows offsets[i]:offsets[i+1]
     <split>/metadata.json      {field: [value per id]}, e.g. age, sex      (only with a metadata CSV)
@@ -31,7 +32,16 @@ that every split's ``ids.json`` repeats, and the counts that the arrays must hav
 collection (same file names, sizes and modification times, same options) returns the existing
 cache without work; anything else rebuilds it.
 
+The collection's layout is recognised from its folder names (``ISIC-2017_*`` or ``ISIC2018_Task*``,
+:mod:`dermogaze.data.isic2017`, :mod:`dermogaze.data.isic2018`) or given (``layout``); its structure
+set (six structures for ISIC 2017, seven for 2018) is recorded in ``info["structures"]`` and every
+mask, presence count and weight follows it.
+
 Decisions where SPEC and the paper are silent:
+
+* A sample whose diagnosis is unknown (ISIC 2018 Task 1-2 without ``--labels``, or an image the
+  labels CSV does not list) has the label NaN; ``info["labelled"]`` counts the known ones per split
+  and ``info["melanoma"]`` the melanomas among them.
 
 * Masks are built at the cache size from the nearest-resized lesion mask and superpixel map, which
   equals building them at full size and resizing each with nearest (same sampled pixels).
@@ -53,12 +63,13 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,15 +79,15 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..io import write_json
-from ..structures import DERMOSCOPIC_FEATURES, NUM_STRUCTURES, SHORT_NAMES, STRUCTURES, presence_weights
-from . import isic2017
+from ..structures import DERMOSCOPIC_FEATURES, presence_weights, short_names
+from . import isic2017, isic2018
 from .images import check_image_file, read_image_file, resize_image, resize_nearest
 from .isic2017 import BadSample, IsicCollection, IsicSample
 from .metadata import FIELDS
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # the layout above; a cache of another version is rebuilt by prepare, refused by load_info
+CACHE_VERSION = 3  # the layout above; a cache of another version is rebuilt by prepare, refused by load_info
 INFO_FILE = "info.json"
 MARKER_FILE = ".dermogaze-cache"
 TMP_PREFIX = ".tmp-"  # a cache being built: .<out>.tmp-<token> beside out (or out/.tmp-<token>)
@@ -89,8 +100,8 @@ class SplitArrays:
 
     Attributes:
         images: uint8 ``(N, S, S, 3)``.
-        masks: bool ``(N, 6, S, S)`` in STRUCTURES order, or ``None`` without masks.
-        labels: int64 ``(N,)``, 1 = melanoma.
+        masks: bool ``(N, K, S, S)`` in the order of ``info["structures"]``, or ``None`` without masks.
+        labels: float32 ``(N,)``, 1 = melanoma, 0 = other, NaN = unknown.
         ids: the N image ids.
         superpixels: int32 ``(N, S, S)`` superpixel indices, or ``None``.
         sp_features: per sample a float32 ``(n_i, 4)`` array of the JSON values of each superpixel in
@@ -99,6 +110,8 @@ class SplitArrays:
             ``"female"``/``"male"``, ``"localization"``; ``None`` where unknown), or ``None`` when the
             split had no metadata CSV. :func:`dermogaze.data.metadata.group_labels` turns it into
             subgroups.
+        sizes: int32 ``(N, 2)``, the original ``(width, height)`` of each image (predictions are
+            written back at that size).
     """
 
     images: np.ndarray
@@ -108,6 +121,7 @@ class SplitArrays:
     superpixels: np.ndarray | None
     sp_features: list[np.ndarray] | None
     metadata: dict[str, list] | None = None
+    sizes: np.ndarray | None = None  # int32 (N, 2): original (width, height) of each image
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,9 +132,10 @@ class _Processed:
     """One sample resized to the cache size (what a worker sends back)."""
 
     image: np.ndarray  # uint8 (S, S, 3)
-    masks: np.ndarray | None  # bool (6, S, S)
+    masks: np.ndarray | None  # bool (K, S, S)
     superpixels: np.ndarray | None  # int32 (S, S)
     sp_features: np.ndarray | None  # float32 (n, 4)
+    size: tuple[int, int]  # the original (width, height)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +154,10 @@ def _process_sample(sample: IsicSample, size: int, with_masks: bool, draft: bool
     decoded = read_image_file(sample.image, exif_orientation=False, draft_size=size if draft else None)
     image = resize_image(decoded, size)  # (S, S, 3)
     if not with_masks:
-        return _Processed(image=image, masks=None, superpixels=None, sp_features=None)
+        return _Processed(image=image, masks=None, superpixels=None, sp_features=None, size=(full_w, full_h))
+    if sample.attributes is not None:  # ISIC 2018: pixel masks, no superpixels
+        masks = isic2018.sample_masks(sample, (full_h, full_w), size)
+        return _Processed(image=image, masks=masks, superpixels=None, sp_features=None, size=(full_w, full_h))
     assert sample.segmentation is not None and sample.superpixels is not None and sample.features is not None
     lesion = isic2017.read_lesion_mask(sample.segmentation)
     index_map = isic2017.read_superpixels(sample.superpixels)
@@ -164,7 +182,8 @@ def _process_sample(sample: IsicSample, size: int, with_masks: bool, draft: bool
     small_lesion = resize_nearest(lesion, size)  # (S, S) bool
     masks = isic2017.build_masks(small_lesion, isic2017.feature_masks(small_map, features, source=source))
     sp_features = np.stack([features[name] for name in DERMOSCOPIC_FEATURES], axis=1).astype(np.float32)  # (n, 4)
-    return _Processed(image=image, masks=masks, superpixels=small_map.astype(np.int32), sp_features=sp_features)
+    return _Processed(image=image, masks=masks, superpixels=small_map.astype(np.int32), sp_features=sp_features,
+                      size=(full_w, full_h))
 
 
 def _process_or_report(sample: IsicSample, size: int, with_masks: bool, draft: bool) -> _Processed | BadSample:
@@ -173,7 +192,8 @@ def _process_or_report(sample: IsicSample, size: int, with_masks: bool, draft: b
         return _process_sample(sample, size, with_masks, draft)
     except DataError as exc:
         message = str(exc)
-        for path in (sample.image, sample.superpixels, sample.segmentation, sample.features):
+        files = (sample.image, sample.superpixels, sample.segmentation, sample.features, *(sample.attributes or ()))
+        for path in files:
             if path is not None and message.startswith(f"{path}: "):
                 return BadSample(str(path), message[len(f"{path}: ") :])
         return BadSample(str(sample.image), message)
@@ -187,14 +207,17 @@ def _process_or_report(sample: IsicSample, size: int, with_masks: bool, draft: b
 def _fingerprint(collection: IsicCollection) -> str:
     """Hash of every file name, size and modification time of the collection's split folders and CSVs."""
     h = hashlib.sha256()
+    listed: set[Path] = set()  # splits divided from one folder share it: list it once
     for split in collection.splits.values():
-        paths = [split.csv] if split.metadata_csv is None else [split.csv, split.metadata_csv]
+        paths = [p for p in (split.csv, split.metadata_csv) if p is not None]
         for folder in (split.data_dir, split.part1_dir, split.part2_dir):
-            if folder is not None:
+            if folder is not None and folder not in listed:
+                listed.add(folder)
                 paths.extend(sorted(p for p in folder.rglob("*") if p.is_file()))
         for p in dict.fromkeys(paths):  # the metadata CSV is usually inside data_dir too
             st = p.stat()
-            h.update(f"{p.relative_to(collection.root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            name = p.relative_to(collection.root) if p.is_relative_to(collection.root) else p.resolve()  # --labels CSV
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -281,12 +304,12 @@ def _commit(staged: Path, out: Path, token: str) -> None:
 class _TrainingStats:
     """Exact running sums for the training mean/std and the structure presences (Table 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_structures: int) -> None:
         self.pixels = 0
         self.sum = np.zeros(3, np.int64)
         self.sum_sq = np.zeros(3, np.int64)
-        self.presences = np.zeros(NUM_STRUCTURES, np.int64)
-        self.structure_pixels = np.zeros(NUM_STRUCTURES, np.int64)
+        self.presences = np.zeros(num_structures, np.int64)
+        self.structure_pixels = np.zeros(num_structures, np.int64)
 
     def add(self, item: _Processed) -> None:
         x = item.image.reshape(-1, 3).astype(np.int64)  # (S*S, 3)
@@ -294,7 +317,7 @@ class _TrainingStats:
         self.sum += x.sum(0)
         self.sum_sq += (x * x).sum(0)
         if item.masks is not None:
-            counts = item.masks.reshape(NUM_STRUCTURES, -1).sum(1)  # (6,)
+            counts = item.masks.reshape(len(self.presences), -1).sum(1)  # (K,)
             self.presences += counts > 0
             self.structure_pixels += counts
 
@@ -332,7 +355,7 @@ def _prepare_split(
 ) -> tuple[int, list[dict[str, str]]]:
     """Write one split into ``folder`` (inside the cache being built). Returns (count, skipped)."""
     split = collection.splits[name]
-    with_masks = collection.has_masks
+    with_masks, with_sp = collection.has_masks, collection.has_superpixels
     skipped: list[dict[str, str]] = []
 
     def skip(bad: BadSample) -> None:
@@ -351,10 +374,12 @@ def _prepare_split(
     images = open_mm(folder / "images.part.npy", "w+", np.uint8, (n_max, size, size, 3))
     masks = superpixels = None
     if with_masks:
-        masks = open_mm(folder / "masks.part.npy", "w+", np.bool_, (n_max, NUM_STRUCTURES, size, size))
+        masks = open_mm(folder / "masks.part.npy", "w+", np.bool_, (n_max, len(collection.structures), size, size))
+    if with_sp:
         superpixels = open_mm(folder / "superpixels.part.npy", "w+", np.int32, (n_max, size, size))
     ids: list[str] = []
-    labels: list[int] = []
+    labels: list[float] = []
+    sizes: list[tuple[int, int]] = []
     sp_features: list[np.ndarray] = []
 
     bar = tqdm(total=n_max, desc=f"prepare {name}", unit="img", disable=not progress, dynamic_ncols=True)
@@ -368,10 +393,12 @@ def _prepare_split(
             images[k] = item.image
             if with_masks:
                 masks[k] = item.masks
+            if with_sp:
                 superpixels[k] = item.superpixels
                 sp_features.append(item.sp_features)
             ids.append(sample.id)
-            labels.append(sample.label)
+            labels.append(math.nan if sample.label is None else float(sample.label))
+            sizes.append(item.size)
             if stats is not None:
                 stats.add(item)
 
@@ -389,8 +416,9 @@ def _prepare_split(
         else:
             os.replace(folder / f"{part}.part.npy", folder / f"{part}.npy")
     del images, masks, superpixels
-    np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
-    if with_masks:
+    np.save(folder / "labels.npy", np.asarray(labels, dtype=np.float32))
+    np.save(folder / "sizes.npy", np.asarray(sizes, dtype=np.int32).reshape(-1, 2))
+    if with_sp:
         offsets = np.cumsum([0] + [len(f) for f in sp_features]).astype(np.int64)
         flat = np.concatenate(sp_features) if sp_features else np.zeros((0, len(DERMOSCOPIC_FEATURES)), np.float32)
         np.save(folder / "sp_features.npy", flat)
@@ -404,7 +432,8 @@ def _prepare_split(
 
     if skipped:
         log.warning("%s: skipped %d bad samples", name, len(skipped))
-    log.info("%s: %d samples cached (%d melanoma)", name, n, sum(labels))
+    log.info("%s: %d samples cached (%d melanoma, %d unlabelled)", name, n, np.nansum(labels),
+             np.isnan(labels).sum())
     return n, skipped
 
 
@@ -418,11 +447,15 @@ def prepare(
     progress: bool = True,
     force: bool = False,
     draft: bool = True,
+    layout: str = "auto",
+    labels: str | Path | None = None,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
 ) -> dict:
-    """Read an ISIC 2017 collection, resize every split once and store it as a cache.
+    """Read an ISIC 2017 or 2018 collection, resize every split once and store it as a cache.
 
     Args:
-        isic_dir: folder with the official layout (SPEC §2), or a classification-only collection.
+        isic_dir: folder with the official layout (SPEC §2, §2b), or a classification-only collection.
         out_dir: cache folder (created; must be empty or an earlier cache).
         size: side of the stored square images and masks (SPEC §3: 256).
         workers: decoding processes (1 = in this process). Output order never depends on it.
@@ -430,6 +463,16 @@ def prepare(
         progress: show a tqdm bar per split.
         force: rebuild even if an up-to-date cache of the same collection and options exists.
         draft: decode JPEGs with Pillow's draft mode (False only for benchmarks).
+        layout: ``"isic2017"``, ``"isic2018"`` (Task 1-2), ``"images"`` (a folder of images with ``labels``:
+            HAM10000, ISIC 2018 Task 3, ISIC 2019, ISIC 2020; :mod:`dermogaze.data.collections`) or
+            ``"auto"`` (recognised from the folder names; ``images`` when ``labels`` is given and the folder
+            is neither ISIC layout).
+        labels: a diagnosis CSV (:func:`dermogaze.data.collections.read_labels`) for a collection
+            without labels of its own (ISIC 2018 Task 1-2, or a folder of images); without it an ISIC 2018
+            collection is structure-only.
+        split: train/val/test fractions used where the training split is divided (ISIC 2018 without
+            Validation/Test ground truth; a folder of images, split by lesion when the CSV knows lesions).
+        seed: of that division.
 
     Returns:
         the cache's info dict (also in ``out_dir/info.json``).
@@ -441,14 +484,15 @@ def prepare(
     isic_dir, out = Path(isic_dir), Path(out_dir)
     if size < 1:
         raise DataError(f"cache size must be positive, got {size}")
-    collection = isic2017.read_collection(isic_dir)
+    collection = read_collection(isic_dir, layout, labels=labels, split=split, seed=seed)
     if "train" not in collection.splits:
         raise DataError(f"{isic_dir}: no Training split (the normalisation statistics come from it)")
     _claim_folder(out)
     target = out.resolve()  # a symlinked cache folder is swapped where it lives
     _clean_up(target)
     fingerprint = _fingerprint(collection)
-    options = {"size": size, "skip_bad": skip_bad, "draft": draft}
+    options = {"size": size, "skip_bad": skip_bad, "draft": draft, "layout": collection.layout,
+               "labels": None if labels is None else str(Path(labels).resolve()), "split": list(split), "seed": seed}
     if not force:
         with contextlib.suppress(DataError):
             info = load_info(out)
@@ -478,14 +522,47 @@ def prepare(
     return info
 
 
+#: Values of ``prepare(layout=...)`` (``dermogaze data prepare --layout``).
+LAYOUTS = ("auto", "isic2017", "isic2018", "images")
+
+
+def read_collection(
+    isic_dir: Path, layout: str = "auto", *, labels: str | Path | None = None, split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> IsicCollection:
+    """Read a collection of the given (or recognised) layout; see :func:`prepare` for the arguments."""
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if layout == "isic2018" or (layout == "auto" and isic2018.is_isic2018(isic_dir)):
+        known = lesions = None
+        if labels is not None:
+            from .collections import read_labels
+
+            table = read_labels(labels)
+            known = {i: None if math.isnan(v) else int(v) for i, v in zip(table.ids, table.melanoma, strict=True)}
+            lesions = dict(zip(table.ids, table.lesion_ids, strict=True)) if table.lesion_ids is not None else None
+        return isic2018.read_collection(isic_dir, known, lesions=lesions, fractions=split, seed=seed)
+    from .collections import is_image_folder, read_image_collection
+
+    if layout == "images" or (layout == "auto" and labels is not None and is_image_folder(isic_dir)):
+        if labels is None:  # a folder of images and a label CSV: HAM10000, ISIC 2018 Task 3, ISIC 2019, ISIC 2020
+            raise DataError(f"{isic_dir}: a folder of images needs its label CSV (--labels)")
+        return read_image_collection(isic_dir, labels, fractions=split, seed=seed)
+    if labels is not None:
+        raise DataError(f"{labels}: --labels applies to collections without labels of their own (ISIC 2018 "
+                        f"Task 1-2); {isic_dir} has label CSVs")
+    return isic2017.read_collection(isic_dir)
+
+
 def _build(
     collection: IsicCollection, staged: Path, token: str, *, size: int, workers: int, skip_bad: bool, progress: bool,
     draft: bool,
 ) -> dict:
     """Write every split of ``collection`` into ``staged``; return the info dict (without its provenance keys)."""
-    stats = _TrainingStats()
+    stats = _TrainingStats(len(collection.structures))
     counts: dict[str, int] = {}
     melanoma: dict[str, int] = {}
+    labelled: dict[str, int] = {}
     skipped: list[dict[str, str]] = []
     for name in collection.splits:
         counts[name], split_skipped = _prepare_split(
@@ -493,7 +570,9 @@ def _build(
             progress=progress, draft=draft, stats=stats if name == "train" else None,
         )
         skipped.extend(split_skipped)
-        melanoma[name] = int(np.load(staged / name / "labels.npy").sum())
+        split_labels = np.load(staged / name / "labels.npy")
+        melanoma[name] = int(np.nansum(split_labels))
+        labelled[name] = int((~np.isnan(split_labels)).sum())
     if counts["train"] == 0:
         raise DataError(f"{collection.root}: no usable training sample ({len(skipped)} skipped)")
 
@@ -508,12 +587,14 @@ def _build(
         "official_splits": {name: s.official for name, s in collection.splits.items()},
         "counts": counts,
         "melanoma": melanoma,
+        "labelled": labelled,
+        "layout": collection.layout,
         "has_masks": with_masks,
         "has_superpixels": collection.has_superpixels,
         "annotations": {"part1": collection.has_part1, "part2": collection.has_part2},
         "mean": mean,
         "std": std,
-        "structures": list(STRUCTURES),
+        "structures": list(collection.structures),
         "presences": stats.presences.tolist() if with_masks else None,
         "pixel_fraction": (stats.structure_pixels / stats.pixels).tolist() if with_masks else None,
         "skipped": skipped,
@@ -529,9 +610,11 @@ def _build(
 def _split_files(info: dict) -> dict[str, tuple[Any, ...]]:
     """Expected ``{file: (dtype, shape without N)}`` of every split array."""
     s = info["size"]
-    files: dict[str, tuple[Any, ...]] = {"images": (np.uint8, (s, s, 3)), "labels": (np.int64, ())}
+    files: dict[str, tuple[Any, ...]] = {"images": (np.uint8, (s, s, 3)), "labels": (np.float32, ()),
+                                         "sizes": (np.int32, (2,))}
     if info["has_masks"]:
-        files["masks"] = (np.bool_, (NUM_STRUCTURES, s, s))
+        files["masks"] = (np.bool_, (len(info["structures"]), s, s))
+    if info["has_superpixels"]:
         files["superpixels"] = (np.int32, (s, s))
     return files
 
@@ -618,7 +701,9 @@ def load_split(cache: str | Path, split: str) -> SplitArrays:
 
     masks = superpixels = sp_features = None
     if info["has_masks"]:
-        masks, superpixels = load("masks"), load("superpixels")
+        masks = load("masks")
+    if info["has_superpixels"]:
+        superpixels = load("superpixels")
         flat, offsets = load("sp_features"), np.load(folder / "sp_offsets.npy")
         sp_features = [flat[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
     return SplitArrays(
@@ -629,6 +714,7 @@ def load_split(cache: str | Path, split: str) -> SplitArrays:
         superpixels=superpixels,
         sp_features=sp_features,
         metadata=metadata,
+        sizes=load("sizes"),
     )
 
 
@@ -639,9 +725,11 @@ def format_stats(info: dict) -> str:
         info: a cache's info dict (:func:`load_info`).
     """
     lines = [f"cache size {info['size']}×{info['size']}, splits:"]
-    lines.append(f"{'split':<8}{'images':>8}{'melanoma':>10}")
+    lines.append(f"{'split':<8}{'images':>8}{'melanoma':>10}{'labelled':>10}")
     for split in info["splits"]:
-        lines.append(f"{split:<8}{info['counts'][split]:>8}{info['melanoma'][split]:>10}")
+        lines.append(f"{split:<8}{info['counts'][split]:>8}{info['melanoma'][split]:>10}"
+                     f"{info['labelled'][split]:>10}")
+    lines.append(f"structures ({info['layout']}): " + ", ".join(info["structures"]))
     lines.append("training mean (R G B): " + " ".join(f"{v:.4f}" for v in info["mean"]))
     lines.append("training std  (R G B): " + " ".join(f"{v:.4f}" for v in info["std"]))
     if info["skipped"]:
@@ -655,16 +743,17 @@ def format_stats(info: dict) -> str:
     presences = np.asarray(info["presences"])
     lines += ["", f"Table 1: presence of the structures in the training split ({n_train} images)"]
     lines.append(f"{'structure':<18}{'images':>8}{'% images':>10}{'% pixels':>10}")
-    for name, p, frac in zip(STRUCTURES, presences, info["pixel_fraction"], strict=True):
+    structures = info["structures"]
+    for name, p, frac in zip(structures, presences, info["pixel_fraction"], strict=True):
         lines.append(f"{name:<18}{p:>8d}{100 * p / n_train:>10.2f}{100 * frac:>10.2f}")
 
     lines += ["", "Table 2: structure weights from the presences (w: Eq. 15, w': Eq. 16)"]
-    lines.append("weight " + "".join(f"{name:>10}" for name in SHORT_NAMES))
+    lines.append("weight " + "".join(f"{name:>10}" for name in short_names(structures)))
     w = presence_weights(presences, "w") if presences.sum() > 0 else None
-    lines.append("w      " + ("".join(f"{x:>10.3f}" for x in w) if w is not None else f"{'n/a':>10}" * len(STRUCTURES)))
-    absent = [name for name, p in zip(STRUCTURES, presences, strict=True) if p == 0]
+    lines.append("w      " + ("".join(f"{x:>10.3f}" for x in w) if w is not None else f"{'n/a':>10}" * len(structures)))
+    absent = [name for name, p in zip(structures, presences, strict=True) if p == 0]
     if absent:
-        lines.append("w'     " + f"{'n/a':>10}" * len(STRUCTURES))
+        lines.append("w'     " + f"{'n/a':>10}" * len(structures))
         lines.append(f"w' is undefined: never present in the training split: {', '.join(absent)}")
     else:
         lines.append("w'     " + "".join(f"{x:>10.3f}" for x in presence_weights(presences, "w'")))

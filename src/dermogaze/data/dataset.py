@@ -13,7 +13,6 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..errors import DataError
-from ..structures import NUM_STRUCTURES
 from .cache import SplitArrays, load_info, load_split
 from .transforms import eval_transform, train_transform
 
@@ -25,11 +24,13 @@ class DermoscopyDataset(Dataset):
 
     * ``image``: float32 ``(3, S, S)``, normalised with the cache's training mean/std (or the given
       ``normalisation``: a checkpoint's, at evaluation);
-    * ``masks``: uint8 ``(6, S, S)`` of 0/1 in STRUCTURES order (zeros without masks); uint8, not
-      float, so a DataLoader worker sends a quarter of the bytes (the loss casts on the device);
-    * ``present``: bool ``(6,)``, a mask has at least one pixel *after* this sample's transforms
+    * ``masks``: uint8 ``(K, S, S)`` of 0/1 in the order of the cache's ``info["structures"]``
+      (``K`` structures; zeros without masks); uint8, not float, so a DataLoader worker sends a
+      quarter of the bytes (the loss casts on the device);
+    * ``present``: bool ``(K,)``, a mask has at least one pixel *after* this sample's transforms
       (all False without masks);
-    * ``label``: int64 scalar tensor (1 = melanoma); ``id``: str; ``index``: int;
+    * ``label``: int64 scalar tensor (1 = melanoma, 0 = other, -1 = unknown: the cache's NaN; the
+      loss and the metrics skip it); ``id``: str; ``index``: int;
     * with ``return_superpixels``: ``superpixels`` int64 ``(S, S)``, transformed with the masks.
 
     ``S = image_size``. Eval: center crop; train: center crop + random 90° rotations and flips
@@ -49,7 +50,8 @@ class DermoscopyDataset(Dataset):
 
     Attributes:
         info: the cache's info dict. mean, std: the per-channel statistics the images are normalised with.
-        has_masks: whether the cache holds structure masks. labels: int64 ``(N,)``. ids: list of str.
+        has_masks: whether the cache holds structure masks. labels: int64 ``(N,)``, -1 = unknown.
+        ids: list of str. structures: the cache's structure set.
 
     Raises:
         DataError: no valid cache or split, ``image_size`` larger than the cache, superpixels asked
@@ -83,7 +85,9 @@ class DermoscopyDataset(Dataset):
         self.has_masks: bool = bool(self.info["has_masks"])
         make = train_transform if train else eval_transform
         self.transform = make(image_size, self.mean, self.std)
-        self.labels: np.ndarray = np.array(arrays.labels)
+        self.structures: tuple[str, ...] = tuple(self.info["structures"])
+        raw = np.asarray(arrays.labels, dtype=np.float64)
+        self.labels: np.ndarray = np.where(np.isnan(raw), -1, raw).astype(np.int64)
         self.ids: list[str] = list(arrays.ids)
         self._arrays: SplitArrays | None = arrays
         self._pid = os.getpid()
@@ -112,7 +116,7 @@ class DermoscopyDataset(Dataset):
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(a.images[index].transpose(2, 0, 1))))
         sample: dict[str, Any] = {"image": image}
         if self.has_masks:
-            sample["masks"] = tv_tensors.Mask(torch.from_numpy(np.array(a.masks[index]).view(np.uint8)))  # (6, S, S)
+            sample["masks"] = tv_tensors.Mask(torch.from_numpy(np.array(a.masks[index]).view(np.uint8)))  # (K, S, S)
         if self.return_superpixels:
             sample["superpixels"] = tv_tensors.Mask(torch.from_numpy(np.array(a.superpixels[index])))  # (S, S)
         out = self.transform(sample)
@@ -120,11 +124,11 @@ class DermoscopyDataset(Dataset):
         size = self.image_size
         if self.has_masks:
             masks = out["masks"].as_subclass(torch.Tensor)
-            present = masks.amax(dim=(1, 2)) > 0  # (6,) bool, no copy of a rotated view
+            present = masks.amax(dim=(1, 2)) > 0  # (K,) bool, no copy of a rotated view
             masks = masks.contiguous()
         else:
-            masks = torch.zeros(NUM_STRUCTURES, size, size, dtype=torch.uint8)
-            present = torch.zeros(NUM_STRUCTURES, dtype=torch.bool)
+            masks = torch.zeros(len(self.structures), size, size, dtype=torch.uint8)
+            present = torch.zeros(len(self.structures), dtype=torch.bool)
         item = {
             "image": out["image"].as_subclass(torch.Tensor).contiguous(),
             "masks": masks.contiguous(),

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..structures import DERMOSCOPIC_FEATURES
+from ..structures import DERMOSCOPIC_FEATURES, ISIC2017_STRUCTURES
 from .images import read_image_file
 from .metadata import MetadataTable, read_metadata_csv
 
@@ -87,14 +87,20 @@ class BadSample:
 
 @dataclass(frozen=True)
 class IsicSample:
-    """The files of one image. Annotation paths are ``None`` in a classification-only collection."""
+    """The files of one image. Annotation paths are ``None`` in a classification-only collection.
+
+    An ISIC 2018 Task 1-2 sample (:mod:`dermogaze.data.isic2018`) has ``attributes`` (one pixel mask
+    per dermoscopic structure, in the collection's order) instead of ``superpixels`` and ``features``,
+    and ``label`` ``None`` when its diagnosis is unknown.
+    """
 
     id: str
-    label: int  # 1 = melanoma, 0 = anything else
+    label: int | None  # 1 = melanoma, 0 = anything else, None = unknown
     image: Path
     superpixels: Path | None = None
     segmentation: Path | None = None
     features: Path | None = None
+    attributes: tuple[Path, ...] | None = None
 
 
 @dataclass
@@ -104,7 +110,7 @@ class IsicSplit:
     name: str  # cache name: train / val / test
     official: str  # Training / Validation / Test_v2 / Test
     data_dir: Path
-    csv: Path
+    csv: Path | None  # the label CSV (None: ISIC 2018 Task 1-2, whose labels come from elsewhere)
     part1_dir: Path | None
     part2_dir: Path | None
     metadata_csv: Path | None = None
@@ -121,16 +127,18 @@ class IsicCollection:
     splits: dict[str, IsicSplit]  # cache split name → split, in train/val/test order
     has_part1: bool
     has_part2: bool
+    layout: str = "isic2017"  # or "isic2018" (Task 1-2 pixel masks, no superpixels)
+    structures: tuple[str, ...] = ISIC2017_STRUCTURES  # the structure set of the masks, in their order
 
     @property
     def has_masks(self) -> bool:
-        """Part 1 (lesion) and Part 2 (features + superpixels) are both available."""
+        """Part 1 (lesion) and Part 2 (features + superpixels, or 2018 attribute masks) are both available."""
         return self.has_part1 and self.has_part2
 
     @property
     def has_superpixels(self) -> bool:
-        """Superpixel maps are read (only together with Part 2, whose values they index)."""
-        return self.has_masks
+        """Superpixel maps are read (ISIC 2017 only, together with Part 2, whose values they index)."""
+        return self.has_masks and self.layout == "isic2017"
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +335,10 @@ def feature_masks(
     return {name: np.asarray(values)[index_map] >= 0.5 for name, values in features.items()}
 
 
-def build_masks(lesion: np.ndarray, features: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The six structure masks of SPEC §1 in :data:`~dermogaze.structures.STRUCTURES` order.
+def build_masks(
+    lesion: np.ndarray, features: Mapping[str, np.ndarray], names: tuple[str, ...] = DERMOSCOPIC_FEATURES
+) -> np.ndarray:
+    """The structure masks of SPEC §1: lesion', skin, then ``features`` in the order of ``names``.
 
     ``M_dermo = M_pig OR M_neg OR M_mil OR M_str`` (Eq. 17); ``M_skin = NOT(M_lesion OR M_dermo)``
     (Eq. 18); ``M'_lesion = NOT(M_skin OR M_dermo)`` (Eq. 19), i.e. a pixel of the lesion that holds
@@ -336,24 +346,27 @@ def build_masks(lesion: np.ndarray, features: Mapping[str, np.ndarray]) -> np.nd
 
     Args:
         lesion: Part 1 lesion mask, bool ``(H, W)``.
-        features: ``{feature: bool (H, W)}`` for the four :data:`DERMOSCOPIC_FEATURES`.
+        features: ``{feature: bool (H, W)}`` for every name of ``names``.
+        names: the dermoscopic structures of the set, in its order: the four ISIC 2017
+            :data:`DERMOSCOPIC_FEATURES` (default) or the five ISIC 2018 attributes (``M_dermo`` is
+            then the union of five masks).
 
     Returns:
-        bool array ``(6, H, W)``: lesion', skin, pigment network, negative network, milia-like
-        cysts, streaks.
+        bool array ``(2 + len(names), H, W)``; for ISIC 2017: lesion', skin, pigment network,
+        negative network, milia-like cysts, streaks.
     """
     lesion = np.asarray(lesion, dtype=bool)
-    missing = [name for name in DERMOSCOPIC_FEATURES if name not in features]
+    missing = [name for name in names if name not in features]
     if missing:
         raise ValueError(f"build_masks needs the features {missing}")
-    dermo_list = [np.asarray(features[name], dtype=bool) for name in DERMOSCOPIC_FEATURES]
-    for name, m in zip(DERMOSCOPIC_FEATURES, dermo_list, strict=True):
+    dermo_list = [np.asarray(features[name], dtype=bool) for name in names]
+    for name, m in zip(names, dermo_list, strict=True):
         if m.shape != lesion.shape:
             raise ValueError(f"feature mask {name} has shape {m.shape}, lesion mask {lesion.shape}")
     dermo = np.logical_or.reduce(dermo_list)  # Eq. 17
     skin = ~(lesion | dermo)  # Eq. 18
     lesion_prime = ~(skin | dermo)  # Eq. 19
-    return np.stack([lesion_prime, skin, *dermo_list])  # (6, H, W), STRUCTURES order
+    return np.stack([lesion_prime, skin, *dermo_list])  # (2 + F, H, W), the set's order
 
 
 # --------------------------------------------------------------------------------------------

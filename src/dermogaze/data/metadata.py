@@ -9,13 +9,18 @@ Accepted CSV columns (matched case-insensitively, surrounding spaces ignored):
 ======================  ===========================================================
 ISIC 2017               ``image_id,age_approximate,sex``  (``ISIC-2017_<split>_Data_metadata.csv``)
 HAM10000                ``lesion_id,image_id,dx,dx_type,age,sex,localization``
+ISIC 2019               ``image,age_approx,anatom_site_general,lesion_id,sex``
+ISIC 2020               ``image_name,patient_id,lesion_id,sex,age_approx,anatom_site_general_challenge,...``
+ISIC archive            ``isic_id,...,age_approx,sex,anatom_site_general,...``
 ======================  ===========================================================
 
-A field is stored when its column exists: :data:`AGE` from ``age_approximate`` or ``age``,
-:data:`SEX` from ``sex``, :data:`LOCALIZATION` from ``localization``; other columns are ignored.
-Values ``unknown`` (any case), empty and missing cells are ``None``. Ages are floats in years (ISIC
-gives multiples of 5); sex is ``"female"`` or ``"male"``; a body site is kept as written, in lower
-case.
+The image id comes from the first of :data:`ID_COLUMNS` that exists; an image suffix written with it
+(HAM10000 sometimes carries ``.jpg``) is dropped (:func:`image_key`). A field is stored when one of
+its :data:`COLUMNS` exists: :data:`AGE` from ``age_approximate``, ``age_approx`` or ``age``,
+:data:`SEX` from ``sex``, :data:`LOCALIZATION` from ``localization`` or the ISIC 2019/2020 body-site
+column; other columns are ignored. Values ``unknown`` (any case), empty and missing cells are ``None``.
+Ages are floats in years (ISIC gives multiples of 5); sex is ``"female"`` or ``"male"``; a body site
+is kept as written, in lower case.
 
 Subgroups (:func:`group_labels`): sex and body site are their own values; ages fall into bands of
 :data:`AGE_BAND_YEARS` years, ``[20k, 20k + 20)`` labelled ``"20k-(20k+19)"`` (``"0-19"``,
@@ -50,7 +55,15 @@ AGE_TOP_BAND = 80
 
 SEXES = ("female", "male")
 #: CSV column(s) of each field, preferred first.
-COLUMNS: dict[str, tuple[str, ...]] = {AGE: ("age_approximate", "age"), SEX: ("sex",), LOCALIZATION: ("localization",)}
+COLUMNS: dict[str, tuple[str, ...]] = {
+    AGE: ("age_approximate", "age_approx", "age"),
+    SEX: ("sex",),
+    LOCALIZATION: ("localization", "anatom_site_general_challenge", "anatom_site_general"),
+}
+#: Columns that name the image, preferred first (ISIC 2017 / HAM10000, ISIC archive, ISIC 2020, ISIC 2018-2019).
+ID_COLUMNS = ("image_id", "isic_id", "image_name", "image")
+#: Suffixes that :func:`image_key` drops from an id written as a file name.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 UNKNOWN = "unknown"
 
 Value = float | str | None
@@ -63,7 +76,7 @@ class MetadataTable:
     Attributes:
         source: the CSV file.
         fields: the fields its columns hold, in :data:`FIELDS` order.
-        rows: lower-case image id → ``{field: value or None}``.
+        rows: image key (:func:`image_key`) → ``{field: value or None}``.
     """
 
     source: Path
@@ -73,14 +86,32 @@ class MetadataTable:
     def columns(self, ids: Sequence[str]) -> dict[str, list[Value]]:
         """``{field: [value per id]}`` aligned with ``ids``; ``None`` where unknown or without a row.
 
-        Ids are matched case-insensitively; images without a row are counted in a warning.
+        Ids are matched by :func:`image_key`; images without a row are counted in a warning.
         """
-        found = [self.rows.get(i.lower()) for i in ids]
+        found = [self.rows.get(image_key(i)) for i in ids]
         missing = [i for i, row in zip(ids, found, strict=True) if row is None]
         if missing:
             log.warning("%s: no row for %d of %d images (e.g. %s); their metadata is unknown",
                         self.source, len(missing), len(ids), missing[0])
         return {name: [None if row is None else row[name] for row in found] for name in self.fields}
+
+
+def strip_image_suffix(image_id: str) -> str:
+    """An id without surrounding spaces and without an image suffix of any case (``"ISIC_1.JPG" → "ISIC_1"``)."""
+    image_id = image_id.strip()
+    suffix = next((s for s in IMAGE_SUFFIXES if image_id.lower().endswith(s)), "")
+    return image_id[: len(image_id) - len(suffix)]
+
+
+def image_key(image_id: str) -> str:
+    """The key that matches an image id to its file and to its rows in every CSV: stripped, lower case,
+    without an image suffix (``" ISIC_0024306.JPG" → "isic_0024306"``)."""
+    return strip_image_suffix(image_id).lower()
+
+
+def id_column(columns: Sequence[str]) -> str | None:
+    """The first of :data:`ID_COLUMNS` among lower-case ``columns``, or ``None``."""
+    return next((c for c in ID_COLUMNS if c in columns), None)
 
 
 def _unknown(raw: str | None) -> bool:
@@ -104,21 +135,58 @@ def _parse_sex(raw: str, where: str) -> str:
     return sex
 
 
-def read_metadata_csv(path: str | Path, image_ids: Collection[str] | None = None) -> MetadataTable:
-    """Read a metadata CSV (ISIC 2017 or HAM10000 columns, see the module docstring).
+def metadata_columns(columns: Sequence[str]) -> dict[str, str]:
+    """``{field: CSV column}`` for each field of :data:`FIELDS` that one of the lower-case ``columns`` holds."""
+    found = {name: next((c for c in COLUMNS[name] if c in columns), None) for name in FIELDS}
+    return {name: column for name, column in found.items() if column is not None}
+
+
+def parse_metadata_row(row: Mapping[str, str | None], columns: Mapping[str, str], where: str) -> dict[str, Value]:
+    """The metadata values of one CSV row.
+
+    Args:
+        row: the row, keyed by lower-case column.
+        columns: :func:`metadata_columns` of the header.
+        where: ``"<file>: line <n>"`` for the error message.
+
+    Raises:
+        DataError: an age that is not a non-negative number, a sex that is not ``female``/``male``
+        (``unknown`` and empty cells are ``None``).
+    """
+    values: dict[str, Value] = {}
+    for name, column in columns.items():
+        raw = row.get(column)
+        if _unknown(raw):
+            values[name] = None
+        elif name == AGE:
+            values[name] = _parse_age(raw, where)
+        elif name == SEX:
+            values[name] = _parse_sex(raw, where)
+        else:
+            values[name] = raw.strip().lower()
+    return values
+
+
+def read_metadata_csv(
+    path: str | Path, image_ids: Collection[str] | None = None, *, required: bool = True
+) -> MetadataTable | None:
+    """Read a metadata CSV (the columns of the module docstring).
 
     Args:
         path: the CSV file.
-        image_ids: lower-case ids of the images on disk; rows of other images are dropped (counted in a
-            debug message). ``None`` keeps every row.
+        image_ids: keys (:func:`image_key`) of the images on disk; rows of other images are dropped
+            (counted in a debug message). ``None`` keeps every row.
+        required: without any metadata column, raise (``True``) or return ``None`` (``False``: a label
+            CSV that may or may not carry metadata).
 
     Returns:
-        the table of the rows kept.
+        the table of the rows kept (``None`` only when not ``required``).
 
     Raises:
-        DataError: unreadable file, no ``image_id`` column, none of the metadata columns, an empty or
-        repeated id, an age that is not a non-negative number or ``unknown``, a sex that is not
-        ``female``/``male``/``unknown``. The message names the file and the line.
+        DataError: unreadable file, no image id column (:data:`ID_COLUMNS`), none of the metadata
+        columns (when ``required``), an empty or repeated id, an age that is not a non-negative number
+        or ``unknown``, a sex that is not ``female``/``male``/``unknown``. The message names the file
+        and the line.
     """
     path = Path(path)
     try:
@@ -126,18 +194,23 @@ def read_metadata_csv(path: str | Path, image_ids: Collection[str] | None = None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: unreadable metadata CSV ({exc})") from None
     try:
-        return _parse_metadata_csv(path, text, image_ids)
+        return _parse_metadata_csv(path, text, image_ids, required)
     except csv.Error as exc:  # e.g. a field beyond csv.field_size_limit()
         raise DataError(f"{path}: malformed metadata CSV ({exc})") from None
 
 
-def _parse_metadata_csv(path: Path, text: str, image_ids: Collection[str] | None) -> MetadataTable:
+def _parse_metadata_csv(
+    path: Path, text: str, image_ids: Collection[str] | None, required: bool
+) -> MetadataTable | None:
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip().lower() for c in reader.fieldnames or []]
-    if "image_id" not in columns:
-        raise DataError(f"{path}: expected an image_id column, found {columns}")
-    source = {name: next((c for c in names if c in columns), None) for name, names in COLUMNS.items()}
-    fields = tuple(name for name in FIELDS if source[name] is not None)
+    id_name = id_column(columns)
+    if id_name is None:
+        raise DataError(f"{path}: expected an image_id column (or {', '.join(ID_COLUMNS[1:])}), found {columns}")
+    source = metadata_columns(columns)
+    fields = tuple(source)
+    if not fields and not required:
+        return None
     if not fields:
         expected = ", ".join(c for names in COLUMNS.values() for c in names)
         raise DataError(f"{path}: no metadata column (expected some of {expected}), found {columns}")
@@ -148,24 +221,14 @@ def _parse_metadata_csv(path: Path, text: str, image_ids: Collection[str] | None
     dropped = 0
     for line, row in enumerate(reader, start=2):
         where = f"{path}: line {line}"
-        image_id = (row.get("image_id") or "").strip()
+        image_id = (row.get(id_name) or "").strip()
         if not image_id:
-            raise DataError(f"{where}: empty image_id")
-        key = image_id.lower()
+            raise DataError(f"{where}: empty {id_name}")
+        key = image_key(image_id)
         if key in lines:
             raise DataError(f"{where}: {image_id} repeats the row of line {lines[key]}")
         lines[key] = line
-        values: dict[str, Value] = {}
-        for name in fields:
-            raw = row.get(source[name])
-            if _unknown(raw):
-                values[name] = None
-            elif name == AGE:
-                values[name] = _parse_age(raw, where)
-            elif name == SEX:
-                values[name] = _parse_sex(raw, where)
-            else:
-                values[name] = raw.strip().lower()
+        values = parse_metadata_row(row, source, where)
         if image_ids is not None and key not in image_ids:
             dropped += 1
             continue

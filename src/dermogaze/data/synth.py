@@ -100,6 +100,7 @@ splits of an earlier run that the new run does not write are removed (one folder
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -118,6 +119,7 @@ from skimage.segmentation import slic
 from tqdm.auto import tqdm
 
 from ..errors import DermogazeError
+from ..io import write_csv
 from ..structures import DERMOSCOPIC_FEATURES
 from .metadata import SEXES, UNKNOWN
 
@@ -131,8 +133,10 @@ __all__ = [
     "SynthSample",
     "conditional_prevalences",
     "encode_superpixels",
+    "globule_rng",
     "image_id",
     "image_rng",
+    "labels_path",
     "make_sample",
     "melanoma_rule",
     "n_superpixels",
@@ -190,6 +194,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 _PATIENT_STREAM = zlib.crc32(b"patient")
+_GLOBULE_STREAM = zlib.crc32(b"globules")
+#: Fraction of images with globules in the ISIC 2018 layout (drawn independently of the diagnosis).
+GLOBULES_PREVALENCE = 0.3
+#: Official split names of each layout.
+LAYOUT_SPLITS: dict[str, tuple[str, ...]] = {
+    "isic2017": ("Training", "Validation", "Test_v2", "Test"),
+    "isic2018": ("Training", "Validation", "Test"),
+}
 _ID_BASE = {"Training": 0, "Validation": 1_000_000, "Test_v2": 2_000_000, "Test": 2_000_000}
 _MAX_PER_SPLIT = 1_000_000
 _SUPERPIXEL_AREA = 256  # pixels per SLIC0 segment at 320×240
@@ -228,10 +240,13 @@ class SampleParams:
     streak_angle: float
     streak_span: float
     streak_length: float = 17.0 / 240.0  # how far streaks reach beyond the border, fraction of min(W, H)
+    globules: bool | None = None  # ISIC 2018 layout only (None: the ISIC 2017 layout, four features)
+    globule_seed: int = 0  # the globules' own generator, so that drawing them changes nothing else
 
     def structures(self) -> tuple[bool, ...]:
-        """Presence of the four features in :data:`DERMOSCOPIC_FEATURES` order."""
-        return tuple(bool(getattr(self, name)) for name in DERMOSCOPIC_FEATURES)
+        """Presence of the four features in :data:`DERMOSCOPIC_FEATURES` order, then globules (2018 layout)."""
+        names = DERMOSCOPIC_FEATURES + (("globules",) if self.globules is not None else ())
+        return tuple(bool(getattr(self, name)) for name in names)
 
     def radius_factor(self, theta: np.ndarray) -> np.ndarray:
         """``r(θ) / R = 1 + Σ_k a_k cos(kθ + φ_k)``."""
@@ -246,15 +261,16 @@ class SynthSample:
     """One rendered lesion and its annotations.
 
     Shapes: ``image`` uint8 (H, W, 3); ``lesion`` bool (H, W); ``structures`` bool (4, H, W), the
-    drawn regions in :data:`DERMOSCOPIC_FEATURES` order; ``superpixels`` int32 (H, W) with values
-    0..n-1; ``features`` maps each feature to n ints (0/1), the ``_features.json`` content.
+    drawn regions in :data:`DERMOSCOPIC_FEATURES` order (then globules: (5, H, W) in the ISIC 2018
+    layout); ``superpixels`` int32 (H, W) with values 0..n-1 (``None`` in the 2018 layout);
+    ``features`` maps each feature to n ints (0/1), the ``_features.json`` content.
     """
 
     params: SampleParams
     image: np.ndarray
     lesion: np.ndarray
     structures: np.ndarray
-    superpixels: np.ndarray
+    superpixels: np.ndarray | None
     features: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -546,27 +562,13 @@ def render(params: SampleParams, image_size: tuple[int, int], rng: np.random.Gen
         structures[3] = in_sector & (dist >= 0.85 * r_theta) & (dist <= r_theta + length)
 
     if params.milia_like_cyst:
-        region = np.zeros((h, w), bool)
-        dots = []
-        for _ in range(int(rng.integers(1, 4))):
-            rc = rng.uniform(10, 16) * s
-            a = rng.uniform(0, 2 * np.pi)
-            rr = big_r * float(params.radius_factor(np.array([a]))[0])
-            d0 = rng.uniform(0, max(0.65 * rr - rc, 0))
-            mx, my = cx + d0 * np.cos(a), cy + d0 * np.sin(a)
-            region |= (xx - mx) ** 2 + (yy - my) ** 2 <= rc ** 2
-            for _ in range(int(rng.integers(3, 8))):
-                rd = max(rng.uniform(2.0, 3.5) * s, 0.8)
-                ra, rdist = rng.uniform(0, 2 * np.pi), rng.uniform(0, max(rc - rd, 0))
-                dots.append((mx + rdist * np.cos(ra), my + rdist * np.sin(ra), rd))
-
-        def draw_dots(d: ImageDraw.ImageDraw) -> None:
-            for x, y, rd in dots:
-                d.ellipse((x - rd, y - rd, x + rd, y + rd), fill=255)
-
-        alpha = _stroke_alpha((h, w), draw_dots, blur=0.5 * s)
+        region, alpha = _dot_clusters(rng, params, xx, yy, (cx, cy), big_r, s, clusters=(1, 4), disc=(10, 16),
+                                      reach=0.65, dots=(3, 8), dot=(2.0, 3.5), blur=0.5)
         _blend(img, (242, 236, 214), 0.95 * alpha)
         structures[2] = region & lesion
+
+    if params.globules is not None:
+        structures = np.concatenate([structures, _draw_globules(params, img, lesion, big_r, (cx, cy), s)[None]])
 
     # Hair: 0-5 dark quadratic-Bézier strokes over everything.
     n_hair = int(min(rng.poisson(1.5), 5))
@@ -591,6 +593,62 @@ def render(params: SampleParams, image_size: tuple[int, int], rng: np.random.Gen
     img += rng.normal(0, 2.0, img.shape).astype(np.float32)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     return image, lesion, structures
+
+
+def _draw_globules(params: SampleParams, img: np.ndarray, lesion: np.ndarray, big_r: float,
+                   center: tuple[float, float], s: float) -> np.ndarray:
+    """Draw the globules of the ISIC 2018 layout into ``img``; return their region (bool (H, W)).
+
+    1-2 clusters of 4-9 small dark-brown round dots (radius ≈ 1.5-3 px at 320×240) inside the
+    lesion; region = the cluster discs (radius ≈ 9-14 px) ∩ lesion, as for milia-like cysts. The
+    dots come from ``params.globule_seed``'s own generator: the picture is otherwise the ISIC 2017 one.
+    """
+    h, w = lesion.shape
+    region = np.zeros((h, w), bool)
+    if not params.globules:
+        return region
+    rng = np.random.default_rng(params.globule_seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    region, alpha = _dot_clusters(rng, params, xx, yy, center, big_r, s, clusters=(1, 3), disc=(9, 14), reach=0.6,
+                                  dots=(4, 10), dot=(1.5, 3.0), blur=0.4)
+    _blend(img, (70, 40, 28), 0.9 * alpha)
+    return region & lesion
+
+
+def _dot_clusters(
+    rng: np.random.Generator, params: SampleParams, xx: np.ndarray, yy: np.ndarray, center: tuple[float, float],
+    big_r: float, s: float, *, clusters: tuple[int, int], disc: tuple[float, float], reach: float,
+    dots: tuple[int, int], dot: tuple[float, float], blur: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters of small round dots inside the lesion (milia-like cysts, globules): region and stroke alpha.
+
+    ``integers(*clusters)`` clusters, each a disc of radius ``uniform(*disc)·s`` whose centre lies
+    in the direction of a uniform angle at most ``reach·r(θ) - radius`` from the lesion centre,
+    holding ``integers(*dots)`` dots of radius ``uniform(*dot)·s`` (at least 0.8 px).
+
+    Returns:
+        ``(region, alpha)``: bool ``(H, W)`` union of the cluster discs; float ``(H, W)`` dot opacity.
+    """
+    cx, cy = center
+    region = np.zeros(xx.shape, bool)
+    points = []
+    for _ in range(int(rng.integers(*clusters))):
+        rc = rng.uniform(*disc) * s
+        a = rng.uniform(0, 2 * np.pi)
+        rr = big_r * float(params.radius_factor(np.array([a]))[0])
+        d0 = rng.uniform(0, max(reach * rr - rc, 0))
+        mx, my = cx + d0 * np.cos(a), cy + d0 * np.sin(a)
+        region |= (xx - mx) ** 2 + (yy - my) ** 2 <= rc ** 2
+        for _ in range(int(rng.integers(*dots))):
+            rd = max(rng.uniform(*dot) * s, 0.8)
+            ra, rdist = rng.uniform(0, 2 * np.pi), rng.uniform(0, max(rc - rd, 0))
+            points.append((mx + rdist * np.cos(ra), my + rdist * np.sin(ra), rd))
+
+    def draw_dots(d: ImageDraw.ImageDraw) -> None:
+        for x, y, rd in points:
+            d.ellipse((x - rd, y - rd, x + rd, y + rd), fill=255)
+
+    return region, _stroke_alpha(xx.shape, draw_dots, blur=blur * s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,6 +737,8 @@ def make_sample(params: SampleParams, image_size: tuple[int, int] = (320, 240),
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     image, lesion, structures = render(params, image_size, rng)
+    if params.globules is not None:  # ISIC 2018: pixel masks, no superpixels
+        return SynthSample(params=params, image=image, lesion=lesion, structures=structures, superpixels=None)
     sp = superpixels_for(image)
     return SynthSample(params=params, image=image, lesion=lesion, structures=structures, superpixels=sp,
                        features=superpixel_features(sp, structures))
@@ -727,13 +787,25 @@ def image_id(split: str, index: int) -> str:
     return f"ISIC_{_ID_BASE[split] + index:07d}"
 
 
-def truth_path(root: str | os.PathLike, split: str) -> Path:
-    """Path of a split's sidecar with the drawn cues (``ISIC-2017_<split>_synth_truth.json``)."""
-    return Path(root) / f"ISIC-2017_{split}_synth_truth.json"
+def truth_path(root: str | os.PathLike, split: str, layout: str = "isic2017") -> Path:
+    """Path of a split's sidecar with the drawn cues (``ISIC-2017_<split>_synth_truth.json``, or
+    ``ISIC2018_<split>_synth_truth.json``)."""
+    return Path(root) / (f"ISIC2018_{split}_synth_truth.json" if layout == "isic2018"
+                         else f"ISIC-2017_{split}_synth_truth.json")
 
 
-def _split_entries(split: str) -> list[str]:
-    """A split's top-level entries, in publishing order (the Part 3 CSV, the split's index, last)."""
+def labels_path(root: str | os.PathLike) -> Path:
+    """The diagnosis CSV (``image_id,melanoma``, every split) written beside a synthetic ISIC 2018 collection,
+    for ``prepare --labels``."""
+    return Path(root) / "ISIC2018_synth_labels.csv"
+
+
+def _split_entries(split: str, layout: str = "isic2017") -> list[str]:
+    """A split's top-level entries, in publishing order (the split's index, last; then the sidecar for 2018)."""
+    if layout == "isic2018":
+        return [f"ISIC2018_Task1_{split}_GroundTruth", f"ISIC2018_Task2_{split}_GroundTruth_v3",
+                truth_path("", split, layout).name,
+                f"ISIC2018_Task1-2_{split}_Input"]
     return [f"ISIC-2017_{split}_Data", f"ISIC-2017_{split}_Part1_GroundTruth", f"ISIC-2017_{split}_Part2_GroundTruth",
             f"ISIC-2017_{split}_synth_truth.json", f"ISIC-2017_{split}_Part3_GroundTruth.csv"]
 
@@ -769,6 +841,67 @@ def _check_args(counts: Mapping[str, int], image_size) -> tuple[dict[str, int], 
     return out, (w, h)
 
 
+def _write_split_2018(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], seed: int,
+                      prevalences: dict[str, float], bar: tqdm) -> None:
+    """One split in the ISIC 2018 Task 1-2 layout: the same lesions as :func:`_write_split`, with globules."""
+    from .isic2018 import ATTRIBUTES, attribute_suffix
+
+    data = tmp / f"ISIC2018_Task1-2_{split}_Input"
+    part1 = tmp / f"ISIC2018_Task1_{split}_GroundTruth"
+    part2 = tmp / f"ISIC2018_Task2_{split}_GroundTruth_v3"
+    for folder in (data, part1, part2):
+        folder.mkdir()
+    truth = {}
+    order = DERMOSCOPIC_FEATURES + ("globules",)  # the channels of SynthSample.structures
+    for i in range(n):
+        rng = image_rng(seed, split, i)
+        params = sample_params(rng, {k: v for k, v in prevalences.items() if k != "globules"})
+        grng = globule_rng(seed, split, i)
+        params = dataclasses.replace(params, globules=bool(grng.random() < prevalences["globules"]),
+                                     globule_seed=int(grng.integers(2**32)))
+        sample = make_sample(params, image_size, rng)
+        iid = image_id(split, i)
+        (data / f"{iid}.jpg").write_bytes(_jpeg_bytes(sample.image))
+        (part1 / f"{iid}_segmentation.png").write_bytes(_png_bytes(sample.lesion.astype(np.uint8) * 255))
+        for name in ATTRIBUTES:
+            mask = sample.structures[order.index(name)].astype(np.uint8) * 255
+            (part2 / f"{iid}{attribute_suffix(name)}").write_bytes(_png_bytes(mask))
+        truth[iid] = asdict(params)
+        bar.update(1)
+    _write_sidecar(tmp, split, "isic2018", seed=seed, image_size=image_size, prevalences=prevalences, truth=truth)
+
+
+def _write_labels_2018(out: Path) -> None:
+    """``ISIC2018_synth_labels.csv`` from the sidecars of the synthetic 2018 splits in ``out`` (removed when none)."""
+    rows = []
+    for split in LAYOUT_SPLITS["isic2018"]:
+        path = truth_path(out, split, "isic2018")
+        if path.is_file():
+            rows += [(iid, int(p["melanoma"])) for iid, p in json.loads(path.read_text())["samples"].items()]
+    if rows:
+        write_csv(["image_id", "melanoma"], rows, labels_path(out))
+    else:
+        labels_path(out).unlink(missing_ok=True)
+
+
+def _write_sidecar(tmp: Path, split: str, layout: str, *, seed: int, image_size: tuple[int, int],
+                   prevalences: dict[str, float], truth: dict) -> None:
+    """The split's sidecar (:func:`truth_path`): the generator's settings and every lesion's parameters."""
+    tag = {"layout": layout} if layout != "isic2017" else {}  # the 2017 sidecar keeps its original keys
+    sidecar = {"generator": "dermogaze.data.synth", "version": 1, **tag, "split": split, "seed": int(seed),
+               "image_size": list(image_size), "prevalences": prevalences,
+               "rule": "melanoma = asymmetric + colour_variety + blue_grey_veil >= 2", "samples": truth}
+    truth_path(tmp, split, layout).write_text(json.dumps(sidecar, indent=1))
+
+
+def globule_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of the globules of image ``index`` of ``split`` (ISIC 2018 layout): a stream apart
+    from :func:`image_rng`'s, so that the lesion, its picture and its other structures are the 2017 ones."""
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index), _GLOBULE_STREAM])
+    )
+
+
 def _write_split(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], seed: int,
                  prevalences: dict[str, float], bar: tqdm) -> None:
     data = tmp / f"ISIC-2017_{split}_Data"
@@ -789,7 +922,7 @@ def _write_split(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], 
         labels.append((iid, float(params.melanoma), float(params.seborrheic_keratosis)))
         age, sex = sample_patient(patient_rng(seed, split, i))
         meta.append((iid, UNKNOWN if age is None else age, UNKNOWN if sex is None else sex))
-        record = asdict(params)
+        record = {k: v for k, v in asdict(params).items() if k not in ("globules", "globule_seed")}  # 2018 only
         record["n_superpixels"] = int(sample.superpixels.max()) + 1
         truth[iid] = record
         bar.update(1)
@@ -798,33 +931,25 @@ def _write_split(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], 
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["image_id", "age_approximate", "sex"])
         writer.writerows(meta)
-    sidecar = {
-        "generator": "dermogaze.data.synth",
-        "version": 1,
-        "split": split,
-        "seed": int(seed),
-        "image_size": list(image_size),
-        "prevalences": prevalences,
-        "rule": "melanoma = asymmetric + colour_variety + blue_grey_veil >= 2",
-        "samples": truth,
-    }
-    truth_path(tmp, split).write_text(json.dumps(sidecar, indent=1))
+    _write_sidecar(tmp, split, "isic2017", seed=seed, image_size=image_size, prevalences=prevalences, truth=truth)
     with open(tmp / f"ISIC-2017_{split}_Part3_GroundTruth.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["image_id", "melanoma", "seborrheic_keratosis"])
         writer.writerows(labels)
 
 
-def _publish(tmp: Path, out_dir: Path, split: str) -> None:
+def _publish(tmp: Path, out_dir: Path, split: str, layout: str = "isic2017") -> None:
     """Move a finished split from ``tmp`` into ``out_dir``, replacing an older synthetic copy.
 
-    The old Part 3 CSV goes first and the new one comes last, so the split never looks complete
-    while folders are being swapped.
+    The old index of the split (the Part 3 CSV; the 2018 Input folder) goes first and the new one
+    comes last, so the split never looks complete while folders are being swapped.
     """
-    entries = _split_entries(split)
-    csv_dest = out_dir / entries[-1]
-    if csv_dest.exists():
-        csv_dest.unlink()
+    entries = _split_entries(split, layout)
+    index = out_dir / entries[-1]
+    if index.is_dir():
+        shutil.rmtree(index)
+    elif index.exists():
+        index.unlink()
     for name in entries:
         src, dest = tmp / name, out_dir / name
         if dest.exists():
@@ -834,9 +959,9 @@ def _publish(tmp: Path, out_dir: Path, split: str) -> None:
         os.replace(src, dest)
 
 
-def _remove_split(out_dir: Path, split: str) -> None:
-    """Delete a synthetic split, its Part 3 CSV first and its sidecar (the mark of ownership) last."""
-    entries = _split_entries(split)
+def _remove_split(out_dir: Path, split: str, layout: str = "isic2017") -> None:
+    """Delete a synthetic split, its index first and its sidecar (the mark of ownership) last."""
+    entries = _split_entries(split, layout)
     for name in [entries[-1], *entries[:-2], entries[-2]]:
         path = out_dir / name
         if path.is_dir():
@@ -853,8 +978,17 @@ def write_synthetic_isic(
     seed: int = 0,
     prevalences: Mapping[str, float] | None = None,
     progress: bool = True,
+    layout: str = "isic2017",
 ) -> Path:
-    """Write a synthetic dataset in the ISIC 2017 layout (SPEC §2, §8; see the module docstring).
+    """Write a synthetic dataset in the ISIC 2017 layout (SPEC §2, §8; see the module docstring), or the 2018 one.
+
+    With ``layout="isic2018"`` the same lesions (same seed → same pictures, cues and four
+    structures) are written in the ISIC 2018 Task 1-2 layout (SPEC §2b): the Input folder, the Task 1
+    lesion mask and one Task 2 pixel mask per attribute (the drawn regions), plus *globules* drawn as
+    clusters of small dark dots in :data:`GLOBULES_PREVALENCE` of the images, from a stream of their
+    own (:func:`globule_rng`). The diagnosis goes to ``ISIC2018_<split>_synth_labels.csv``
+    (``image_id,melanoma``, for ``prepare --labels``), as Task 1-2 ships no labels. Splits are
+    Training, Validation and Test (``Test_v2`` of the default counts becomes ``Test``).
 
     Args:
         out_dir: folder to write into (created if missing). Split entries already there are
@@ -868,6 +1002,7 @@ def write_synthetic_isic(
         prevalences: overrides of :data:`DEFAULT_PREVALENCES`: fractions in [0, 1] for any of the
             four features and ``"melanoma"``.
         progress: show a tqdm progress bar.
+        layout: ``"isic2017"`` or ``"isic2018"``.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -877,8 +1012,19 @@ def write_synthetic_isic(
             existing split folder not written by this generator.
     """
     out = Path(out_dir)
+    if layout not in LAYOUT_SPLITS:
+        raise DermogazeError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUT_SPLITS)}")
+    if counts is None and layout == "isic2018":
+        counts = {("Test" if k == "Test_v2" else k): v for k, v in DEFAULT_COUNTS.items()}
     split_counts, size = _check_args(DEFAULT_COUNTS if counts is None else counts, image_size)
+    unknown = [split for split in split_counts if split not in LAYOUT_SPLITS[layout]]
+    if unknown:
+        raise DermogazeError(
+            f"unknown {layout} split {unknown[0]!r}: expected some of {', '.join(LAYOUT_SPLITS[layout])}"
+        )
     prev = _resolve_prevalences(prevalences)
+    if layout == "isic2018":
+        prev["globules"] = GLOBULES_PREVALENCE
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DermogazeError(f"seed must be a non-negative integer, got {seed!r}")
     todo = {split: n for split, n in split_counts.items() if n > 0}
@@ -888,23 +1034,26 @@ def write_synthetic_isic(
 
     out.mkdir(parents=True, exist_ok=True)
     for split in todo:
-        existing = [name for name in _split_entries(split) if (out / name).exists()]
-        if existing and not truth_path(out, split).is_file():
+        existing = [name for name in _split_entries(split, layout) if (out / name).exists()]
+        if existing and not truth_path(out, split, layout).is_file():
             raise DermogazeError(f"{out / existing[0]} exists and was not written by dermogaze's synthetic "
-                                 f"generator (no {truth_path(out, split).name}); refusing to overwrite it")
+                                 f"generator (no {truth_path(out, split, layout).name}); refusing to overwrite it")
 
-    for split in _ID_BASE:  # earlier synthetic splits that this run does not write would mix two datasets
-        if split not in todo and truth_path(out, split).is_file():
-            logger.info("synth: removing the synthetic %s split of an earlier run from %s", split, out)
-            _remove_split(out, split)
+    for other in LAYOUT_SPLITS:  # earlier synthetic splits that this run does not write would mix two datasets
+        for split in LAYOUT_SPLITS[other]:
+            if (other != layout or split not in todo) and truth_path(out, split, other).is_file():
+                logger.info("synth: removing the synthetic %s split of an earlier run from %s", split, out)
+                _remove_split(out, split, other)
+    write = _write_split_2018 if layout == "isic2018" else _write_split
 
     with tqdm(total=sum(todo.values()), desc="synth", unit="img", disable=not progress) as bar:
         for split, n in todo.items():
             tmp = Path(tempfile.mkdtemp(prefix=f".synth-{split}-", dir=out))
             try:
-                _write_split(tmp, split, n, image_size=size, seed=int(seed), prevalences=prev, bar=bar)
-                _publish(tmp, out, split)
+                write(tmp, split, n, image_size=size, seed=int(seed), prevalences=prev, bar=bar)
+                _publish(tmp, out, split, layout)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             logger.info("synth: wrote %d %s images (%d×%d) to %s", n, split, size[0], size[1], out)
+    _write_labels_2018(out)
     return out

@@ -132,7 +132,7 @@ class StructureDecoder(nn.Module):
         skip_channels: channels of the encoder's pooled maps of blocks 1, 2, 3 (64, 128, 256 at width 1).
         skip: average with the encoder's pooled maps before each block.
         batch_norm: BN after each conv but the last.
-        num_structures: classes of ``pred_t`` (6).
+        num_structures: classes of ``pred_t``: the size of the data's structure set (6 for ISIC 2017, 7 for 2018).
         fused: evaluate the blocks through :mod:`.fused_decoder` (see the module docstring).
 
     Shape:

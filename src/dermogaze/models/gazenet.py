@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DermogazeError
+from ..structures import NUM_STRUCTURES
 from .attention import AttentiveConvLSTM
 from .decoder import StructureDecoder
 from .diagnosis import DiagnosisBranch
@@ -69,8 +70,9 @@ from .output import GazeOutput
 
 logger = logging.getLogger(__name__)
 
-#: Names ``build_model`` accepts as overrides (the fields of ``dermogaze.config.ModelConfig`` but ``name``).
-BUILD_OPTIONS = ("steps", "image_size", "width", "skip", "batch_norm", "weights")
+#: Names ``build_model`` accepts as overrides: the fields of ``dermogaze.config.ModelConfig`` but ``name``, and
+#: ``num_structures``, which comes from the training data (its structure set), not from the config.
+BUILD_OPTIONS = ("steps", "image_size", "width", "skip", "batch_norm", "weights", "num_structures")
 #: Spatial reduction of the whole VGG-16 (five pools): image sides must be multiples of it.
 IMAGE_MULTIPLE = 32
 
@@ -310,8 +312,9 @@ def build_model(name: str, **overrides: Any) -> GazeNet:
         name: one of :func:`list_models` (Table 3).
         **overrides: ``steps`` (T), ``image_size`` (multiple of 32), ``width`` (channel multiplier),
             ``skip`` (decoder skip averaging), ``batch_norm`` (``"on"``/``"off"``/``"frozen"``),
-            ``weights`` (``None``, ``"imagenet"`` or a path to a ``vgg16_bn`` state dict). ``None``
-            means the variant's own default.
+            ``weights`` (``None``, ``"imagenet"`` or a path to a ``vgg16_bn`` state dict),
+            ``num_structures`` (classes of the structure classifier: the size of the training data's
+            structure set, 6 for ISIC 2017 by default). ``None`` means the variant's own default.
 
     Raises:
         DermogazeError: unknown variant or option, invalid value, weights that cannot be loaded.
@@ -334,6 +337,7 @@ def _create(
     skip: bool | None = None,
     batch_norm: str | None = None,
     weights: str | None = None,
+    num_structures: int = NUM_STRUCTURES,
 ) -> GazeNet:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise DermogazeError(f"model {name}: steps (T) must be a positive integer, got {steps!r}")
@@ -348,6 +352,8 @@ def _create(
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
         raise DermogazeError(f"model {name}: width must be a positive number, got {width!r}")
     width = float(width)
+    if isinstance(num_structures, bool) or not isinstance(num_structures, int) or num_structures < 2:
+        raise DermogazeError(f"model {name}: num_structures must be an integer of at least 2, got {num_structures!r}")
     batch_norm = spec.batch_norm if batch_norm is None else batch_norm
     if batch_norm not in BATCH_NORM_MODES:
         raise DermogazeError(
@@ -367,7 +373,9 @@ def _create(
     c = encoder.out_channels
     attention = AttentiveConvLSTM(c, steps) if spec.attention else None
     decoder = (
-        StructureDecoder(c, encoder.skip_channels, skip=bool(skip), batch_norm=batch_norm != "off")
+        StructureDecoder(
+            c, encoder.skip_channels, skip=bool(skip), batch_norm=batch_norm != "off", num_structures=num_structures
+        )
         if spec.decoder
         else None
     )
@@ -381,7 +389,8 @@ def _create(
         diagnosis.load_torchvision(state, src)
         logger.info("loaded VGG-16-BN weights (%s) into the encoder and blocks 4-5", weights)
     init_kwargs = dict(
-        name=name, steps=steps, image_size=image_size, width=width, skip=skip, batch_norm=batch_norm, weights=None
+        name=name, steps=steps, image_size=image_size, width=width, skip=skip, batch_norm=batch_norm, weights=None,
+        num_structures=num_structures,
     )
     return GazeNet(
         variant=name, encoder=encoder, attention=attention, decoder=decoder, diagnosis=diagnosis, steps=steps,

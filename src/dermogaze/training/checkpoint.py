@@ -181,6 +181,23 @@ def first_nonfinite(state: Mapping[str, Any]) -> str | None:
     return None
 
 
+def check_structure_set(ckpt: Mapping[str, Any], info: Mapping[str, Any], cache: str | Path) -> None:
+    """Refuse a cache whose structure set is not the one the checkpoint's model was trained on.
+
+    The structure classifier has one output per structure of the training data, in its order, so a
+    model of the ISIC 2017 set cannot be scored on (or trained on with) an ISIC 2018 cache, and back.
+
+    Raises:
+        DermogazeError: the sets differ (the message names both).
+    """
+    trained, found = list(ckpt["structures"]), list(info["structures"])
+    if trained != found:
+        raise DermogazeError(
+            f"the model of {ckpt.get('path', 'the checkpoint')} was trained on the structures {', '.join(trained)} "
+            f"but cache {cache} holds {', '.join(found)}; use a cache of the same structure set (ISIC 2017 or 2018)"
+        )
+
+
 def model_from_checkpoint(ckpt: Mapping[str, Any], *, variant: str | None = None) -> GazeNet:
     """Rebuild the network stored in a checkpoint and load its weights (no pretrained download).
 

@@ -67,7 +67,7 @@ from ..losses import GazeLoss
 from ..metrics import EvaluationAccumulator
 from ..models import GazeNet, build_model
 from ..runtime import autocast_factory
-from .checkpoint import RunWriter, checkpoint_state, first_nonfinite, load_checkpoint
+from .checkpoint import RunWriter, check_structure_set, checkpoint_state, first_nonfinite, load_checkpoint
 from .distributed import DistInfo, ShardSampler, all_gather, barrier, cleanup_distributed, setup_distributed
 from .loop import run_inference, train_one_epoch
 from .optim import apply_hyperparameters, build_optimizer, lr_schedule
@@ -148,7 +148,9 @@ def _train(
     ckpt = _open_run(cfg, run, resume=resume, overwrite=overwrite, dist=dist)
     seed_everything(t.seed)
     kwargs = _model_kwargs(cfg)
+    kwargs["num_structures"] = len(info["structures"])  # the structure classifier follows the data
     if ckpt is not None:
+        check_structure_set(ckpt, info, cache)
         kwargs["weights"] = None  # the checkpoint holds every weight: never fetch the pretrained ones again
     model = build_model(cfg.model.name, **kwargs)
     if ckpt is None and model.batch_norm == "frozen" and not cfg.model.weights:
@@ -161,7 +163,7 @@ def _train(
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, pretrained_encoder=True if ckpt is not None else None)
-    loss_fn = GazeLoss(cfg.loss, presences=info["presences"]).to(device)
+    loss_fn = GazeLoss(cfg.loss, presences=info["presences"], structures=info["structures"]).to(device)
     autocast = autocast_factory(device, t.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=(t.amp == "fp16" and device.type == "cuda"))
 
@@ -366,6 +368,12 @@ def _check_data(info: dict, cache: Path, cfg: Config) -> None:
 
 
 def _check_masks(info: dict, cache: Path, cfg: Config, needs_masks: bool) -> None:
+    if not needs_masks and info.get("labelled", {}).get(cfg.data.train_split) == 0:
+        raise DataError(
+            f"cache {cache} has no diagnosis label in split {cfg.data.train_split!r} (a structure-only collection), so "
+            f"the {cfg.model.name!r} variant, which learns the diagnosis alone, has nothing to learn; use a variant "
+            "with a structure decoder (deco_gap_3, deco_gap_5, deco_gap_17) or prepare the data with --labels CSV"
+        )
     if needs_masks and not info["has_masks"]:
         raise DataError(
             f"cache {cache} has no structure masks (ISIC Part 1/Part 2 missing), but the {cfg.model.name!r} variant "
