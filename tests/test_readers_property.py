@@ -247,10 +247,12 @@ def test_superpixel_map_gives_a_valid_sample_or_an_error(folder, case):
 # Images of any mode, format and state
 # --------------------------------------------------------------------------------------------
 
+# No ("YCbCr", "TIFF"): Pillow writes YCbCr TIFFs that it cannot decode itself ("image file is truncated"),
+# so such a file is not an intact image for any reader built on Pillow.
 MODE_FORMATS = (
     ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("L", "PNG"), ("LA", "PNG"),
     ("P", "PNG"), ("1", "PNG"), ("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF"), ("F", "TIFF"), ("CMYK", "TIFF"),
-    ("YCbCr", "TIFF"), ("LAB", "TIFF"), ("RGB", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("RGBA", "WEBP"),
+    ("LAB", "TIFF"), ("RGB", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("RGBA", "WEBP"),
 )
 
 
