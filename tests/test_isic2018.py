@@ -95,6 +95,17 @@ def test_prepare_reads_the_official_layout(tmp_path):
     assert "globules" in format_stats(info)
 
 
+def test_an_edited_labels_csv_rebuilds_the_cache(tmp_path):
+    root = write_isic2018(tmp_path / "isic")
+    info = prepare(root, tmp_path / "cache", size=16, progress=False, labels=root / "labels.csv")
+    same = prepare(root, tmp_path / "cache", size=16, progress=False, labels=root / "labels.csv")
+    assert same["token"] == info["token"]
+    (root / "labels.csv").write_text("image_id,melanoma\n" + "".join(f"{iid},1\n" for iid in IDS["Training"][:6]))
+    again = prepare(root, tmp_path / "cache", size=16, progress=False, labels=root / "labels.csv")
+    assert again["token"] != info["token"]
+    np.testing.assert_array_equal(load_split(tmp_path / "cache", "train").labels[:6], [1] * 6)
+
+
 def test_tolerated_variations(tmp_path):
     root = write_isic2018(tmp_path / "isic", v3=False)
     # nested input folder and an upper-case .JPG

@@ -204,12 +204,16 @@ def _process_or_report(sample: IsicSample, size: int, with_masks: bool, draft: b
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(collection: IsicCollection) -> str:
-    """Hash of every file name, size and modification time of the collection's split folders and CSVs."""
+def _fingerprint(collection: IsicCollection, labels: str | Path | None = None) -> str:
+    """Hash of every file name, size and modification time of the collection's split folders and CSVs.
+
+    ``labels``: the ``--labels`` CSV, which the splits of an ISIC 2018 collection do not name
+    (an edited labels file must rebuild the cache like an edited image).
+    """
     h = hashlib.sha256()
     listed: set[Path] = set()  # splits divided from one folder share it: list it once
     for split in collection.splits.values():
-        paths = [p for p in (split.csv, split.metadata_csv) if p is not None]
+        paths = [Path(p) for p in (split.csv, split.metadata_csv, labels) if p is not None]
         for folder in (split.data_dir, split.part1_dir, split.part2_dir):
             if folder is not None and folder not in listed:
                 listed.add(folder)
@@ -490,7 +494,7 @@ def prepare(
     _claim_folder(out)
     target = out.resolve()  # a symlinked cache folder is swapped where it lives
     _clean_up(target)
-    fingerprint = _fingerprint(collection)
+    fingerprint = _fingerprint(collection, labels)
     options = {"size": size, "skip_bad": skip_bad, "draft": draft, "layout": collection.layout,
                "labels": None if labels is None else str(Path(labels).resolve()), "split": list(split), "seed": seed}
     if not force:
