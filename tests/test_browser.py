@@ -65,15 +65,26 @@ def test_browser_uploads_steps_and_switches_a_gaze_off(chromium, page_url, pipel
             p_full = float(probability.inner_text())
             assert p_full > 0.6  # the crafted model (conftest): melanoma at its threshold 0.6
             assert "Decision: melanoma" in page.locator("#dg-diagnosis").inner_text()
-            step_text = page.locator("#dg-step-text")
-            assert step_text.inner_text().startswith("Gaze 1 of 2")
+            shown = page.locator("#dg-gazes .dg-panel:visible")  # the gaze on screen, its text and pictures
+            assert shown.count() == 1 and shown.locator(".dg-step-text").inner_text().startswith("Gaze 1 of 2")
+            first_text = shown.inner_text()
 
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
             number = page.locator("#dg-step input[type=number]")
-            number.fill("2")
-            number.press("Enter")
-            page.wait_for_function(
-                "() => document.querySelector('#dg-step-text').innerText.startsWith('Gaze 2 of 2')", timeout=30_000)
-            assert "It names" in step_text.inner_text()
+            for t in (2, 1, 2):  # forth, back and forth again
+                number.fill(str(t))
+                number.press("Enter")
+                page.wait_for_function(
+                    "(t) => [...document.querySelectorAll('#dg-gazes .dg-panel')].filter(p => !p.hidden)"
+                    ".map(p => p.innerText).join('|').startsWith(`Gaze ${t} of 2`)", arg=t, timeout=10_000)
+                assert shown.count() == 1 and page.locator("#dg-path-view .dg-panel:visible").count() == 1
+                assert page.locator("#dg-path-view .dg-panel:visible figcaption").inner_text().endswith(
+                    f"gaze {t} ringed)")
+            text_2 = shown.inner_text()
+            assert "It names" in text_2 and text_2 != first_text
+            assert shown.locator("img").count() == 2  # attention and mask (an upload has no ground truth)
+            assert requests == [], f"a step change went to the server: {requests[:3]}"
 
             page.locator("#dg-keep label", has_text="gaze 1").click()  # switch gaze 1 off
             effect = page.locator("#dg-effect")

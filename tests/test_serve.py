@@ -7,6 +7,7 @@ without gaze 2, it does not change.
 
 import json
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -42,8 +43,8 @@ pytestmark = [
 ]
 
 #: The outputs of an analysis event, in the order the app returns them (the tab's state and layout are not sent).
-ANALYSIS = ("status", "diagnosis", "path", "legend", "step", "step_text", "attention", "mask", "gt", "table", "keep",
-            "p_keep", "effect", "record", "files", "upload")
+ANALYSIS = ("status", "diagnosis", "path", "legend", "step", "gazes", "table", "keep", "p_keep", "effect", "record",
+            "files", "upload")
 
 
 def free_port() -> int:
@@ -99,7 +100,7 @@ def test_upload_returns_the_record_of_dermogaze_explain(client, lesion_jpg, craf
     assert f"{rec['melanoma_probability']:.3f}" in out["diagnosis"]
     assert f"Decision: <b>{rec['prediction']}</b>" in out["diagnosis"]
     assert out["p_keep"] == pytest.approx(rec["melanoma_probability"], abs=1e-3)
-    assert out["step_text"].startswith("**Gaze 1 of 2**")
+    assert '<div class="dg-panel" data-dg-step="1"><div class="dg-step-text"><p><b>Gaze 1 of 2</b>' in out["gazes"]
     assert out["keep"]["value"] == [1, 2]
     assert [c[0] for c in out["keep"]["choices"]] == [
         f"gaze {t}: {structure_label(s['structure'])}" for t, s in enumerate(rec["steps"], 1)
@@ -139,14 +140,41 @@ def test_intervention_reuses_the_state_and_matches_the_closed_form(viewer, lesio
     assert steps_table(analysis)[0][3] == f"{0.5 - analysis.record['melanoma_probability']:+.3f}"
 
 
-def test_step_change_shows_that_gaze(client, lesion_jpg):
-    rec = analyse(client, lesion_jpg)["record"]
-    path, att, mask, gt, text = client.predict(2, api_name="/step")
-    s = rec["steps"][1]
-    assert text.startswith("**Gaze 2 of 2** looked at pixel (x " + f"{s['gaze']['x']}, y {s['gaze']['y']})")
-    assert structure_label(s["structure"]) in text
-    assert path is not None and att is not None and mask is not None
-    assert gt is None  # an upload has no ground truth
+def panels(html_text: str) -> dict[int, str]:
+    """The gaze panels of an HTML output: ``{t: the panel's HTML}``."""
+    parts = re.split(r'<div class="dg-panel" data-dg-step="(\d+)"', html_text)
+    assert parts[0] == ""
+    return {int(t): body for t, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_upload_sends_every_gazes_view_for_the_browser_to_step_through(client, lesion_jpg):
+    out = analyse(client, lesion_jpg)
+    rec = out["record"]
+    gazes, paths = panels(out["gazes"]), panels(out["path"])
+    assert sorted(gazes) == sorted(paths) == [1, 2]  # a step change needs no request: every gaze is in the page
+    for t, s in enumerate(rec["steps"], 1):
+        body = gazes[t]
+        assert body.startswith(">" if t == 1 else " hidden>")  # gaze 1 shown first, the others hidden
+        assert paths[t].startswith(">" if t == 1 else " hidden>") and f"gaze {t} ringed" in paths[t]
+        assert f"<b>Gaze {t} of 2</b> looked at pixel (x {s['gaze']['x']}, y {s['gaze']['y']})" in body
+        assert f"It names <b>{structure_label(s['structure'])}</b>" in body
+        assert body.count('<img src="data:image/jpeg;base64,') == 2  # attention and mask; an upload has no ground truth
+        assert "Ground truth mask" not in body
+    assert gazes[1] != gazes[2] and paths[1] != paths[2]
+
+
+def test_gaze_panels_of_a_dataset_image_show_its_ground_truth(viewer):
+    from dermogaze.serve import gazes_html
+
+    analysis = viewer.analyse_cached("test", 0)
+    gazes = panels(gazes_html(analysis))
+    assert any(s.get("gt_structure") is not None for s in analysis.record["steps"])
+    for t, s in enumerate(analysis.record["steps"], 1):
+        if s.get("gt_structure") is not None:
+            assert "Ground truth mask" in gazes[t] and gazes[t].count("<img ") == 3
+            assert f"Ground truth there: <b>{structure_label(s['gt_structure'])}</b>" in gazes[t]
+        if s.get("pointing_hit") is not None:
+            assert "Pointing game <b>" in gazes[t]
 
 
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(client, lesion_jpg, tmp_path):
@@ -166,7 +194,7 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(client, lesion_jp
         out = analyse(client, path)
         assert message in out["status"], (path.name, out["status"])
         assert 'class="dg-error"' in out["status"]
-        assert out["record"] is None and out["p_keep"] is None and out["path"] is None
+        assert out["record"] is None and out["p_keep"] is None and out["path"] == "" and out["gazes"] == ""
         good = analyse(client, lesion_jpg)  # the next request is served as usual
         assert good["status"] == "" and good["record"]["image_id"] == lesion_jpg.stem
 
@@ -190,7 +218,7 @@ def test_tabs_keep_their_own_image(server, lesion_jpg, tmp_path):
     assert abs(p_first - p_second) > 1e-3  # two images the model tells apart
     assert first.predict([1], api_name="/intervene")[0] == pytest.approx(p_first, abs=1e-3)
     assert second.predict([1], api_name="/intervene")[0] == pytest.approx(p_second, abs=1e-3)
-    assert Client(server, verbose=False).predict(1, api_name="/step")[4] == ""  # a new tab has no image yet
+    assert Client(server, verbose=False).predict([1], api_name="/intervene") == (None, "")  # a new tab: no image yet
 
 
 def test_downloads_are_the_files_of_dermogaze_explain(server, lesion_jpg, tmp_path):

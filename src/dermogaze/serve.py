@@ -25,11 +25,15 @@ How the work is split, so that only the first render pays for the network:
 * The first render is one forward pass (:func:`dermogaze.explain.explain_image` over
   :meth:`GazeNet.forward_with_state <dermogaze.models.GazeNet.forward_with_state>`, through
   :class:`_KeepState`), one batched diagnosis for the per-gaze ablation, and drawing.
-* A step change only draws (Pillow, from the arrays of the analysis); an intervention runs the
-  diagnosis branch alone on the kept state. Network work is queued one request at a time
-  (``concurrency_id="model"``: two cores are used by one forward pass already); step changes and
-  interventions bypass Gradio's queue (``queue=False``: a plain HTTP request, no wait behind an
-  upload and less overhead per request).
+* Every gaze's views (path with that gaze ringed, attention, mask, ground truth, its text) are
+  drawn at the first render (~7 ms a gaze) and sent with it as HTML panels, one per gaze,
+  pictures inlined as JPEG data URLs (:func:`gazes_html`, :func:`path_html`). A step change is
+  then no request at all: the slider's change event runs a line of JavaScript in the browser that
+  shows gaze ``t``'s panels and hides the others (:data:`_SHOW_STEP_JS`); a server round trip
+  alone costs Gradio more than the issue's 50 ms. An intervention runs the diagnosis branch alone
+  on the kept state. Network work is queued one request at a time (``concurrency_id="model"``:
+  two cores are used by one forward pass already); interventions bypass Gradio's queue
+  (``queue=False``: a plain HTTP request, no wait behind an upload and less overhead per request).
 
 Decisions where the issue is silent:
 
@@ -48,12 +52,14 @@ Decisions where the issue is silent:
   share link, no run history, no monitoring endpoint; bound to 127.0.0.1 unless told otherwise.
 """
 
+import base64
 import contextlib
 import functools
 import hashlib
 import html
 import io
 import os
+import re
 import tempfile
 import threading
 import time
@@ -351,7 +357,7 @@ class Viewer:
 
 
 # ----------------------------------------------------------------------------------------------
-# Drawing (no model work: what a step change costs)
+# Drawing (no model work: done for every gaze at the first render)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -568,6 +574,66 @@ def step_markdown(analysis: Analysis, t: int) -> str:
     return "\n".join(lines)
 
 
+def _inline_html(markdown: str) -> str:
+    """The little markdown of :func:`step_markdown` (``**bold**``, ``- `` items) as HTML, text escaped."""
+    bold = lambda line: re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line, quote=False))  # noqa: E731
+    lines = markdown.splitlines()
+    head = [f"<p>{bold(x)}</p>" for x in lines if not x.startswith("- ")]
+    items = [f"<li>{bold(x[2:])}</li>" for x in lines if x.startswith("- ")]
+    return "".join(head) + (f"<ul>{''.join(items)}</ul>" if items else "")
+
+
+def _data_url(array: np.ndarray) -> str:
+    """A picture as an inline JPEG (quality 90, no chroma subsampling): no file, no request to fetch it."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="jpeg", quality=90, subsampling=0)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(array: np.ndarray, caption: str, cls: str) -> str:
+    return (f'<figure class="dg-fig {cls}"><figcaption>{html.escape(caption)}</figcaption>'
+            f'<img src="{_data_url(array)}" alt="{html.escape(caption)}"></figure>')
+
+
+def _panel(t: int, body: str) -> str:
+    """Panel of gaze ``t``: shown for t = 1, hidden otherwise (the slider's JavaScript switches them)."""
+    hidden = "" if t == 1 else " hidden"
+    return f'<div class="dg-panel" data-dg-step="{t}"{hidden}>{body}</div>'
+
+
+def path_html(analysis: Analysis) -> str:
+    """The gaze path, one picture per gaze (that gaze ringed), of which the current gaze's is shown."""
+    if not analysis.has_gazes or analysis.steps == 0:
+        return _figure(render_path(analysis), "The image (this model has no gazes)", "dg-path")
+    return "".join(_panel(t, _figure(render_path(analysis, t), f"Gaze path (numbered in order; gaze {t} ringed)",
+                                     "dg-path")) for t in range(1, analysis.steps + 1))
+
+
+def gazes_html(analysis: Analysis) -> str:
+    """All ``T`` gazes' panels (text with the step's metrics, attention, mask, ground truth), gaze 1 shown."""
+    if not analysis.has_gazes:
+        return ""
+    panels = []
+    for t in range(1, analysis.steps + 1):
+        att, mask, gt = render_step(analysis, t)
+        figures = [_figure(att, "Where it looked (attention)", "dg-attention")]
+        if mask is not None:
+            figures.append(_figure(mask, "What it outlined (its mask)", "dg-mask"))
+        if gt is not None:
+            figures.append(_figure(gt, "Ground truth mask", "dg-gt"))
+        panels.append(_panel(t, f'<div class="dg-step-text">{_inline_html(step_markdown(analysis, t))}</div>'
+                                f'<div class="dg-figs">{"".join(figures)}</div>'))
+    return "".join(panels)
+
+
+#: The step slider's change event, run in the browser: show the panels of gaze ``t``, hide the others.
+_SHOW_STEP_JS = """(t) => {
+  const s = String(Math.round(t));
+  document.querySelectorAll('[data-dg-step]').forEach((e) => { e.hidden = e.dataset.dgStep !== s; });
+  return [];
+}"""
+
+
 def path_legend_markdown(analysis: Analysis) -> str:
     """The key to the gaze path's marks (what applies to this image)."""
     parts = ["Discs: the gazes in order, arrows from each to the next; ringed: the gaze shown below."]
@@ -627,6 +693,14 @@ _CSS = """
 #dg-status p {margin: 0}
 .dg-error {color: #b00020; font-weight: 600}
 .dg-warn {color: #8a5a00}
+.dg-panel[hidden] {display: none !important}
+.dg-figs {display: flex; flex-wrap: wrap; gap: 12px}
+.dg-fig {margin: 0; flex: 1 1 280px; max-width: 384px}
+.dg-fig figcaption {font-size: 0.9em; color: #444; margin-bottom: 4px}
+.dg-fig img {width: 100%; height: auto; display: block; border-radius: 4px}
+.dg-fig.dg-path {max-width: 520px}
+.dg-step-text {font-size: 1.02em; margin-bottom: 8px}
+.dg-step-text ul {margin: 4px 0 0 1.2em}
 """
 
 _INTRO = """\
@@ -686,22 +760,14 @@ def build_app(viewer: Viewer):
             with gr.Column(scale=3, min_width=320, visible=False) as top:
                 gr.Markdown("### 2 · Diagnosis")
                 diagnosis = gr.HTML("", elem_id="dg-diagnosis")
-                path_image = gr.Image(type="filepath", interactive=False, elem_id="dg-path", height=420,
-                                      label="Gaze path (numbered in order)")
+                path_view = gr.HTML("", elem_id="dg-path-view")
                 path_legend = gr.Markdown("", elem_id="dg-path-legend")
         with gr.Column(visible=False) as details:
             with gr.Column(visible=steps > 0):
                 gr.Markdown("### 3 · The gazes, one by one")
                 step = gr.Slider(1, max(steps, 2), value=1, step=1, label="Gaze (drag, or type its number)",
                                  elem_id="dg-step", interactive=steps > 1)
-                step_text = gr.Markdown("", elem_id="dg-step-text")
-                with gr.Row():
-                    att_image = gr.Image(label="Where it looked (attention)", type="filepath", interactive=False,
-                                         height=320, elem_id="dg-attention")
-                    mask_image = gr.Image(label="What it outlined (its mask)", type="filepath", interactive=False,
-                                          height=320, elem_id="dg-mask")
-                    gt_image = gr.Image(label="Ground truth mask", type="filepath", interactive=False, height=320,
-                                        elem_id="dg-gt")
+                gazes_view = gr.HTML("", elem_id="dg-gazes")
                 gr.Markdown(_STEP_LEGEND, elem_classes="dg-small")
                 gr.Markdown("### 4 · What if the network had not looked there?")
                 with gr.Row(equal_height=True):
@@ -722,8 +788,8 @@ def build_app(viewer: Viewer):
             with gr.Accordion("JSON record (as written by dermogaze explain)", open=False):
                 record_json = gr.JSON(elem_id="dg-record")
 
-        analysis_outputs = [analysis_state, status, top, details, diagnosis, path_image, path_legend, step, step_text,
-                            att_image, mask_image, gt_image, table, keep, p_keep, effect, record_json, files]
+        analysis_outputs = [analysis_state, status, top, details, diagnosis, path_view, path_legend, step, gazes_view,
+                            table, keep, p_keep, effect, record_json, files]
 
         def show(analysis: Analysis) -> tuple:
             t_steps = analysis.steps if analysis.has_gazes else 0
@@ -732,21 +798,15 @@ def build_app(viewer: Viewer):
             keep_update = gr.update(choices=[(f"gaze {t}: {structure_label(s['structure'])}", t) for t, s in
                                              zip(ticked, analysis.record["steps"], strict=True)], value=ticked)
             p = analysis.record["melanoma_probability"]
-            att = mask = gt = None
-            text = ""
-            if t_steps:
-                att, mask, gt = (viewer.pictures(a) for a in render_step(analysis, 1))
-                text = step_markdown(analysis, 1)
             return (analysis, notes, gr.update(visible=True), gr.update(visible=True),
-                    diagnosis_html(analysis, viewer.threshold_rule), viewer.pictures(render_path(analysis, 1)),
-                    path_legend_markdown(analysis), gr.update(value=1), text, att, mask,
-                    gr.update(value=gt, visible=gt is not None), steps_table(analysis), keep_update, p,
+                    diagnosis_html(analysis, viewer.threshold_rule), path_html(analysis),
+                    path_legend_markdown(analysis), gr.update(value=1), gazes_html(analysis), steps_table(analysis),
+                    keep_update, p,
                     intervention_markdown(analysis, ticked, p), analysis.record, gr.update(value=None, visible=False))
 
         def refuse(message: str) -> tuple:
-            return (None, _status("error", message), gr.update(visible=False), gr.update(visible=False), "", None, "",
-                    gr.update(value=1), "", None, None, None, [], gr.update(), None, "", None,
-                    gr.update(value=None, visible=False))
+            return (None, _status("error", message), gr.update(visible=False), gr.update(visible=False), "", "", "",
+                    gr.update(value=1), "", [], gr.update(), None, "", None, gr.update(value=None, visible=False))
 
         def analyse_upload(path: str | None):
             """The analysis, and the upload field emptied: ready for the next image (the diagnosis names this one)."""
@@ -762,13 +822,6 @@ def build_app(viewer: Viewer):
                 return show(viewer.analyse_cached(split_name, int(evt.index)))
             except DermogazeError as exc:
                 return refuse(str(exc))
-
-        def change_step(analysis: Analysis | None, t: float):
-            if analysis is None or not analysis.has_gazes:
-                return None, None, None, None, ""
-            t = min(max(int(t), 1), analysis.steps)
-            att, mask, gt = (viewer.pictures(a) for a in render_step(analysis, t))
-            return viewer.pictures(render_path(analysis, t)), att, mask, gt, step_markdown(analysis, t)
 
         def intervene(analysis: Analysis | None, ticked: list[int]):
             if analysis is None or not analysis.has_gazes:
@@ -788,8 +841,7 @@ def build_app(viewer: Viewer):
             gallery.select(analyse_pick, split, analysis_outputs, api_visibility="private",
                            concurrency_id="model", concurrency_limit=1)
             split.change(lambda s: viewer.gallery(s), split, gallery, api_visibility="private")
-        step.change(change_step, [analysis_state, step], [path_image, att_image, mask_image, gt_image, step_text],
-                    api_name="step", queue=False, show_progress="hidden", trigger_mode="always_last")
+        step.change(None, step, None, js=_SHOW_STEP_JS, api_visibility="private", show_progress="hidden")
         keep.input(intervene, [analysis_state, keep], [p_keep, effect], api_name="intervene", queue=False,
                    show_progress="hidden", trigger_mode="always_last")
         download.click(prepare_files, analysis_state, files, api_name="downloads", concurrency_id="files",
