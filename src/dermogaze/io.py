@@ -21,11 +21,15 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
+
+from .errors import DataError
+
+T = TypeVar("T")
 
 #: ``atomic_write(RUN/last.pt)`` writes ``RUN/.last.pt.<random>.tmp`` first.
 _TEMPORARY_SUFFIX = ".tmp"
@@ -174,3 +178,20 @@ def write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], path: str | 
         writer.writerow(header)
         writer.writerows(rows)
     return Path(path)
+
+
+def parse_csv_file(path: str | Path, what: str, parse: Callable[[str], T]) -> T:
+    """Read a CSV file as UTF-8 text (a byte-order mark tolerated) and ``parse`` it.
+
+    An unreadable file (missing, not UTF-8) and a malformed one (``csv.Error``: an unterminated quote,
+    a field beyond ``csv.field_size_limit()``) are one :class:`~dermogaze.errors.DataError` naming the
+    file and ``what`` it should have been.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable {what} ({exc})") from None
+    try:
+        return parse(text)
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed {what} ({exc})") from None

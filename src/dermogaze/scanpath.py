@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from .errors import DataError, DermogazeError
 from .explain import gaze_points
+from .io import parse_csv_file
 
 #: MultiMatch's five similarities, in the package's order.
 SIMILARITIES = ("vector", "direction", "length", "position", "duration")
@@ -197,14 +198,7 @@ def read_fixations_csv(path: str | Path, image_size: tuple[int, int] | None = No
             that is not positive, a fixation outside the image; the message names the file and line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable fixations CSV ({exc})") from None
-    try:
-        return _parse_fixations(path, text, image_size)
-    except csv.Error as exc:  # e.g. a field beyond csv.field_size_limit()
-        raise DataError(f"{path}: malformed fixations CSV ({exc})") from None
+    return parse_csv_file(path, "fixations CSV", lambda text: _parse_fixations(path, text, image_size))
 
 
 def _parse_fixations(path: Path, text: str, image_size: tuple[int, int] | None) -> np.ndarray:

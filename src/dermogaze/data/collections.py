@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..io import parse_csv_file
 from .isic2017 import BadSample, IsicCollection, IsicSample, IsicSplit
 from .isic2018 import LAYOUT_PREFIXES as ISIC2018_PREFIXES
 from .metadata import (
@@ -226,17 +227,14 @@ def _recognise(path: Path, columns: list[str]) -> tuple[str, str, Callable[[dict
 
 def _read_rows(path: Path, what: str) -> tuple[list[str], list[dict[str, str | None]]]:
     """Lower-case header and rows of a CSV (DataError naming the file when it cannot be read)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable {what} ({exc})") from None
-    try:
+
+    def parse(text: str) -> tuple[list[str], list[dict[str, str | None]]]:
         reader = csv.DictReader(text.splitlines(), strict=True)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         reader.fieldnames = columns
         return columns, list(reader)
-    except csv.Error as exc:  # an unterminated quote, a field beyond csv.field_size_limit()
-        raise DataError(f"{path}: malformed {what} ({exc})") from None
+
+    return parse_csv_file(path, what, parse)
 
 
 def _lesion(raw: str) -> str | None:

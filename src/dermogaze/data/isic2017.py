@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..io import parse_csv_file
 from ..structures import DERMOSCOPIC_FEATURES, ISIC2017_STRUCTURES
 from .images import read_image_file
 from .metadata import MetadataTable, read_metadata_csv
@@ -268,14 +269,7 @@ def read_labels_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[Ba
     Raises:
         DataError: unreadable file, missing ``image_id``/``melanoma`` column, or a repeated id.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable label CSV ({exc})") from None
-    try:
-        return _parse_labels_csv(path, text)
-    except csv.Error as exc:  # e.g. a field beyond csv.field_size_limit()
-        raise DataError(f"{path}: malformed label CSV ({exc})") from None
+    return parse_csv_file(path, "label CSV", lambda text: _parse_labels_csv(path, text))
 
 
 def _parse_labels_csv(path: Path, text: str) -> tuple[list[tuple[str, float | None]], list[BadSample]]:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, DermogazeError
+from ..io import parse_csv_file
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +190,7 @@ def read_metadata_csv(
         and the line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable metadata CSV ({exc})") from None
-    try:
-        return _parse_metadata_csv(path, text, image_ids, required)
-    except csv.Error as exc:  # e.g. a field beyond csv.field_size_limit()
-        raise DataError(f"{path}: malformed metadata CSV ({exc})") from None
+    return parse_csv_file(path, "metadata CSV", lambda text: _parse_metadata_csv(path, text, image_ids, required))
 
 
 def _parse_metadata_csv(
