@@ -14,6 +14,7 @@ from dermogaze.errors import DermogazeError
 from dermogaze.losses import (
     GazeLoss,
     area_fraction,
+    attention_weight,
     focal_loss,
     hungarian_match,
     match_batch,
@@ -558,6 +559,20 @@ def test_attention_term_hand_computed():
     # w' balancing with presences giving lesion : skin = 3 : 1 → (3 · 0.45 + 0.2) / 4
     weighted = GazeLoss(LossConfig(balancing="w'", attention=1.0), [1, 3, 5, 5, 5, 5])(out, batch)
     assert weighted["att"].item() == pytest.approx((3 * 0.45 + 0.2) / 4, rel=1e-6)
+
+
+def test_attention_warmup_schedule_and_weight_in_effect():
+    # λ·min(1, (epoch − 1)/K): K = 4 → 0, λ/4, λ/2, 3λ/4, λ, λ
+    cfg = LossConfig(attention=2.0, attention_warmup=4)
+    assert [attention_weight(cfg, e) for e in range(1, 7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    assert [attention_weight(LossConfig(attention=2.0), e) for e in (1, 9)] == [2.0, 2.0]
+    assert attention_weight(LossConfig(attention_warmup=3), 2) == 0.0
+    out, batch = _attention_sample()
+    plain = GazeLoss(LossConfig(balancing="none"))(out, batch)
+    loss = GazeLoss(LossConfig(balancing="none", attention=2.0, attention_warmup=4))
+    assert loss(out, batch, attention=0.5)["loss"].item() == pytest.approx(plain["loss"].item() + 0.5 * 0.325, rel=1e-6)
+    assert loss(out, batch, attention=0.0)["loss"].item() == plain["loss"].item()
+    assert loss(out, batch)["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * 0.325, rel=1e-6)
 
 
 def test_attention_weight_zero_is_the_papers_loss_exactly():

@@ -196,6 +196,25 @@ def test_frozen_random_encoder_is_refused():
         build_optimizer(_tiny_model(), load_config(None, []))  # paper recipe (lr_encoder 0), no weights
 
 
+def test_attention_warmup_trains_the_papers_loss_first(pipeline_cache, pipeline_tiny_run, tmp_path):
+    """loss.attention_warmup: epoch 1 trains with λ = 0 (the paper's run, exactly), later epochs with the ramp."""
+    from dermogaze.training import train
+
+    run = tmp_path / "warmup"
+    overrides = [f"data.cache={pipeline_cache}", "loss.attention=1.5", "loss.attention_warmup=2"]
+    train(load_config("tiny", overrides), run, progress=False)
+    rows, reference = _rows(run), _rows(pipeline_tiny_run)  # the reference is the same run with λ = 0
+    assert [r["train_attention_weight"] for r in rows] == [0.0, 0.75]
+    for k in ("train_loss", "train_diag", "train_seg", "train_cls", "train_att", "val_diag", "val_att"):
+        assert rows[0][k] == reference[0][k], k  # epoch 1: the same training as λ = 0
+    # validation always uses the full λ (the best epoch is chosen on the final objective)
+    assert rows[0]["val_loss"] == pytest.approx(reference[0]["val_loss"] + 1.5 * reference[0]["val_att"], rel=1e-5)
+    # epoch 2 trains with λ = 0.75: its loss is the paper's terms plus 0.75 L_att
+    paper = 0.25 * rows[1]["train_diag"] + 0.75 * (0.75 * rows[1]["train_seg"] + 0.25 * rows[1]["train_cls"])
+    assert rows[1]["train_loss"] == pytest.approx(paper + 0.75 * rows[1]["train_att"], rel=1e-4)
+    assert rows[1]["train_loss"] != reference[1]["train_loss"]
+
+
 def test_train_refuses_to_overwrite_a_run(pipeline_cache, pipeline_tiny_run):
     from dermogaze.training import train
 

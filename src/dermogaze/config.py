@@ -76,6 +76,7 @@ class LossConfig:
     balancing: str = "batch"  # "w" | "w'" | "batch" | "none"
     eps: float = 1e-6
     attention: float = 0.0  # λ of the attention supervision (beyond the paper, SPEC §6b); 0 = the paper
+    attention_warmup: int = 0  # epochs over which the training loss's λ rises linearly from 0 (0 = λ from the start)
 
 
 @dataclass
@@ -193,6 +194,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     **{f"loss.{k}": _range(lambda v: v >= 0, "a number >= 0") for k in ("alpha", "beta", "gamma", "mu")},
     "loss.focal_theta": _range(lambda v: v >= 0, "a number >= 0"),
     "loss.attention": _range(lambda v: v >= 0, "a number >= 0"),
+    "loss.attention_warmup": _range(lambda v: v >= 0, "a whole number of epochs >= 0"),
     "loss.eps": _range(lambda v: v > 0, "a number > 0"),
     "train.epochs": _range(lambda v: v >= 1, "an integer >= 1"),
     "train.batch_size": _range(lambda v: v >= 1, "an integer >= 1"),

@@ -244,6 +244,18 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (weights * values).sum() / weights.sum()
 
 
+def attention_weight(cfg: LossConfig, epoch: int) -> float:
+    """The λ of the training loss at 1-based ``epoch``: ``λ·min(1, (epoch − 1)/K)``, K = ``cfg.attention_warmup``.
+
+    The first epoch trains the paper's loss alone (the masks, hence the matching that chooses each
+    gaze's target, start from noise), λ is reached at epoch ``K + 1``; ``K = 0`` gives λ throughout.
+    Validation always uses the full λ, so the best epoch is chosen on the final objective.
+    """
+    if cfg.attention_warmup <= 0:
+        return cfg.attention
+    return cfg.attention * min(1.0, (epoch - 1) / cfg.attention_warmup)
+
+
 class GazeLoss(nn.Module):
     """``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14, SPEC §5).
 
@@ -353,7 +365,7 @@ class GazeLoss(nn.Module):
             return 1.0 / counts[structures]
         return torch.ones_like(structures, dtype=torch.float32)
 
-    def forward(self, out: GazeOutput, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def forward(self, out: GazeOutput, batch: Mapping[str, Any], *, attention: float | None = None) -> dict[str, Any]:
         """Compute the loss of one batch.
 
         Args:
@@ -362,6 +374,8 @@ class GazeLoss(nn.Module):
             batch: ``label`` ``(B,)`` (1 = melanoma, 0 = benign, negative or NaN = unknown); with a
                 decoder also ``masks`` ``(B, S, H, W)`` (0/1 floats) and optionally ``present``
                 ``(B, S)`` bools, ``S`` = the size of the data's structure set.
+            attention: the λ in effect (:func:`attention_weight` during a warm-up); ``None`` =
+                ``cfg.attention``. With ``cfg.attention = 0`` the term stays detached whatever this is.
 
         Returns:
             ``{"loss", "diag", "seg", "cls", "att"}`` scalar tensors (attached to the graph; detach
@@ -429,7 +443,7 @@ class GazeLoss(nn.Module):
             if c.attention > 0:
                 if out.attention is None:
                     raise ValueError("loss.attention > 0 needs the attention maps, but the GazeOutput has none")
-                loss = loss + c.attention * att
+                loss = loss + (c.attention if attention is None else attention) * att
             else:
                 att = att.detach()
         return {"loss": loss, "diag": diag, "seg": seg, "cls": cls, "att": att, "matching": matching}

@@ -96,6 +96,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     channels_last: bool = False,
+    attention_weight: float | None = None,
 ) -> dict[str, Any]:
     """One optimisation step: forward, :class:`~dermogaze.losses.GazeLoss`, backward, optimiser step.
 
@@ -109,13 +110,15 @@ def train_step(
         scaler: an enabled ``GradScaler`` for fp16, else None.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         channels_last: feed the images in channels-last memory format.
+        attention_weight: the λ of the attention supervision in effect (its warm-up,
+            :func:`~dermogaze.losses.attention_weight`); None = the loss's own.
 
     Returns:
         The loss terms (``loss``, ``diag``, ``seg``, ``cls``, ``att`` tensors, ``matching``).
     """
     optimizer.zero_grad(set_to_none=True)  # before the forward pass: the old gradients are not held during it
     batch, out = forward_batch(model, batch, device, channels_last=channels_last, autocast=autocast)
-    terms = loss_fn(out, batch)
+    terms = loss_fn(out, batch, attention=attention_weight)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(terms["loss"]).backward()
         if grad_clip:
@@ -147,13 +150,15 @@ def train_one_epoch(
     lr_scale: Callable[[int], float] | None = None,
     dist: DistInfo = SINGLE_PROCESS,
     progress: bool = True,
+    attention_weight: float | None = None,
 ) -> dict[str, float]:
     """One pass over the training loader (:func:`train_step` per batch).
 
     Args:
         model: the network (possibly wrapped in ``DistributedDataParallel``), put in train mode here.
         loader: yields the batches of :class:`~dermogaze.data.dataset.DermoscopyDataset`.
-        loss_fn, optimizer, device, autocast, scaler, grad_clip, channels_last: as :func:`train_step`.
+        loss_fn, optimizer, device, autocast, scaler, grad_clip, channels_last, attention_weight: as
+            :func:`train_step`.
         epoch: 1-based epoch number (messages and progress bar).
         max_batches: stop after this many batches (smoke runs).
         lr_scale: batch index → factor on each group's ``initial_lr``
@@ -181,7 +186,7 @@ def train_one_epoch(
                 group["lr"] = group["initial_lr"] * factor
         terms = train_step(
             model, loss_fn, optimizer, batch, device, autocast=autocast, scaler=scaler, grad_clip=grad_clip,
-            channels_last=channels_last,
+            channels_last=channels_last, attention_weight=attention_weight,
         )
         values = [float(terms[k].detach()) for k in LOSS_TERMS]
         if not math.isfinite(values[0]):

@@ -63,7 +63,7 @@ from ..config import Config
 from ..data.cache import load_info
 from ..data.dataset import DermoscopyDataset
 from ..errors import DataError, DermogazeError
-from ..losses import GazeLoss
+from ..losses import GazeLoss, attention_weight
 from ..metrics import EvaluationAccumulator
 from ..models import GazeNet, build_model
 from ..runtime import autocast_factory
@@ -201,12 +201,13 @@ def _train(
         tic = time.perf_counter()
         loaders.sampler.set_epoch(epoch)
         loaders.train_set.set_epoch(epoch)
+        lam = attention_weight(cfg.loss, epoch)  # the training loss's λ (warm-up); validation uses the full λ
         try:
             train_terms = train_one_epoch(
                 net, loaders.train, loss_fn, optimizer, device=device, epoch=epoch, autocast=autocast, scaler=scaler,
                 grad_clip=t.grad_clip, max_batches=t.max_train_batches, channels_last=t.channels_last,
                 lr_scale=lr_schedule(t.lr_schedule, epoch, t.epochs, loaders.steps_per_epoch), dist=dist,
-                progress=progress,
+                progress=progress, attention_weight=lam,
             )
         except DermogazeError as exc:  # the loss became NaN or infinite
             raise DermogazeError(f"{exc}; {_kept(run, epoch)}") from None
@@ -225,6 +226,8 @@ def _train(
             best_val, best_epoch = val.losses["loss"], epoch
         row = _epoch_row(epoch, train_terms, val.losses, val.metrics, optimizer, improved, time.perf_counter() - tic)
         row.update(temperature=calibration["temperature"], threshold=calibration["threshold"])
+        if cfg.loss.attention > 0:
+            row["train_attention_weight"] = lam
         rngs = all_gather(get_rng_state(), dist)  # every rank's generators, for an exact resume
         if dist.is_main:
             history.append(row)
