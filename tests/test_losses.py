@@ -575,6 +575,26 @@ def test_attention_warmup_schedule_and_weight_in_effect():
     assert loss(out, batch)["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * 0.325, rel=1e-6)
 
 
+def test_attention_matching_follows_the_gazes_when_the_masks_tie():
+    """loss.attention_matching: equal predicted masks tie the soft-IoU costs; the attention decides."""
+    out, batch = _attention_sample()
+    out.masks = torch.full((1, 2, 4, 4), 0.5)  # both steps predict the same mask
+    out.attention = torch.tensor([[[[0.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.0, 0.0]]]])  # A_0 on skin, A_1 on lesion
+    cfg = {"balancing": "none", "attention": 0.5}
+    masks_only = GazeLoss(LossConfig(**cfg))(out, batch)
+    assert [m.tolist() for m in masks_only["matching"][0]] == [[0, 1], [0, 1]]  # the tie: step 0 ↔ lesion
+    assert masks_only["att"].item() == 1.0  # each gaze lies wholly outside its structure
+    both = GazeLoss(LossConfig(**cfg, attention_matching=True))(out, batch)
+    steps, structures = (m.tolist() for m in both["matching"][0])
+    assert dict(zip(steps, structures, strict=True)) == {0: 1, 1: 0}  # step 0 ↔ skin, step 1 ↔ lesion
+    assert both["att"].item() == 0.0
+    assert both["seg"].item() == pytest.approx(masks_only["seg"].item())  # the masks' terms are the same
+    assert both["loss"].item() == pytest.approx(masks_only["loss"].item() - 0.5, rel=1e-6)
+    # λ = 0 in effect (warm-up, or loss.attention = 0): the paper's matching
+    assert [m.tolist() for m in GazeLoss(LossConfig(**cfg, attention_matching=True))(
+        out, batch, attention=0.0)["matching"][0]] == [[0, 1], [0, 1]]
+
+
 def test_attention_weight_zero_is_the_papers_loss_exactly():
     out, batch = random_batch(B=3, T=4, H=8, W=8, seed=3)
     g = torch.Generator().manual_seed(1)

@@ -77,6 +77,7 @@ class LossConfig:
     eps: float = 1e-6
     attention: float = 0.0  # λ of the attention supervision (beyond the paper, SPEC §6b); 0 = the paper
     attention_warmup: int = 0  # epochs over which the training loss's λ rises linearly from 0 (0 = λ from the start)
+    attention_matching: bool = False  # with λ > 0, the Hungarian matching also weighs λ·(1 − Σ A_t·m_s)
 
 
 @dataclass

@@ -286,9 +286,18 @@ class GazeLoss(nn.Module):
     ``1 − Σ A_t·m_s`` (the attention mass of gaze ``t`` outside its matched structure, ``m_s``
     reduced to the attention grid by :func:`area_fraction`). It is a term of its own, outside
     ``β(...)``: λ alone sets its weight. It reaches only what makes ``A_t`` (the attentive model and
-    the encoder); the matching stays that of the masks. ``"att"`` is reported for every decoder
-    variant with attention maps (0 without them), detached from the loss when λ = 0, so the paper's
-    loss is unchanged.
+    the encoder). ``"att"`` is reported for every decoder variant with attention maps (0 without
+    them), detached from the loss when λ = 0, so the paper's loss is unchanged. Two options go with
+    it (both inert at λ = 0):
+
+    * ``cfg.attention_warmup = K``: the training loop passes ``attention=`` :func:`attention_weight`
+      (λ from 0 to its value over K epochs), so the masks, hence the matching, settle first;
+    * ``cfg.attention_matching``: the Hungarian matching minimises the pair losses that are trained,
+      ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)``, instead of the masks' term alone. When two steps
+      decode the same mask (early, or the whole lesion for both lesion and pigment network) the
+      masks alone assign them by chance, batch after batch, and each gaze is pulled towards both
+      structures in turn; weighing the gazes keeps each step on the structure it looks at. The
+      explanation measures keep the paper's matching (masks only) for every model.
 
     Decisions where the paper is silent:
 
@@ -415,7 +424,14 @@ class GazeLoss(nn.Module):
                 present = gt.flatten(2).amax(-1) > 0  # (B, S)
 
             cost = pairwise_soft_iou_loss(pred, gt, self.cfg.eps)  # (B, S, T), differentiable
-            matching = match_batch(cost, present)
+            lam = self.cfg.attention if attention is None else attention
+            if self.cfg.attention_matching and lam > 0 and out.attention is not None:
+                # match on the pair losses that will be trained: βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)
+                grid = area_fraction(gt, tuple(out.attention.shape[-2:]))  # (B, S, h, w)
+                outside = 1.0 - torch.einsum("bthw,bshw->bst", out.attention.float(), grid)  # (B, S, T)
+                matching = match_batch(self.cfg.beta * self.cfg.gamma * cost + lam * outside, present)
+            else:
+                matching = match_batch(cost, present)
 
             # Gather the matched pairs of the whole batch with index tensors.
             b_idx = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, (t, _) in enumerate(matching)])
@@ -443,7 +459,7 @@ class GazeLoss(nn.Module):
             if c.attention > 0:
                 if out.attention is None:
                     raise ValueError("loss.attention > 0 needs the attention maps, but the GazeOutput has none")
-                loss = loss + (c.attention if attention is None else attention) * att
+                loss = loss + lam * att
             else:
                 att = att.detach()
         return {"loss": loss, "diag": diag, "seg": seg, "cls": cls, "att": att, "matching": matching}
