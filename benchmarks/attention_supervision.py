@@ -139,8 +139,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{min(r['train_s'] / r['epochs'] for r in runs.values()):.0f}-"
         f"{max(r['train_s'] / r['epochs'] for r in runs.values()):.0f} s on average per run).",
         "",
-        f"The `demo` preset trained with `loss.attention=0` (the paper's loss) and `loss.attention={lam:g}`, "
-        f"same seed and epochs, seeds {', '.join(map(str, seeds))}; best checkpoints evaluated on the "
+        f"The `demo` preset trained with `loss.attention=0` (the paper's loss) and `loss.attention={lam:g}`"
+        + (f" (both with {', '.join(f'`{o}`' for o in report['overrides'])}, inert at λ = 0)" if report.get("overrides")
+           else "")
+        + f", same seed and epochs, seeds {', '.join(map(str, seeds))}; best checkpoints evaluated on the "
         f"synthetic test split ({report['test_images']} images). Pointing game = matched (the loss's "
         "Hungarian matching), one attention cell of tolerance; lift = relevance mass / mean(m_s) "
         "(uniform attention = 1).",
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         argv_shown = argv_shown[:k] + ["--notes", "..."] + argv_shown[k + 2:]
     report = {
         "lambda": args.lam,
+        "overrides": args.override,
         "seeds": seeds,
         "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/attention_supervision.py", *argv_shown]),
         "machine": "CPU, 2 cores, shared with other jobs",

@@ -98,6 +98,11 @@ def test_compared_explanations_average_the_benchmark_seeds(tmp_path):
     lam = runs[lam]
     assert lam["relevance_lift"]["per_structure"] == {"lesion": 3.0, "skin": None}  # seeds without a value left out
     assert compared_explanations(own, tmp_path / "absent.json") == {"this demo (λ = 0)": own}
+    # the supervised column names the loss options the benchmark trained it with (inert at λ = 0)
+    bench["overrides"] = ["loss.attention_warmup=4", "loss.attention_matching=true", "train.epochs=14"]
+    (tmp_path / "results.json").write_text(json.dumps(bench))
+    assert list(compared_explanations(own, tmp_path / "results.json"))[1:] == [
+        base, "λ = 2 (attention_warmup=4, attention_matching=true), mean of 2 seeds (benchmark)"]
 
 
 @pytest.mark.slow

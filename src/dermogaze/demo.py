@@ -336,10 +336,12 @@ def compared_explanations(
         try:
             bench = json.loads(path.read_text())
             seeds = bench["seeds"]
+            options = [o.removeprefix("loss.") for o in bench.get("overrides", []) if o.startswith("loss.")]
             for lam in (0, bench["lambda"]):
                 sections = [bench["runs"][f"{lam:g}/{seed}"] for seed in seeds]
+                label = f"λ = {lam:g}" + (f" ({', '.join(options)})" if lam and options else "")
                 if sections:
-                    runs[f"λ = {lam:g}, mean of {len(seeds)} seeds (benchmark)"] = _seed_mean(sections)
+                    runs[f"{label}, mean of {len(seeds)} seeds (benchmark)"] = _seed_mean(sections)
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("could not read the attention-supervision results %s: %s", path, exc)
     return runs
