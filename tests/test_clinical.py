@@ -316,6 +316,16 @@ def test_bootstrap_nan_with_one_class() -> None:
     assert all(math.isnan(lo) and math.isnan(hi) for lo, hi in ci.values())
 
 
+@pytest.mark.parametrize("labels", [[1, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
+def test_bootstrap_nan_with_one_case_of_a_class(labels: list[int]) -> None:
+    # one melanoma (a subgroup of a small test set): every resample repeats it; NaN, not SciPy's error
+    ci = bootstrap_intervals(labels, [0.9, 0.1, 0.2, 0.3, 0.4], 0.5, n_resamples=50)
+    assert list(ci) == KEYS
+    assert all(math.isnan(lo) and math.isnan(hi) for lo, hi in ci.values())
+    two = bootstrap_intervals([1, 1, 0, 0, 0], [0.9, 0.35, 0.1, 0.2, 0.3], 0.5, n_resamples=50)
+    assert all(math.isfinite(lo) and math.isfinite(hi) for lo, hi in (two["auc"], two["ap"]))
+
+
 def test_bootstrap_separable_scores() -> None:
     """AUC 1 on every resample: the percentile interval is the point itself, not an error or NaN."""
     labels, scores = _cases([0.9, 0.8, 0.85, 0.7], [0.1, 0.3, 0.2, 0.4, 0.5])

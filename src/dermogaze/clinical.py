@@ -366,12 +366,13 @@ def bootstrap_intervals(
     Returns:
         ``{"auc", "ap", "sensitivity", "specificity", "specificity_at_sensitivity_0.82", ...,
         "sensitivity_at_specificity_0.95"}`` → ``(low, high)``; ``(nan, nan)`` everywhere when a
-        class is absent.
+        class has fewer than two cases (absent, or one case, which every resample would repeat:
+        the "interval" would then only reflect the other class, and SciPy refuses such a sample).
     """
     y, s = _check(labels, scores)
     keys = _bootstrap_keys()
     pos, neg = s[y == 1], s[y == 0]
-    if pos.size == 0 or neg.size == 0:
+    if pos.size < 2 or neg.size < 2:
         return {k: (math.nan, math.nan) for k in keys}
 
     def statistic(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
