@@ -62,7 +62,7 @@ _DPI = 110
 DISPLAY_MAX_SIDE = 1024
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
     try:
         with atomic_write(path, "wb") as fh:
@@ -131,7 +131,7 @@ def plot_confusion_matrix(
     ax.grid(which="minor", color="white", linewidth=1.5)
     ax.tick_params(which="minor", length=0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="proportion of the GT row")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(
@@ -189,7 +189,7 @@ def plot_roc(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(
@@ -241,7 +241,7 @@ def plot_reliability(
         a.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_explanation_bars(runs: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -282,7 +282,7 @@ def plot_explanation_bars(runs: Mapping[str, Mapping[str, Any]], path: str | Pat
     if title:
         fig.suptitle(title, y=1.07)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -356,7 +356,7 @@ def plot_training_curves(history: str | Path | Sequence[Mapping[str, Any]], path
             ax.axvline(best[-1], color="grey", ls=":", lw=1.2, label=f"best (epoch {best[-1]})")
         ax.legend(fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,7 +499,7 @@ def plot_gazes(
             axm.set_title(f"mask {t + 1} ({area:.0%} of input)", fontsize=8.5)
     if title:
         fig.suptitle(title, fontsize=12, y=0.99)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_masks(
@@ -590,4 +590,4 @@ def plot_masks(
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -690,7 +690,7 @@ def show_sweep(study: str, storage: str, out: str | Path) -> dict[str, Any]:
     optuna = _require_optuna()
     import optuna.visualization.matplotlib as ovm
 
-    from .plots import _save
+    from .plots import save_figure
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sqlite_file = storage.removeprefix("sqlite:///")
@@ -718,11 +718,11 @@ def show_sweep(study: str, storage: str, out: str | Path) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            files["history.png"] = _save(ovm.plot_optimization_history(st).figure, out / "history.png")
+            files["history.png"] = save_figure(ovm.plot_optimization_history(st).figure, out / "history.png")
         except ValueError as exc:
             notes.append(f"no history.png: {_one_line(exc)}")
         if len(complete) >= 2:
-            files["importance.png"] = _save(ovm.plot_param_importances(st).figure, out / "importance.png")
+            files["importance.png"] = save_figure(ovm.plot_param_importances(st).figure, out / "importance.png")
         else:
             notes.append("parameter importance needs at least 2 complete trials: no importance.png")
     return {"table": _aligned(header, rows), "files": files, "notes": notes}
