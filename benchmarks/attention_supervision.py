@@ -50,8 +50,15 @@ MAX_AUC_DROP = 0.02
 POINTING_TARGET = {"lesion": 0.9, "skin": 0.9}
 
 
-def run_dir(out: Path, lam: float, seed: int) -> Path:
-    return out / f"lambda_{lam:g}" / f"seed_{seed}"
+def applied(overrides: list[str], lam: float) -> list[str]:
+    """The overrides that change the run of ``lam``: the ``loss.attention*`` options are inert at λ = 0."""
+    return [o for o in overrides if lam != 0 or not o.startswith("loss.attention")]
+
+
+def run_dir(out: Path, lam: float, seed: int, overrides: list[str] = ()) -> Path:
+    """``OUT/lambda_L[+KEY=VALUE...]/seed_S``: runs of other options never share a folder."""
+    tag = "".join(f"+{o.removeprefix('loss.').removeprefix('train.')}" for o in applied(list(overrides), lam))
+    return out / f"lambda_{lam:g}{tag}" / f"seed_{seed}"
 
 
 def trained(run: Path, epochs: int) -> bool:
@@ -65,7 +72,7 @@ def train_run(cache: Path, run: Path, lam: float, seed: int, retrain: bool, over
 
     An interrupted run (``last.pt`` without every epoch) is resumed.
     """
-    cfg = load_config("demo", [*overrides, f"loss.attention={lam}", f"train.seed={seed}"])
+    cfg = load_config("demo", [*applied(overrides, lam), f"loss.attention={lam}", f"train.seed={seed}"])
     cfg.data.cache = str(cache)
     cfg.train.device = "cpu"
     if not retrain and trained(run, cfg.train.epochs):
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         for lam in (0.0, args.lam):
             if args.only is not None and lam != args.only:
                 continue
-            run = run_dir(args.out, lam, seed)
+            run = run_dir(args.out, lam, seed, args.override)
             if args.stage == "evaluate":
                 epochs = load_config("demo", args.override).train.epochs
                 if not trained(run, epochs):
