@@ -19,6 +19,11 @@ the supervised model checked seed by seed:
   least :data:`MIN_IMAGES` test images;
 * test AUC at most :data:`MAX_AUC_DROP` below the unsupervised model's (same seed).
 
+``-o SECTION.KEY=VALUE`` changes the preset for both λ (the ``loss.attention*`` options only for λ > 0, where
+they act); each set of options trains into its own folder (``OUT/lambda_1+attention_warmup=4+.../seed_0``).
+``--split val`` evaluates on the validation split instead (``eval_val``, results stem of your choice): the
+options of the supervised model are chosen there, by the same targets, before the test split is looked at.
+
 A run whose folder already holds a finished training (``best.pt`` and every epoch in
 ``metrics.jsonl``) is not retrained (``--retrain`` forces it); ``--stage train`` only trains.
 """
@@ -84,16 +89,16 @@ def train_run(cache: Path, run: Path, lam: float, seed: int, retrain: bool, over
     return time.perf_counter() - tic
 
 
-def evaluate_run(cache: Path, run: Path, faithfulness: int) -> dict[str, Any]:
-    """Test AUC and the explanation section of the run's best checkpoint on the test split."""
+def evaluate_run(cache: Path, run: Path, faithfulness: int, split: str = "test") -> dict[str, Any]:
+    """AUC and the explanation section of the run's best checkpoint on ``split``."""
     tic = time.perf_counter()
-    done = run / "eval_test" / "metrics.json"
+    done = run / f"eval_{split}" / "metrics.json"
     if done.is_file() and done.stat().st_mtime > (run / "best.pt").stat().st_mtime:
         logging.info("reusing the evaluation %s", done)
         metrics = json.loads(done.read_text())
     else:
         metrics = evaluate_checkpoint(
-            run / "best.pt", cache, "test", run / "eval_test", device="cpu", figures=False, progress=False,
+            run / "best.pt", cache, split, run / f"eval_{split}", device="cpu", figures=False, progress=False,
             n_resamples=200, faithfulness=faithfulness,
         )["metrics"]
     ex = metrics["explanation"]
@@ -150,11 +155,11 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" (both with {', '.join(f'`{o}`' for o in report['overrides'])}, inert at λ = 0)" if report.get("overrides")
            else "")
         + f", same seed and epochs, seeds {', '.join(map(str, seeds))}; best checkpoints evaluated on the "
-        f"synthetic test split ({report['test_images']} images). Pointing game = matched (the loss's "
-        "Hungarian matching), one attention cell of tolerance; lift = relevance mass / mean(m_s) "
+        f"synthetic {report.get('split', 'test')} split ({report['test_images']} images). Pointing game = matched "
+        "(the loss's Hungarian matching), one attention cell of tolerance; lift = relevance mass / mean(m_s) "
         "(uniform attention = 1).",
         "",
-        "| λ | seed | test AUC | " + " | ".join(f"pointing {n}" for n in names) + " | "
+        f"| λ | seed | {report.get('split', 'test')} AUC | " + " | ".join(f"pointing {n}" for n in names) + " | "
         + " | ".join(f"lift {n}" for n in names) + " | ablation flips | deletion AUC (random) | train s (epochs) |",
         "|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|",
     ]
@@ -167,7 +172,7 @@ def markdown(report: dict[str, Any]) -> str:
             + f" | {_f(r['ablation']['flip_fraction'])} | {_f(r['deletion']['auc'])} "
             f"({_f(r['deletion']['random_auc'])}) | {r['train_s']:.0f} ({r['epochs']}) |"
         )
-    lines += ["", "Test images per structure: "
+    lines += ["", f"{report.get('split', 'test').capitalize()} images per structure: "
               + ", ".join(f"{n} {c}" for n, c in first["present_images"].items()) + ".", ""]
     lines += [f"## Targets for λ = {lam:g}, per seed", ""]
     for seed, checks in report["targets"].items():
@@ -193,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS / "attention_supervision",
                         help="results stem: STEM.md and STEM.json are written")
     parser.add_argument("--notes", default="", help="a paragraph added to the Markdown (what was tried)")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="evaluate on this split (val: to choose the options without looking at the test split)")
     parser.add_argument("--faithfulness", type=int, default=32,
                         help="test images that get deletion/insertion and stability (default 32)")
     args = parser.parse_args(argv)
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 logging.info("trained λ=%g seed %d in %s s", lam, seed,
                              "(reused)" if seconds is None else f"{seconds:.0f}")
             if args.stage != "train":
-                runs[f"{lam:g}/{seed}"] = evaluate_run(cache, run, args.faithfulness)
+                runs[f"{lam:g}/{seed}"] = evaluate_run(cache, run, args.faithfulness, args.split)
     if args.stage == "train":
         return 0
     seeds = [seed for seed in args.seeds if f"0/{seed}" in runs and f"{args.lam:g}/{seed}" in runs]
@@ -229,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds,
         "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/attention_supervision.py", *argv_shown]),
         "machine": "CPU, 2 cores, shared with other jobs",
-        "test_images": DEMO_DATA["counts"]["Test_v2"],
+        "split": args.split,
+        "test_images": DEMO_DATA["counts"][{"test": "Test_v2", "val": "Validation"}[args.split]],
         "runs": runs,
         "targets": {
             str(seed): check_targets(runs[f"{args.lam:g}/{seed}"], runs[f"0/{seed}"]) for seed in seeds
