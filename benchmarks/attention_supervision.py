@@ -137,6 +137,11 @@ def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def _deletion(d: dict[str, Any] | None) -> str:
+    """``AUC (random order's)``; ``–`` when not measured (``--faithfulness 0``)."""
+    return "–" if d is None else f"{_f(d['auc'])} ({_f(d['random_auc'])})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lam, seeds = report["lambda"], report["seeds"]
     runs = report["runs"]
@@ -169,8 +174,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {lam_k} | {seed} | {_f(r['auc'])} | " + " | ".join(_f(point.get(n)) for n in names) + " | "
             + " | ".join(_f(lift.get(n)) for n in names)
-            + f" | {_f(r['ablation']['flip_fraction'])} | {_f(r['deletion']['auc'])} "
-            f"({_f(r['deletion']['random_auc'])}) | {r['train_s']:.0f} ({r['epochs']}) |"
+            + f" | {_f(r['ablation']['flip_fraction'])} | {_deletion(r['deletion'])}"
+            f" | {r['train_s']:.0f} ({r['epochs']}) |"
         )
     lines += ["", f"{report.get('split', 'test').capitalize()} images per structure: "
               + ", ".join(f"{n} {c}" for n, c in first["present_images"].items()) + ".", ""]
