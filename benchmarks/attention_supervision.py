@@ -119,6 +119,68 @@ def evaluate_run(cache: Path, run: Path, faithfulness: int, split: str = "test")
     }
 
 
+def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str = "test", rows: int = 6) -> Path:
+    """The first ``rows`` images of ``split`` where the gaze matched to ``structure`` misses it (pointing game).
+
+    Per image: the picture with the step's attention peak (red cross) and the outline of the structure's
+    ground truth, the ground truth of the structure, that of the structure at the peak, and the step's
+    attention map; the masks-only Hungarian matching, as in the explanation measures.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+    from torch.utils.data import DataLoader
+
+    from dermogaze.data.dataset import DermoscopyDataset
+    from dermogaze.explanation import attention_peaks, hungarian_steps, pointing_and_relevance
+    from dermogaze.losses import area_fraction
+    from dermogaze.plots import save_figure
+    from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(run / "best.pt")
+    model = model_from_checkpoint(ckpt).eval()
+    names = list(ckpt["structures"])
+    s = names.index(structure)
+    dataset = DermoscopyDataset(
+        cache, split, image_size=int(ckpt["image_size"]), normalisation=(ckpt["mean"], ckpt["std"])
+    )
+    mean, std = (torch.tensor(ckpt[k]).view(3, 1, 1) for k in ("mean", "std"))
+    misses: list[tuple[Any, ...]] = []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=32):
+            out = model(batch["image"])
+            gt = batch["masks"].float()
+            matched = hungarian_steps(out.masks, gt, batch["present"])
+            grid = area_fraction(gt, tuple(out.attention.shape[-2:]))
+            hit, relevance, _ = pointing_and_relevance(out.attention, grid)
+            peaks = attention_peaks(out.attention)
+            for b, t in zip(*torch.nonzero(matched == s, as_tuple=True), strict=True):
+                if not hit[b, t, s] and len(misses) < rows:
+                    peak = int(peaks[b, t])
+                    at_peak = int(grid[b, :, peak // grid.shape[-1], peak % grid.shape[-1]].argmax())
+                    misses.append((batch["id"][b], (batch["image"][b] * std + mean).clamp(0, 1).permute(1, 2, 0),
+                                   gt[b], out.attention[b, t], int(t), peak, at_peak, float(relevance[b, t, s])))
+    fig, axes = plt.subplots(len(misses), 4, figsize=(10, 2.5 * len(misses)), squeeze=False, layout="constrained")
+    for ax, (image_id, image, masks, attention, t, peak, other, rel) in zip(axes, misses, strict=True):
+        h, w = attention.shape
+        cell = image.shape[0] / h
+        y, x = (peak // w + 0.5) * cell - 0.5, (peak % w + 0.5) * cell - 0.5
+        ax[0].imshow(image)
+        ax[0].contour(masks[s].numpy(), levels=[0.5], colors="yellow", linewidths=0.8)
+        ax[0].plot(x, y, "r+", markersize=12, markeredgewidth=2)
+        ax[0].set_title(f"{image_id}, gaze {t + 1}", fontsize=8)
+        ax[1].imshow(masks[s], cmap="gray", vmin=0, vmax=1)
+        ax[1].set_title(f"GT {structure}", fontsize=8)
+        ax[2].imshow(masks[other], cmap="gray", vmin=0, vmax=1)
+        ax[2].set_title(f"GT {names[other]} (at the peak)", fontsize=8)
+        ax[3].imshow(attention, cmap="magma")
+        ax[3].set_title(f"attention, mass on {structure} {rel:.2f}", fontsize=8)
+        for a in ax:
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.suptitle(f"{structure} pointing-game misses, {run.parent.name}/{run.name} ({split} split)", fontsize=9)
+    return save_figure(fig, path)
+
+
 def check_targets(sup: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
     """The issue's targets for one seed: the supervised run ``sup`` against the unsupervised ``base``."""
     point = sup["pointing_matched"]["per_structure"]
@@ -203,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS / "attention_supervision",
                         help="results stem: STEM.md and STEM.json are written")
     parser.add_argument("--notes", default="", help="a paragraph added to the Markdown (what was tried)")
+    parser.add_argument("--figure", metavar="STRUCTURE",
+                        help="also draw where the first seed's supervised gazes miss STRUCTURE "
+                        "(STEM_STRUCTURE_misses.png)")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="evaluate on this split (val: to choose the options without looking at the test split)")
     parser.add_argument("--faithfulness", type=int, default=32,
@@ -230,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs[f"{lam:g}/{seed}"] = evaluate_run(cache, run, args.faithfulness, args.split)
     if args.stage == "train":
         return 0
+    if args.figure:
+        first = run_dir(args.out, args.lam, args.seeds[0], args.override)
+        logging.info("figure: %s", miss_figure(cache, first, args.figure, args.results.parent
+                                                / f"{args.results.name}_{args.figure}_misses.png", args.split))
     seeds = [seed for seed in args.seeds if f"0/{seed}" in runs and f"{args.lam:g}/{seed}" in runs]
     argv_shown = sys.argv[1:] if argv is None else argv
     if "--notes" in argv_shown:  # the notes are printed below the table, not in the command
