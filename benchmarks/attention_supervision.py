@@ -181,6 +181,35 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
     return save_figure(fig, path)
 
 
+def centroid_pointing(cache: Path, split: str, image_size: int, grid: int) -> dict[str, float | None]:
+    """The pointing game of a gaze at the centroid of the whole lesion (no model): a reference for the table.
+
+    The whole lesion is everything but the skin, in the model's input (the centre crop of ``image_size``
+    pixels); its centroid's cell on the ``grid × grid`` attention grid is a hit for each structure present
+    there (``m_s > 0``), over the images where the structure is present.
+    """
+    import torch
+
+    from dermogaze.data.cache import load_info
+    from dermogaze.data.dataset import DermoscopyDataset
+    from dermogaze.losses import area_fraction
+
+    names = list(load_info(cache)["structures"])
+    dataset = DermoscopyDataset(cache, split, image_size=image_size)
+    masks = torch.stack([dataset[i]["masks"] for i in range(len(dataset))]).float()  # (N, S, H, W)
+    whole = 1.0 - masks[:, names.index("skin")]
+    ys, xs = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+    area = whole.sum(dim=(1, 2)).clamp_min(1.0)
+    cy, cx = ((whole * ys).sum(dim=(1, 2)) / area, (whole * xs).sum(dim=(1, 2)) / area)
+    cell = image_size // grid
+    at = area_fraction(masks, (grid, grid))[torch.arange(len(dataset)), :, (cy // cell).long(), (cx // cell).long()]
+    present = masks.flatten(2).amax(-1) > 0  # (N, S)
+    return {
+        n: float((at[present[:, k], k] > 0).float().mean()) if present[:, k].any() else None
+        for k, n in enumerate(names)
+    }
+
+
 def check_targets(sup: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
     """The issue's targets for one seed: the supervised run ``sup`` against the unsupervised ``base``."""
     point = sup["pointing_matched"]["per_structure"]
@@ -240,7 +269,12 @@ def markdown(report: dict[str, Any]) -> str:
             f" | {r['train_s']:.0f} ({r['epochs']}) |"
         )
     lines += ["", f"{report.get('split', 'test').capitalize()} images per structure: "
-              + ", ".join(f"{n} {c}" for n, c in first["present_images"].items()) + ".", ""]
+              + ", ".join(f"{n} {c}" for n, c in first["present_images"].items()) + "."]
+    if report.get("centroid_pointing"):
+        lines += ["", "Reference: a gaze at the centroid of the whole lesion (no model, every structure) scores "
+                  + ", ".join(f"{n} {_f(v)}" for n, v in report["centroid_pointing"].items())
+                  + " in the pointing game on the same images."]
+    lines += [""]
     lines += [f"## Targets for λ = {lam:g}, per seed", ""]
     for seed, checks in report["targets"].items():
         met = sum(checks.values())
@@ -300,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.info("figure: %s", miss_figure(cache, first, args.figure, args.results.parent
                                                 / f"{args.results.name}_{args.figure}_misses.png", args.split))
     seeds = [seed for seed in args.seeds if f"0/{seed}" in runs and f"{args.lam:g}/{seed}" in runs]
+    size = load_config("demo", args.override).model.image_size
     argv_shown = sys.argv[1:] if argv is None else argv
     if "--notes" in argv_shown:  # the notes are printed below the table, not in the command
         k = argv_shown.index("--notes")
@@ -316,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {
             str(seed): check_targets(runs[f"{args.lam:g}/{seed}"], runs[f"0/{seed}"]) for seed in seeds
         },
+        "centroid_pointing": centroid_pointing(cache, args.split, size, size // 8),  # attention grid: H/8
         "notes": args.notes,
         "total_s": time.perf_counter() - start,
     }
