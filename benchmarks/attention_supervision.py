@@ -182,30 +182,26 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
 
 
 def centroid_pointing(cache: Path, split: str, image_size: int, grid: int) -> dict[str, float | None]:
-    """The pointing game of a gaze at the centroid of the whole lesion (no model): a reference for the table.
+    """The pointing game of a gaze at the centroid of the whole lesion (no model), per structure: the reference.
 
-    The whole lesion is everything but the skin, in the model's input (the centre crop of ``image_size``
-    pixels); its centroid's cell on the ``grid × grid`` attention grid is a hit for each structure present
-    there (``m_s > 0``), over the images where the structure is present.
+    On the model's input (the centre crop of ``image_size`` pixels) and its ``grid × grid`` attention grid,
+    as :class:`dermogaze.explanation.ExplanationAccumulator` computes it during an evaluation
+    (``pointing_centroid``); here for the cached splits, without a model.
     """
     import torch
 
     from dermogaze.data.cache import load_info
     from dermogaze.data.dataset import DermoscopyDataset
+    from dermogaze.explanation import centroid_cells, centroid_hits
     from dermogaze.losses import area_fraction
 
     names = list(load_info(cache)["structures"])
     dataset = DermoscopyDataset(cache, split, image_size=image_size)
     masks = torch.stack([dataset[i]["masks"] for i in range(len(dataset))]).float()  # (N, S, H, W)
-    whole = 1.0 - masks[:, names.index("skin")]
-    ys, xs = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
-    area = whole.sum(dim=(1, 2)).clamp_min(1.0)
-    cy, cx = ((whole * ys).sum(dim=(1, 2)) / area, (whole * xs).sum(dim=(1, 2)) / area)
-    cell = image_size // grid
-    at = area_fraction(masks, (grid, grid))[torch.arange(len(dataset)), :, (cy // cell).long(), (cx // cell).long()]
+    hits = centroid_hits(area_fraction(masks, (grid, grid)), centroid_cells(masks, (grid, grid), names.index("skin")))
     present = masks.flatten(2).amax(-1) > 0  # (N, S)
     return {
-        n: float((at[present[:, k], k] > 0).float().mean()) if present[:, k].any() else None
+        n: float(hits[present[:, k], k].float().mean()) if present[:, k].any() else None
         for k, n in enumerate(names)
     }
 

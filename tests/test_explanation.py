@@ -10,6 +10,8 @@ from torch import nn
 from dermogaze.explanation import (
     ExplanationAccumulator,
     blur_baseline,
+    centroid_cells,
+    centroid_hits,
     curve_area,
     perturbation_curves,
     pointing_and_relevance,
@@ -118,6 +120,31 @@ def test_accumulator_pointing_relevance_hallucination_and_excluded_images():
     assert lift["lesion"] == pytest.approx(0.25 / (1.25 / 4))
     assert lift["skin"] == pytest.approx(((0.075 + 0.1 + 0.525) / (2.5 / 4) + (0.075 + 0.1 + 0.7) / (2.75 / 4)) / 2)
     assert res["deletion"] is None and res["faithfulness_images"] == 0
+    # centroid reference: image 1's whole lesion (lesion + dots, pixel centres) has its centroid at
+    # (8/6, 10/6) → cell (0, 0); image 2's (lesion only) at (0.9, 1.3) → cell (0, 0): lesion hit twice, skin and
+    # dots never (neither touches cell (0, 0)); overall 2 hits of 5 present (image, structure) pairs
+    pc = res["pointing_centroid"]
+    assert pc["per_structure"] == {"lesion": 1.0, "skin": 0.0, "dots": 0.0}
+    assert pc["overall"] == pytest.approx(2 / 5) and pc["excluded"] == {"lesion": 0, "skin": 0, "dots": 1}
+    merged = ExplanationAccumulator(NAMES, faithfulness=0).merge([acc, acc]).compute()["pointing_centroid"]
+    assert merged["per_structure"] == pc["per_structure"] and merged["overall"] == pytest.approx(2 / 5)
+
+
+def test_centroid_cells_and_hits_hand_computed():
+    """8×8 pixels, a 2×2 grid: lesion = rows 0-1, pigment network = rows 2-5 × cols 4-7, skin = the rest."""
+    masks = torch.zeros(2, 3, 8, 8)
+    masks[0, 0, :2] = 1.0
+    masks[0, 2, 2:6, 4:] = 1.0
+    masks[0, 1] = 1.0 - masks[0, 0] - masks[0, 2]
+    masks[1, 1] = 1.0  # image 2: skin only, no lesion
+    # whole lesion of image 1: 16 pixels at y = 0.5, 1.5 (mean 1.0) and 16 at y = 2.5..5.5 (mean 4.0): cy = 2.5;
+    # x: the band's mean 4.0, the network's 6.0: cx = 5.0 → cell (floor(2.5·2/8), floor(5·2/8)) = (0, 1) = 1.
+    # Image 2 has no lesion: the image centre (4, 4) → cell (1, 1) = 3.
+    assert centroid_cells(masks, (2, 2)).tolist() == [1, 3]
+    # with the skin counted in (skin=None) image 1's "whole lesion" is the whole image: centre → cell 3
+    assert centroid_cells(masks, (2, 2), skin=None).tolist() == [3, 3]
+    grid = area_fraction(masks, (2, 2))  # image 1, cell (0, 1): lesion 1/2, skin 0, network 1/2
+    assert centroid_hits(grid, torch.tensor([1, 3])).tolist() == [[True, False, True], [False, True, False]]
 
 
 def test_accumulator_ablation_summary():
@@ -236,7 +263,7 @@ def test_the_terminal_table_shows_each_measure():
         "n_images": 5, "faithfulness_images": 3, "present_images": {"lesion": 5, "skin": 3},
         "pointing_matched": section(0.25, 1.0, 0.5), "pointing_named": section(0.5, None, 0.4),
         "hallucination_rate": section(0.0, 0.5, 0.125), "relevance_mass": section(0.3, 0.9, 0.6),
-        "relevance_lift": section(0.8, 1.5, 1.1),
+        "relevance_lift": section(0.8, 1.5, 1.1), "pointing_centroid": section(0.75, 0.0, 0.5),
         "ablation": {"mean_abs_delta_per_step": [0.01, 0.2], "flip_fraction": 0.1, "threshold": 0.4,
                      "zero_by_construction": False},
         "deletion": {"auc": 0.31, "random_auc": 0.52}, "insertion": {"auc": 0.71, "random_auc": 0.55},
@@ -244,8 +271,9 @@ def test_the_terminal_table_shows_each_measure():
         "seconds": {"deletion_insertion": 2.0, "stability": 1.5, "total": 4.0},
     }
     text = "\n".join(explanation_lines(ex))
-    assert "  lesion         0.250      0.500      0.300      0.800          0" in text
-    assert "  skin           1.000        n/a      0.900      1.500          2" in text
+    assert "  lesion         0.250      0.500      0.750      0.300      0.800          0" in text
+    assert "  skin           1.000        n/a      0.000      0.900      1.500          2" in text
+    assert "centroid: no model" in text
     assert "hallucination rate 0.125" in text and "mean |ΔP| per step 0.010 0.200; flips at 0.40: 0.100" in text
     assert "deletion AUC 0.310 (random order 0.520)" in text and "insertion AUC 0.710 (random order 0.550)" in text
     assert "on 3 images took 3.5 s" in text and "MultiMatch position 0.800" in text

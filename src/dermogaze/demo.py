@@ -358,17 +358,22 @@ def explanation_markdown(metrics: Mapping[str, Any], runs: Mapping[str, Mapping[
     pm = ex.get("pointing_matched")
     if pm:
         pn, rm, rl = ex["pointing_named"], ex["relevance_mass"], ex["relevance_lift"]
+        pc = ex.get("pointing_centroid") or {"overall": None, "per_structure": {}}
         lines += [
-            "| structure | images present | pointing game (matched) | pointing game (named) | relevance mass | lift |",
-            "|---|---|---|---|---|---|",
+            "| structure | images present | pointing game (matched) | pointing game (named) | centroid (no model) "
+            "| relevance mass | lift |",
+            "|---|---|---|---|---|---|---|",
         ]
         for n in pm["per_structure"]:
             lines.append(
                 f"| {n} | {ex['present_images'][n]} | {_fmt(pm['per_structure'][n])} | {_fmt(pn['per_structure'][n])} "
-                f"| {_fmt(rm['per_structure'][n])} | {_fmt(rl['per_structure'][n])} |"
+                f"| {_fmt(pc['per_structure'].get(n))} | {_fmt(rm['per_structure'][n])} "
+                f"| {_fmt(rl['per_structure'][n])} |"
             )
-        lines.append(f"| *overall* | | {_fmt(pm['overall'])} | {_fmt(pn['overall'])} | {_fmt(rm['overall'])} "
-                     f"| {_fmt(rl['overall'])} |")
+        lines.append(f"| *overall* | | {_fmt(pm['overall'])} | {_fmt(pn['overall'])} | {_fmt(pc['overall'])} "
+                     f"| {_fmt(rm['overall'])} | {_fmt(rl['overall'])} |")
+        lines += ["", "Centroid: no model, a gaze at the centroid of the whole lesion, scored like the gazes; the "
+                  "pointing game of a gaze that only finds the lesion's middle."]
         lines += ["", f"Hallucination rate (a step names a structure absent from the image): "
                   f"{_fmt(ex['hallucination_rate']['overall'])}."]
     ab = ex.get("ablation") or {}

@@ -12,6 +12,9 @@ the image by 8)::
       matched                s = the step's structure in the loss's Hungarian matching (losses.match_batch)
       named                  s = argmax of the step's structure classifier; s absent = a miss,
                              counted in the hallucination rate
+      centroid (reference)   no model: the cell of the centroid of the whole lesion (every
+                             structure but the skin), for each structure present; Zhang et al.'s
+                             "center" baseline, centred on the lesion instead of the image
     relevance mass           Σ A_t · m_s  (matched s)                           Arras et al., 2022
     relevance lift           Σ A_t · m_s / mean(m_s)   (uniform attention = 1)
     gaze ablation            |P(melanoma | all gazes) − P(melanoma | gaze t removed)|, and the
@@ -108,6 +111,43 @@ def pointing_and_relevance(attention: Tensor, grid_masks: Tensor) -> tuple[Tenso
     mean = m.mean(dim=(-2, -1))  # (B, S)
     lift = relevance / mean.unsqueeze(1).where(mean.unsqueeze(1) > 0, torch.nan)
     return hit, relevance, lift
+
+
+def centroid_cells(masks: Tensor, size: tuple[int, int], skin: int | None = 1) -> Tensor:
+    """The attention-grid cell of the centroid of the whole lesion of each image, a flat index ``i·w + j`` ``(B,)``.
+
+    Args:
+        masks: GT masks ``(B, S, H, W)``.
+        size: the attention grid ``(h, w)``.
+        skin: the index of the skin, left out of the whole lesion (the union of the other masks);
+            ``None``: the union of every mask.
+
+    An image without lesion pixels gets the image centre's cell. A pixel ``(y, x)`` lies in cell
+    ``(floor(y·h/H), floor(x·w/W))``.
+    """
+    b, s, big_h, big_w = masks.shape
+    keep = [k for k in range(s) if k != skin]
+    whole = masks[:, keep].float().amax(dim=1) if keep else masks.new_zeros(b, big_h, big_w).float()  # (B, H, W)
+    area = whole.sum(dim=(1, 2))
+    ys = torch.arange(big_h, dtype=torch.float32, device=masks.device) + 0.5  # pixel centres
+    xs = torch.arange(big_w, dtype=torch.float32, device=masks.device) + 0.5
+    cy = torch.where(area > 0, (whole.sum(2) * ys).sum(1) / area.clamp_min(1), torch.full_like(area, big_h / 2))
+    cx = torch.where(area > 0, (whole.sum(1) * xs).sum(1) / area.clamp_min(1), torch.full_like(area, big_w / 2))
+    h, w = size
+    i = (cy * h / big_h).floor().long().clamp(0, h - 1)
+    j = (cx * w / big_w).floor().long().clamp(0, w - 1)
+    return i * w + j
+
+
+def centroid_hits(grid_masks: Tensor, cells: Tensor) -> Tensor:
+    """``(B, S)`` bool: structure ``s`` covers part of the cell ``cells[b]`` (``m_s > 0`` there).
+
+    Args:
+        grid_masks: ``m_s`` on the attention grid ``(B, S, h, w)``.
+        cells: flat cell indices ``(B,)`` (:func:`centroid_cells`).
+    """
+    flat = grid_masks.flatten(-2)  # (B, S, h*w)
+    return torch.gather(flat, 2, cells.view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(-1) > 0
 
 
 def hungarian_steps(pred_masks: Tensor, masks: Tensor, present: Tensor) -> Tensor:
@@ -240,6 +280,7 @@ class ExplanationAccumulator:
         s = len(self.structures)
         self.n_images = 0
         self.present = np.zeros(s, dtype=np.int64)  # images where each structure is present
+        self.centroid_hits = np.zeros(s, dtype=np.int64)  # ... and where the lesion's centroid cell touches it
         # one row per (image, matched step): structure, hit, relevance, lift
         self.matched: list[np.ndarray] = []
         # one row per (image, step): named structure, present, hit
@@ -295,6 +336,9 @@ class ExplanationAccumulator:
             self.present += present.sum(0).cpu().numpy()
             grid = area_fraction(masks, tuple(attention.shape[-2:]))  # (B, S, h, w)
             hit, relevance, lift = (x.cpu() for x in pointing_and_relevance(attention, grid))
+            skin = self.structures.index("skin") if "skin" in self.structures else None
+            centroid = centroid_hits(grid, centroid_cells(masks, tuple(grid.shape[-2:]), skin)) & present
+            self.centroid_hits += centroid.sum(0).cpu().numpy()
             matched = hungarian_steps(out.masks, masks, present)  # (B, T)
             bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
             si = matched[bi, ti]
@@ -367,6 +411,7 @@ class ExplanationAccumulator:
         for o in others:
             self.n_images += o.n_images
             self.present += o.present
+            self.centroid_hits += o.centroid_hits
             self.faithful_images += o.faithful_images
             for name in ("matched", "named", "ablation_delta", "ablation_flip", "deletion", "insertion",
                          "random_deletion", "random_insertion"):
@@ -389,7 +434,8 @@ class ExplanationAccumulator:
         """The ``explanation`` section of ``metrics.json`` (see the module docstring for each measure).
 
         Keys: ``pointing_matched``, ``pointing_named``, ``hallucination_rate``, ``relevance_mass``,
-        ``relevance_lift`` (each ``{"overall", "per_structure": {name: value}, "excluded": {name: images}}``;
+        ``relevance_lift``, ``pointing_centroid`` (the no-model reference, over every image where the
+        structure is present) (each ``{"overall", "per_structure": {name: value}, "excluded": {name: images}}``;
         ``None`` without structure ground truth or decoder), ``present_images``, ``ablation``
         (``mean_abs_delta_per_step``, ``flip_fraction``, ``flip_fraction_per_step``, ``zero_by_construction``),
         ``deletion`` and ``insertion`` (``auc``, ``random_auc``, ``curve``, ``random_curve``), ``stability``
@@ -398,7 +444,7 @@ class ExplanationAccumulator:
         """
         res: dict[str, Any] = {"n_images": self.n_images, "faithfulness_images": self.faithful_images}
         empty = dict.fromkeys(("pointing_matched", "pointing_named", "hallucination_rate", "relevance_mass",
-                               "relevance_lift"))
+                               "relevance_lift", "pointing_centroid"))
         res.update(empty)
         res["present_images"] = {n: int(c) for n, c in zip(self.structures, self.present, strict=True)}
         if self.matched:
@@ -410,6 +456,12 @@ class ExplanationAccumulator:
             named = np.concatenate(self.named)  # (B*T, 3): named structure, present, hit
             res["pointing_named"] = self._by_structure(named[:, 0], named[:, 2].astype(np.float64))
             res["hallucination_rate"] = self._by_structure(named[:, 0], 1.0 - named[:, 1])
+            res["pointing_centroid"] = {
+                "overall": float(self.centroid_hits.sum() / self.present.sum()) if self.present.sum() else None,
+                "per_structure": {n: float(h / p) if p else None
+                                  for n, h, p in zip(self.structures, self.centroid_hits, self.present, strict=True)},
+                "excluded": {n: int(self.n_images - p) for n, p in zip(self.structures, self.present, strict=True)},
+            }
         if self.ablation_delta:
             delta, flip = np.concatenate(self.ablation_delta), np.concatenate(self.ablation_flip)  # (N, T)
             res["ablation"] = {

@@ -966,19 +966,21 @@ def explanation_lines(ex: Mapping[str, Any] | None) -> list[str]:
     lines = ["", f"Explanations (SPEC §6b): {ex['n_images']} images"]
     pm, pn, rm, rl = (ex.get(k) for k in ("pointing_matched", "pointing_named", "relevance_mass", "relevance_lift"))
     if pm:
+        pc = ex.get("pointing_centroid") or {"overall": None, "per_structure": {}}
         names = list(pm["per_structure"])
         width = max([len(n) for n in names] + [9])
-        head = ("pointing", "named", "relevance", "lift", "absent")
+        head = ("pointing", "named", "centroid", "relevance", "lift", "absent")
         lines.append(f"  {'structure':<{width}}" + "".join(f"{h:>11}" for h in head))
-        rows = [(n, pm["per_structure"][n], pn["per_structure"][n], rm["per_structure"][n], rl["per_structure"][n])
-                for n in names]
-        rows.append(("overall", pm["overall"], pn["overall"], rm["overall"], rl["overall"]))
+        rows = [(n, pm["per_structure"][n], pn["per_structure"][n], pc["per_structure"].get(n), rm["per_structure"][n],
+                 rl["per_structure"][n]) for n in names]
+        rows.append(("overall", pm["overall"], pn["overall"], pc["overall"], rm["overall"], rl["overall"]))
         for name, *values in rows:
             absent = pm["excluded"].get(name, "")
             lines.append(f"  {name:<{width}}" + "".join(f"{format_value(v, 3):>11}" for v in values) + f"{absent:>11}")
         hr = ex.get("hallucination_rate") or {}
         lines.append(f"  pointing game: matched (Hungarian) / named (classifier) structure, one cell of tolerance; "
                      f"hallucination rate {format_value(hr.get('overall'), 3)}")
+        lines.append("  centroid: no model, a gaze at the centroid of the whole lesion (the pointing game's reference)")
     ab = ex.get("ablation") or {}
     if ab.get("zero_by_construction"):
         lines.append("  gaze ablation: no gazes, zero effect by construction")
