@@ -425,10 +425,12 @@ class GazeLoss(nn.Module):
 
             cost = pairwise_soft_iou_loss(pred, gt, self.cfg.eps)  # (B, S, T), differentiable
             lam = self.cfg.attention if attention is None else attention
-            if self.cfg.attention_matching and lam > 0 and out.attention is not None:
-                # match on the pair losses that will be trained: βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)
+            outside = None  # 1 − Σ A_t·m_s of every (structure, step) pair (B, S, T), differentiable
+            if out.attention is not None:
                 grid = area_fraction(gt, tuple(out.attention.shape[-2:]))  # (B, S, h, w)
-                outside = 1.0 - torch.einsum("bthw,bshw->bst", out.attention.float(), grid)  # (B, S, T)
+                outside = 1.0 - torch.einsum("bthw,bshw->bst", out.attention.float(), grid)
+            if self.cfg.attention_matching and lam > 0 and outside is not None:
+                # match on the pair losses that will be trained: βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)
                 matching = match_batch(self.cfg.beta * self.cfg.gamma * cost + lam * outside, present)
             else:
                 matching = match_batch(cost, present)
@@ -450,9 +452,8 @@ class GazeLoss(nn.Module):
                 w = self._pair_weights(s, n_struct)  # (N,)
                 seg = _weighted_mean(seg_pairs, w)
                 cls = _weighted_mean(cls_pairs, w)
-                att = seg.new_zeros(())
-                if out.attention is not None:
-                    att = self._attention_term(out.attention, gt, b, t, s, w)
+                # L_att: the balanced mean of 1 − Σ A_t·m_s over the matched pairs
+                att = seg.new_zeros(()) if outside is None else _weighted_mean(outside[b, s, t], w)
 
             c = self.cfg
             loss = c.alpha * diag + c.beta * (c.gamma * seg + c.mu * cls)
@@ -463,11 +464,3 @@ class GazeLoss(nn.Module):
             else:
                 att = att.detach()
         return {"loss": loss, "diag": diag, "seg": seg, "cls": cls, "att": att, "matching": matching}
-
-    @staticmethod
-    def _attention_term(attention: Tensor, gt: Tensor, b: Tensor, t: Tensor, s: Tensor, w: Tensor) -> Tensor:
-        """``L_att``: balanced mean of ``1 − Σ A_t·m_s`` over the matched pairs ``(b, t, s)`` (weights ``w``)."""
-        a = attention.float()[b, t]  # (N, h, w) A_t of each matched pair
-        m = area_fraction(gt[b, s], tuple(a.shape[-2:]))  # (N, H, W) -> (N, h, w) m_s
-        relevance = (a * m).sum(dim=(-2, -1))  # (N,) Σ A_t·m_s
-        return _weighted_mean(1.0 - relevance, w)
