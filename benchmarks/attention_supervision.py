@@ -93,10 +93,14 @@ def evaluate_run(cache: Path, run: Path, faithfulness: int, split: str = "test")
     """AUC and the explanation section of the run's best checkpoint on ``split``."""
     tic = time.perf_counter()
     done = run / f"eval_{split}" / "metrics.json"
+    metrics = None
     if done.is_file() and done.stat().st_mtime > (run / "best.pt").stat().st_mtime:
-        logging.info("reusing the evaluation %s", done)
         metrics = json.loads(done.read_text())
-    else:
+        if "pointing_masks_matched" in metrics["explanation"]:  # else: made before the loss's matching was used
+            logging.info("reusing the evaluation %s", done)
+        else:
+            metrics = None
+    if metrics is None:
         metrics = evaluate_checkpoint(
             run / "best.pt", cache, split, run / f"eval_{split}", device="cpu", figures=False, progress=False,
             n_resamples=200, faithfulness=faithfulness,
@@ -105,6 +109,7 @@ def evaluate_run(cache: Path, run: Path, faithfulness: int, split: str = "test")
     return {
         "auc": metrics["diagnosis"]["auc"],
         "pointing_matched": ex["pointing_matched"],
+        "pointing_masks_matched": ex["pointing_masks_matched"],
         "pointing_named": ex["pointing_named"],
         "hallucination_rate": ex["hallucination_rate"],
         "relevance_mass": ex["relevance_mass"],
@@ -124,12 +129,13 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
 
     Per image: the picture with the step's attention peak (red cross) and the outline of the structure's
     ground truth, the ground truth of the structure, that of the structure at the peak, and the step's
-    attention map; the masks-only Hungarian matching, as in the explanation measures.
+    attention map; the checkpoint's loss's Hungarian matching, as in the explanation measures.
     """
     import matplotlib.pyplot as plt
     import torch
     from torch.utils.data import DataLoader
 
+    from dermogaze.config import Config
     from dermogaze.data.dataset import DermoscopyDataset
     from dermogaze.explanation import attention_peaks, hungarian_steps, pointing_and_relevance
     from dermogaze.losses import area_fraction
@@ -138,6 +144,7 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
 
     ckpt = load_checkpoint(run / "best.pt")
     model = model_from_checkpoint(ckpt).eval()
+    loss = Config.from_dict(ckpt["config"]).loss
     names = list(ckpt["structures"])
     s = names.index(structure)
     dataset = DermoscopyDataset(
@@ -149,9 +156,9 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
         for batch in DataLoader(dataset, batch_size=32):
             out = model(batch["image"])
             gt = batch["masks"].float()
-            matched = hungarian_steps(out.masks, gt, batch["present"])
             grid = area_fraction(gt, tuple(out.attention.shape[-2:]))
             hit, relevance, _ = pointing_and_relevance(out.attention, grid)
+            matched = hungarian_steps(out.masks, gt, batch["present"], relevance, loss)
             peaks = attention_peaks(out.attention)
             for b, t in zip(*torch.nonzero(matched == s, as_tuple=True), strict=True):
                 if not hit[b, t, s] and len(misses) < rows:
@@ -248,18 +255,22 @@ def markdown(report: dict[str, Any]) -> str:
            else "")
         + f", same seed and epochs, seeds {', '.join(map(str, seeds))}; best checkpoints evaluated on the "
         f"synthetic {report.get('split', 'test')} split ({report['test_images']} images). Pointing game = matched "
-        "(the loss's Hungarian matching), one attention cell of tolerance; lift = relevance mass / mean(m_s) "
-        "(uniform attention = 1).",
+        "(the loss's Hungarian matching: with `loss.attention_matching=true` it weighs the gazes, as in training), "
+        "one attention cell of tolerance; \"masks only\" = under the paper's matching (the same for a model trained "
+        "without the option); lift = relevance mass / mean(m_s) (uniform attention = 1).",
         "",
         f"| λ | seed | {report.get('split', 'test')} AUC | " + " | ".join(f"pointing {n}" for n in names) + " | "
+        + " | ".join(f"pointing {n}, masks only" for n in POINTING_TARGET) + " | "
         + " | ".join(f"lift {n}" for n in names) + " | ablation flips | deletion AUC (random) | train s (epochs) |",
-        "|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|",
+        "|---|---|---|" + "---|" * (2 * len(names) + len(POINTING_TARGET)) + "---|---|---|",
     ]
     for key, r in runs.items():
         lam_k, seed = key.split("/")
         point, lift = r["pointing_matched"]["per_structure"], r["relevance_lift"]["per_structure"]
+        masks_only = (r.get("pointing_masks_matched") or r["pointing_matched"])["per_structure"]
         lines.append(
             f"| {lam_k} | {seed} | {_f(r['auc'])} | " + " | ".join(_f(point.get(n)) for n in names) + " | "
+            + " | ".join(_f(masks_only.get(n)) for n in POINTING_TARGET) + " | "
             + " | ".join(_f(lift.get(n)) for n in names)
             + f" | {_f(r['ablation']['flip_fraction'])} | {_deletion(r['deletion'])}"
             f" | {r['train_s']:.0f} ({r['epochs']}) |"

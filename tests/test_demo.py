@@ -81,7 +81,7 @@ def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
 def test_compared_explanations_average_the_benchmark_seeds(tmp_path):
     import json
 
-    from dermogaze.demo import compared_explanations
+    from dermogaze.demo import compared_explanations, explanation_markdown
 
     def section(pointing, lift):
         return {"pointing_matched": {"per_structure": {"lesion": pointing, "skin": 1.0}},
@@ -103,6 +103,17 @@ def test_compared_explanations_average_the_benchmark_seeds(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(bench))
     assert list(compared_explanations(own, tmp_path / "results.json"))[1:] == [
         base, "λ = 2 (attention_warmup=4, attention_matching=true), mean of 2 seeds (benchmark)"]
+    # a supervised model matched on its gazes: its figures under the paper's matching (masks only) are given too
+    for key, lesion in (("2/0", 0.8), ("2/1", 0.7)):
+        bench["runs"][key]["pointing_masks_matched"] = {"per_structure": {"lesion": lesion, "skin": 1.0}}
+    (tmp_path / "results.json").write_text(json.dumps(bench))
+    runs = compared_explanations(own, tmp_path / "results.json")
+    sup = "λ = 2 (attention_warmup=4, attention_matching=true), mean of 2 seeds (benchmark)"
+    assert runs[sup]["pointing_masks_matched"]["per_structure"]["lesion"] == pytest.approx(0.75)
+    assert runs[base]["pointing_masks_matched"] == runs[base]["pointing_matched"]  # older results: the same
+    text = explanation_markdown({"explanation": {"pointing_matched": None}}, runs)
+    assert f"Under the paper's matching (masks only), {sup}: lesion 0.750, skin 1.000." in text
+    assert "masks only), λ = 0" not in text and "masks only), this demo" not in text
 
 
 @pytest.mark.slow

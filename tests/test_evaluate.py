@@ -73,7 +73,8 @@ def test_evaluate_checkpoint_writes_metrics_predictions_and_figures(pipeline_cac
     ex = metrics["explanation"]
     names = list(ckpt["structures"])
     present = torch.stack([ds[i]["present"] for i in range(len(ds))]).sum(0)  # images where each is present
-    for key in ("pointing_matched", "pointing_named", "hallucination_rate", "relevance_mass", "relevance_lift"):
+    for key in ("pointing_matched", "pointing_masks_matched", "pointing_named", "hallucination_rate", "relevance_mass",
+                "relevance_lift"):
         assert set(ex[key]) == {"overall", "per_structure", "excluded"} and list(ex[key]["per_structure"]) == names
         assert ex[key]["excluded"] == {n: 8 - ex["present_images"][n] for n in names}
     assert [ex["present_images"][n] for n in names] == present.tolist()

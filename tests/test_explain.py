@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dermogaze.cli import main
-from dermogaze.config import load_config
+from dermogaze.config import LossConfig, load_config
 from dermogaze.data.cache import prepare
 from dermogaze.data.images import load_user_image, read_image_file
 from dermogaze.errors import DataError
@@ -258,6 +258,14 @@ def test_explain_record_hand_computed():
     rec = explain_record(image_id="x", melanoma_prob=0.3, image_hw=(100, 200), attention=moved, masks=masks,
                          structure_probs=sprobs, gt_masks=gt, label=1)
     assert rec["steps"][0]["pointing_hit"] is False and rec["steps"][0]["relevance_mass"] == pytest.approx(0.08)
+    # the checkpoint's loss matches on the gazes too (loss.attention_matching): equal masks, so the gazes decide
+    tie = np.full_like(masks, 0.6)
+    swapped = one_hot_attention([(0, 3), (1, 0)])  # step 1 on the skin, step 2 on the lesion
+    paper, trained = (explain_record(image_id="x", melanoma_prob=0.3, image_hw=(100, 200), attention=swapped,
+                                     masks=tie, gt_masks=gt, loss=loss)["steps"]
+                      for loss in (None, LossConfig(attention=1.0, attention_matching=True)))
+    assert [(s["matched_structure"], s["pointing_hit"]) for s in paper] == [("lesion", False), ("skin", False)]
+    assert [(s["matched_structure"], s["pointing_hit"]) for s in trained] == [("skin", True), ("lesion", True)]
     assert rec["prediction"] == "benign"
     assert rec["ground_truth"] == {"diagnosis": "melanoma", "label": 1, "prediction_correct": False,
                                    "structures_present": ["lesion", "skin"]}

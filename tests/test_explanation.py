@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from dermogaze.config import LossConfig
 from dermogaze.explanation import (
     ExplanationAccumulator,
     blur_baseline,
@@ -128,6 +129,40 @@ def test_accumulator_pointing_relevance_hallucination_and_excluded_images():
     assert pc["overall"] == pytest.approx(2 / 5) and pc["excluded"] == {"lesion": 0, "skin": 0, "dots": 1}
     merged = ExplanationAccumulator(NAMES, faithfulness=0).merge([acc, acc]).compute()["pointing_centroid"]
     assert merged["per_structure"] == pc["per_structure"] and merged["overall"] == pytest.approx(2 / 5)
+
+
+def test_the_matched_structure_is_the_models_own_losss_matching():
+    """A model trained with loss.attention_matching is graded on its own matching; the paper's is reported too."""
+    attention, masks = crafted()
+    gt = masks.clone()
+    gt[0, 1, 3, 3] = 1.0  # dots absent: lesion [[1, 1/4], [0, 0]], skin [[0, 3/4], [1, 1]]
+    gt[0, 2] = 0.0
+    att = attention.flip(1)  # A_0 peaks on cell (1, 1) (skin only), A_1 on cell (0, 1) (lesion 1/4 and skin 3/4)
+    pred = torch.full((1, 2, 4, 4), 0.5)  # both steps decode the same mask: the soft-IoU costs tie
+    logits = torch.zeros(1, 2, 3)
+    model = StubModel({None: torch.tensor([0.5]), 0: torch.tensor([0.5]), 1: torch.tensor([0.5])}, 2)
+
+    def measures(loss):
+        acc = ExplanationAccumulator(NAMES, faithfulness=0, loss=loss)
+        acc.update(model, torch.zeros(1, 3, 4, 4), _out(att, pred, logits), GazeState(x_prime=att), masks=gt)
+        return acc.compute()
+
+    # the paper's matching breaks the tie as linear_sum_assignment does: step 0 ↔ lesion (its peak misses it),
+    # step 1 ↔ skin (hit)
+    paper = measures(None)
+    assert paper["pointing_matched"]["per_structure"] == {"lesion": 0.0, "skin": 1.0, "dots": None}
+    assert paper["pointing_masks_matched"] == paper["pointing_matched"]
+    # Σ A·m: step 0 on lesion .1 + .1/4 = .125, on skin .1·.75 + .1 + .7 = .875; step 1 on lesion .1 + .6/4 = .25,
+    # on skin .6·.75 + .2 + .1 = .75. Cost βγ·(tie) + λ·(1 − Σ A·m): 0 ↔ lesion, 1 ↔ skin = .875 + .25;
+    # 0 ↔ skin, 1 ↔ lesion = .125 + .75, lower: the gazes decide
+    trained = measures(LossConfig(attention=1.0, attention_matching=True))
+    assert trained["pointing_matched"]["per_structure"] == {"lesion": 1.0, "skin": 1.0, "dots": None}
+    assert trained["relevance_mass"]["per_structure"]["lesion"] == pytest.approx(0.25)
+    assert trained["relevance_mass"]["per_structure"]["skin"] == pytest.approx(0.875)
+    assert trained["pointing_masks_matched"] == paper["pointing_matched"]
+    # without the option (or λ = 0: inert) the loss's matching is the paper's
+    for loss in (LossConfig(attention=1.0), LossConfig(attention=0.0, attention_matching=True)):
+        assert measures(loss)["pointing_matched"] == paper["pointing_matched"]
 
 
 def test_centroid_cells_and_hits_hand_computed():

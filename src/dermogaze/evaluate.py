@@ -176,7 +176,7 @@ def evaluate_checkpoint(
     cal = ckpt["calibration"]
     explanation = ExplanationAccumulator(
         ckpt["structures"], threshold=cal["threshold"], temperature=cal["temperature"], faithfulness=faithfulness,
-        seed=seed, stability=view_stability,
+        seed=seed, stability=view_stability, loss=cfg.loss,
     )
     result = run_inference(
         model, loader, device=dev, structures=ckpt["structures"], autocast=autocast_factory(dev, amp),

@@ -55,6 +55,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import plots
+from .config import Config, LossConfig
 from .data.cache import load_info, load_split
 from .data.images import check_image_file, load_user_image, normalise
 from .data.transforms import center_crop_box, center_crop_slices
@@ -152,6 +153,7 @@ def explain_record(
     image_path: str | None = None,
     structures: Sequence[str] = STRUCTURES,
     threshold: float = BINARY_THRESHOLD,
+    loss: LossConfig | None = None,
 ) -> dict[str, Any]:
     """The JSON record of one image (SPEC §7).
 
@@ -165,8 +167,8 @@ def explain_record(
     ``h·w``: 1 = no preference), ``structure`` and ``structure_probability`` (arg-max of
     ``softmax(pred_t)``), ``structure_probabilities`` (one per structure), ``mask_area_fraction``,
     ``mask_area_pixels``, ``gt_structure`` and ``structure_correct``, and the SPEC §6b measures
-    (:mod:`dermogaze.explanation`): ``matched_structure`` (the loss's Hungarian matching, which may
-    differ from ``gt_structure``'s highest-IoU pairing), ``pointing_hit`` (the attention peak lies on
+    (:mod:`dermogaze.explanation`): ``matched_structure`` (the loss's Hungarian matching, ``loss``'s,
+    which may differ from ``gt_structure``'s highest-IoU pairing), ``pointing_hit`` (the attention peak lies on
     that structure, one cell of tolerance) and ``relevance_mass`` (``Σ A_t·m_s``). Values a variant
     cannot produce (no attention, no decoder, no ground truth, an unmatched step) are ``None``.
 
@@ -184,6 +186,8 @@ def explain_record(
         image_path: the file the image came from, if any.
         structures: structure names.
         threshold: decision threshold on the melanoma probability.
+        loss: the model's loss section (its checkpoint's), whose Hungarian matching gives
+            ``matched_structure``; ``None``: the paper's matching (masks only).
 
     Returns:
         A dict of JSON types only.
@@ -203,7 +207,7 @@ def explain_record(
     paired = pair_with_ground_truth(gt, pres, masks) if has_gt_structures and masks is not None else None
     pointing = None
     if has_gt_structures and att is not None and masks is not None:
-        pointing = _step_pointing(att, masks, gt, pres)
+        pointing = _step_pointing(att, masks, gt, pres, loss)
 
     steps = []
     for t in range(n_steps):
@@ -261,7 +265,7 @@ def explain_record(
 
 
 def _step_pointing(
-    att: np.ndarray, masks: np.ndarray, gt: np.ndarray, present: np.ndarray
+    att: np.ndarray, masks: np.ndarray, gt: np.ndarray, present: np.ndarray, loss: LossConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each step's matched structure (the loss's Hungarian matching, -1 = none), pointing hit and relevance mass.
 
@@ -269,9 +273,9 @@ def _step_pointing(
     """
     a = torch.from_numpy(np.ascontiguousarray(att, dtype=np.float32))[None]  # (1, T, h, w)
     g = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]  # (1, S, H, W)
-    matched = hungarian_steps(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[None], g,
-                              torch.from_numpy(np.asarray(present, dtype=bool))[None])[0]  # (T,)
     hit, relevance, _ = pointing_and_relevance(a, area_fraction(g, tuple(a.shape[-2:])))  # (1, T, S) each
+    matched = hungarian_steps(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[None], g,
+                              torch.from_numpy(np.asarray(present, dtype=bool))[None], relevance, loss)[0]  # (T,)
     s = matched.clamp(min=0)
     steps = torch.arange(len(s))
     return matched.numpy(), hit[0, steps, s].numpy(), relevance[0, steps, s].numpy()
@@ -330,6 +334,7 @@ def explain_image(
     threshold: float = BINARY_THRESHOLD,
     temperature: float = 1.0,
     model_source: str | None = None,
+    loss: LossConfig | None = None,
 ) -> Explanation:
     """Run ``model`` on one normalised image and build its explanation.
 
@@ -348,6 +353,7 @@ def explain_image(
         threshold, temperature: the checkpoint's calibration (decision threshold chosen on
             validation; temperature scaling of P(melanoma)).
         model_source: the checkpoint the model was read from, named if its outputs are not finite.
+        loss: the checkpoint's loss section (the matching of :func:`explain_record`), or None.
 
     Returns:
         An :class:`Explanation`.
@@ -373,7 +379,7 @@ def explain_image(
     record = explain_record(
         image_id=image_id, melanoma_prob=prob, image_hw=image.shape[:2], attention=attention, masks=masks,
         structure_probs=sprobs, region=region, gt_masks=gt_masks, present=present, label=label,
-        image_path=image_path, structures=structures, threshold=threshold,
+        image_path=image_path, structures=structures, threshold=threshold, loss=loss,
     )
     return Explanation(
         record=record, image=image, region=tuple(float(v) for v in region), attention=attention, masks=masks,
@@ -529,6 +535,7 @@ def run_explain(
     mean, std = list(ckpt["mean"]), list(ckpt["std"])
     structures = tuple(ckpt["structures"])
     calibration = {k: float(ckpt["calibration"][k]) for k in ("threshold", "temperature")}
+    loss = Config.from_dict(ckpt["config"], source=f"{checkpoint_path} config").loss  # its matching
     out = Path(out_dir)
     records: list[dict[str, Any]] = []
 
@@ -566,7 +573,7 @@ def run_explain(
             tensor, original = load_user_image(path, image_size, mean, std)
             expl = explain_image(
                 model, tensor, original, image_id=image_id, image_path=str(path), structures=structures,
-                model_source=str(checkpoint_path), **calibration,
+                model_source=str(checkpoint_path), loss=loss, **calibration,
             )
         else:
             arrays, k, name, cache_size = payload
@@ -582,7 +589,7 @@ def run_explain(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
                 region=region, gt_masks=gt, present=present, label=_known_label(arrays.labels[k]),
                 structures=structures,
-                model_source=str(checkpoint_path), **calibration,
+                model_source=str(checkpoint_path), loss=loss, **calibration,
             )
         files = save_explanation(expl, out, stem)
         records.append(expl.record)

@@ -9,7 +9,9 @@ the image by 8)::
 
     measure                  definition                                         reference
     pointing game            hit ⇔ m_s[argmax A_t] > 0                          Zhang et al., IJCV 2018
-      matched                s = the step's structure in the loss's Hungarian matching (losses.match_batch)
+      matched                s = the step's structure in the loss's Hungarian matching (losses.matching_cost:
+                             masks only, or masks and gazes for a model trained with
+                             loss.attention_matching); "masks_matched" = the paper's (masks only)
       named                  s = argmax of the step's structure classifier; s absent = a miss,
                              counted in the hallucination rate
       centroid (reference)   no model: the cell of the centroid of the whole lesion (every
@@ -29,6 +31,12 @@ the image by 8)::
 
 Decisions where the issue and the papers are silent:
 
+* **Matching.** The *matched* structure of a step is the one its model's own loss pairs it with in
+  training (the checkpoint's ``loss`` section): the paper's masks-only matching, or, for a model
+  trained with ``loss.attention_matching``, the matching that weighs the gazes too, with the full λ.
+  Such a model decodes nearly the same mask at steps that look at different structures (the whole
+  lesion for lesion and pigment network), so the masks alone would pair them by chance; its
+  figures under the paper's matching are reported too (``pointing_masks_matched``).
 * **Tolerance.** The pointing game's hit needs ``m_s > 0`` in the peak *cell*: a structure touching
   a cell by one pixel counts, a tolerance of one attention cell (8 image pixels at the paper's
   scale). A mask smaller than one cell is therefore still hit when the peak is on its cell.
@@ -69,7 +77,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from .losses import area_fraction, match_batch, pairwise_soft_iou_loss
+from .config import LossConfig
+from .losses import area_fraction, match_batch, matching_cost, pairwise_soft_iou_loss
 from .models import GazeNet, GazeOutput, GazeState
 from .runtime import Autocast
 
@@ -150,16 +159,23 @@ def centroid_hits(grid_masks: Tensor, cells: Tensor) -> Tensor:
     return torch.gather(flat, 2, cells.view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(-1) > 0
 
 
-def hungarian_steps(pred_masks: Tensor, masks: Tensor, present: Tensor) -> Tensor:
+def hungarian_steps(
+    pred_masks: Tensor, masks: Tensor, present: Tensor, relevance: Tensor | None = None, loss: LossConfig | None = None
+) -> Tensor:
     """The structure matched to each step by the loss's Hungarian matching, ``-1`` where unmatched ``(B, T)``.
 
     Args:
         pred_masks: the predicted masks ``M_t`` ``(B, T, H, W)``.
         masks: GT masks ``(B, S, H, W)``; present: ``(B, S)`` bool.
+        relevance: ``Σ A_t·m_s`` ``(B, T, S)`` (:func:`pointing_and_relevance`), for a matching that weighs the gazes.
+        loss: the model's loss section (its checkpoint's): with ``attention_matching`` and λ > 0 the
+            matching minimises ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` as in training
+            (:func:`dermogaze.losses.matching_cost`); ``None``: the paper's matching, masks only.
     """
     cost = pairwise_soft_iou_loss(pred_masks.float(), masks.float())  # (B, S, T)
+    outside = None if relevance is None else 1.0 - relevance.float().transpose(1, 2).to(cost.device)  # (B, S, T)
     matched = torch.full(pred_masks.shape[:2], -1, dtype=torch.long)
-    for b, (steps, structures) in enumerate(match_batch(cost, present)):
+    for b, (steps, structures) in enumerate(match_batch(matching_cost(cost, outside, loss), present)):
         matched[b, torch.from_numpy(steps)] = torch.from_numpy(structures)
     return matched
 
@@ -255,6 +271,8 @@ class ExplanationAccumulator:
         stability: ``view_stability(model, images, temperature=...)`` → per-image ``position``, ``shape``,
             ``p_spread`` arrays and possibly a ``reason`` text (:func:`dermogaze.scanpath.view_stability`),
             or ``None`` to skip it.
+        loss: the model's loss section (its checkpoint's), whose Hungarian matching gives the *matched*
+            structure of each step (:func:`hungarian_steps`); ``None``: the paper's (masks only).
     """
 
     def __init__(
@@ -268,8 +286,10 @@ class ExplanationAccumulator:
         seed: int = 0,
         chunk: int = 256,
         stability: Callable[..., Mapping[str, np.ndarray]] | None = None,
+        loss: LossConfig | None = None,
     ) -> None:
         self.structures = tuple(structures)
+        self.loss = loss
         self.threshold = float(threshold)
         self.temperature = float(temperature)
         self.faithfulness = faithfulness
@@ -283,6 +303,8 @@ class ExplanationAccumulator:
         self.centroid_hits = np.zeros(s, dtype=np.int64)  # ... and where the lesion's centroid cell touches it
         # one row per (image, matched step): structure, hit, relevance, lift
         self.matched: list[np.ndarray] = []
+        # one row per (image, step matched by the masks alone): structure, hit
+        self.masks_matched: list[np.ndarray] = []
         # one row per (image, step): named structure, present, hit
         self.named: list[np.ndarray] = []
         self.ablation_delta: list[np.ndarray] = []  # (B, T) |ΔP|
@@ -339,12 +361,17 @@ class ExplanationAccumulator:
             skin = self.structures.index("skin") if "skin" in self.structures else None
             centroid = centroid_hits(grid, centroid_cells(masks, tuple(grid.shape[-2:]), skin)) & present
             self.centroid_hits += centroid.sum(0).cpu().numpy()
-            matched = hungarian_steps(out.masks, masks, present)  # (B, T)
+            matched = hungarian_steps(out.masks, masks, present, relevance, self.loss)  # (B, T)
             bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
             si = matched[bi, ti]
             self.matched.append(np.stack([
                 si.numpy(), hit[bi, ti, si].numpy(), relevance[bi, ti, si].numpy(), lift[bi, ti, si].numpy(),
             ], axis=1).astype(np.float64))  # (N, 4)
+            if self.loss is not None and self.loss.attention_matching and self.loss.attention > 0:
+                matched = hungarian_steps(out.masks, masks, present)  # the paper's matching
+                bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
+                si = matched[bi, ti]
+            self.masks_matched.append(np.stack([si.numpy(), hit[bi, ti, si].numpy()], axis=1).astype(np.float64))
             named = out.structure_logits.float().argmax(-1).cpu()  # (B, T)
             pres = present.cpu()
             named_present = torch.gather(pres, 1, named)  # (B, T)
@@ -413,8 +440,8 @@ class ExplanationAccumulator:
             self.present += o.present
             self.centroid_hits += o.centroid_hits
             self.faithful_images += o.faithful_images
-            for name in ("matched", "named", "ablation_delta", "ablation_flip", "deletion", "insertion",
-                         "random_deletion", "random_insertion"):
+            for name in ("matched", "masks_matched", "named", "ablation_delta", "ablation_flip", "deletion",
+                         "insertion", "random_deletion", "random_insertion"):
                 getattr(self, name).extend(getattr(o, name))
             for key, values in o.stability.items():
                 self.stability.setdefault(key, []).extend(values)
@@ -433,7 +460,9 @@ class ExplanationAccumulator:
     def compute(self) -> dict[str, Any]:
         """The ``explanation`` section of ``metrics.json`` (see the module docstring for each measure).
 
-        Keys: ``pointing_matched``, ``pointing_named``, ``hallucination_rate``, ``relevance_mass``,
+        Keys: ``pointing_matched`` (the loss's matching), ``pointing_masks_matched`` (the paper's
+        matching, masks only: the same figures unless the model was trained with
+        ``loss.attention_matching``), ``pointing_named``, ``hallucination_rate``, ``relevance_mass``,
         ``relevance_lift``, ``pointing_centroid`` (the no-model reference, over every image where the
         structure is present) (each ``{"overall", "per_structure": {name: value}, "excluded": {name: images}}``;
         ``None`` without structure ground truth or decoder), ``present_images``, ``ablation``
@@ -443,14 +472,16 @@ class ExplanationAccumulator:
         part could not be measured; or ``None``), ``n_images``, ``faithfulness_images`` and ``seconds``.
         """
         res: dict[str, Any] = {"n_images": self.n_images, "faithfulness_images": self.faithful_images}
-        empty = dict.fromkeys(("pointing_matched", "pointing_named", "hallucination_rate", "relevance_mass",
-                               "relevance_lift", "pointing_centroid"))
+        empty = dict.fromkeys(("pointing_matched", "pointing_masks_matched", "pointing_named", "hallucination_rate",
+                               "relevance_mass", "relevance_lift", "pointing_centroid"))
         res.update(empty)
         res["present_images"] = {n: int(c) for n, c in zip(self.structures, self.present, strict=True)}
         if self.matched:
             m = np.concatenate(self.matched)  # (N, 4): structure, hit, relevance, lift
             s = m[:, 0].astype(np.int64)
             res["pointing_matched"] = self._by_structure(s, m[:, 1])
+            mm = np.concatenate(self.masks_matched)  # (N', 2): structure, hit
+            res["pointing_masks_matched"] = self._by_structure(mm[:, 0].astype(np.int64), mm[:, 1])
             res["relevance_mass"] = self._by_structure(s, m[:, 2])
             res["relevance_lift"] = self._by_structure(s, m[:, 3])
             named = np.concatenate(self.named)  # (B*T, 3): named structure, present, hit

@@ -5,7 +5,8 @@ Pieces, each usable on its own:
 - :func:`soft_iou_loss` / :func:`pairwise_soft_iou_loss`: the softIoU loss of Eq. 10 (with the
   denominator's sign typo corrected), element-wise or as the ``(S, T)`` cost matrix.
 - :func:`hungarian_match` / :func:`match_batch`: the one-to-one assignment of the *present*
-  ground-truth structures to the ``T`` gaze steps (``scipy.optimize.linear_sum_assignment``).
+  ground-truth structures to the ``T`` gaze steps (``scipy.optimize.linear_sum_assignment``), on
+  the cost of :func:`matching_cost`.
 - :func:`focal_loss`: Eq. 12 on the melanoma probability (θ = 0 is the BCE of Eq. 11).
 - :class:`GazeLoss`: ``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14) with the structure
   balancing of Eqs. 15-16 or mini-batch balancing, plus the optional attention supervision
@@ -153,6 +154,25 @@ def match_batch(cost: Tensor, present: Tensor) -> list[Matching]:
     return [hungarian_match(c[i], p[i]) for i in range(c.shape[0])]
 
 
+def matching_cost(cost: Tensor, outside: Tensor | None, cfg: LossConfig | None, lam: float | None = None) -> Tensor:
+    """The ``(B, S, T)`` cost the loss's Hungarian matching minimises.
+
+    The paper's: ``cost``, the soft IoU loss of every (structure, step) pair
+    (:func:`pairwise_soft_iou_loss`). With ``cfg.attention_matching``, λ > 0 and attention maps: the
+    pair losses that are trained, ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` (``outside``).
+
+    Args:
+        cost: soft IoU losses ``(B, S, T)``.
+        outside: ``1 − Σ A_t·m_s`` ``(B, S, T)``, or ``None`` (no attention maps).
+        cfg: the loss section (``None``: the paper's matching).
+        lam: the λ in effect (a warm-up's, :func:`attention_weight`); ``None`` = ``cfg.attention``.
+    """
+    if cfg is None or not cfg.attention_matching or outside is None:
+        return cost
+    lam = cfg.attention if lam is None else lam
+    return cfg.beta * cfg.gamma * cost + lam * outside if lam > 0 else cost
+
+
 # --------------------------------------------------------------------------------------------
 # Masks on the attention grid (attention supervision, explanation measures)
 # --------------------------------------------------------------------------------------------
@@ -296,8 +316,9 @@ class GazeLoss(nn.Module):
       ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)``, instead of the masks' term alone. When two steps
       decode the same mask (early, or the whole lesion for both lesion and pigment network) the
       masks alone assign them by chance, batch after batch, and each gaze is pulled towards both
-      structures in turn; weighing the gazes keeps each step on the structure it looks at. The
-      explanation measures keep the paper's matching (masks only) for every model.
+      structures in turn; weighing the gazes keeps each step on the structure it looks at
+      (:func:`matching_cost`, which the explanation measures use too: their "matched" structure is
+      the loss's).
 
     Decisions where the paper is silent:
 
@@ -429,11 +450,7 @@ class GazeLoss(nn.Module):
             if out.attention is not None:
                 grid = area_fraction(gt, tuple(out.attention.shape[-2:]))  # (B, S, h, w)
                 outside = 1.0 - torch.einsum("bthw,bshw->bst", out.attention.float(), grid)
-            if self.cfg.attention_matching and lam > 0 and outside is not None:
-                # match on the pair losses that will be trained: βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)
-                matching = match_batch(self.cfg.beta * self.cfg.gamma * cost + lam * outside, present)
-            else:
-                matching = match_batch(cost, present)
+            matching = match_batch(matching_cost(cost, outside, self.cfg, lam), present)
 
             # Gather the matched pairs of the whole batch with index tensors.
             b_idx = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, (t, _) in enumerate(matching)])

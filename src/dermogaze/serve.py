@@ -74,6 +74,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import Tensor, nn
 
+from .config import Config
 from .data.cache import load_info, load_split
 from .data.images import load_user_image, normalise
 from .data.transforms import center_crop_slices
@@ -230,6 +231,7 @@ class Viewer:
         self.temperature = float(ckpt["calibration"]["temperature"])
         self.threshold_rule = str(ckpt["calibration"].get("threshold_rule", ""))
         self.variant = str(ckpt["variant"])
+        self.loss = Config.from_dict(ckpt["config"], source=f"{self.checkpoint} config").loss  # its matching
         self.data = Path(data) if data is not None else None
         self.info = load_info(self.data) if self.data is not None else None
         if self.info is not None and tuple(self.info["structures"]) != self.structures:
@@ -274,7 +276,7 @@ class Viewer:
         keeper = _KeepState(self.model)
         expl = explain_image(
             keeper, tensor, original, structures=self.structures, threshold=self.threshold,
-            temperature=self.temperature, model_source=str(self.checkpoint), **explain,
+            temperature=self.temperature, model_source=str(self.checkpoint), loss=self.loss, **explain,
         )
         state = keeper.state
         ablation = None
