@@ -314,3 +314,9 @@ def test_the_terminal_table_shows_each_measure():
     assert "on 3 images took 3.5 s" in text and "MultiMatch position 0.800" in text
     assert "\n".join(line.rstrip() for line in text.splitlines()) in format_table({"diagnosis": {}, "explanation": ex})
     assert explanation_lines(None) == []
+    assert "masks alone" not in text
+    ex["pointing_masks_matched"] = section(0.125, 1.0, 0.4)  # a model matched on its gazes too
+    assert ("  matched by the model's loss (it weighs the gazes); by the masks alone, the paper's: lesion 0.125, "
+            "skin 1.000, overall 0.400") in explanation_lines(ex)
+    ex["pointing_masks_matched"] = ex["pointing_matched"]
+    assert "masks alone" not in "\n".join(explanation_lines(ex))
