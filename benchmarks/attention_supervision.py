@@ -24,6 +24,9 @@ they act); each set of options trains into its own folder (``OUT/lambda_1+attent
 ``--split val`` evaluates on the validation split instead (``eval_val``, results stem of your choice): the
 options of the supervised model are chosen there, by the same targets, before the test split is looked at.
 
+``--summary`` writes ``STEM_options.md`` from every results file beside ``STEM``: each set of options, its split
+and the targets met per seed, the misses named.
+
 A run whose folder already holds a finished training (``best.pt`` and every epoch in
 ``metrics.jsonl``) is not retrained (``--retrain`` forces it); ``--stage train`` only trains.
 """
@@ -291,6 +294,42 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[Path]) -> str:
+    """Markdown: for every results file, its options and split, and the targets met per seed (the misses named)."""
+    lines = [
+        "# Attention supervision: every set of options tried",
+        "",
+        "Written by `python benchmarks/attention_supervision.py --summary` from the results files beside it; the "
+        "issue's targets for the supervised model (same seeds and λ = 0 runs), per seed: met of checked, then the "
+        "misses. Matched pointing game = the model's own loss's matching; the masks-only lesion figure = the paper's "
+        "matching.",
+        "",
+        "| results | λ | options | split | per seed: targets met (misses) | lesion pointing | lesion, masks only "
+        "| AUC drop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in results:
+        report = json.loads(path.read_text())
+        lam, seeds = report["lambda"], report["seeds"]
+        runs = report["runs"]
+        met = []
+        for seed in seeds:
+            checks = report["targets"][str(seed)]
+            misses = [k for k, v in checks.items() if not v]
+            met.append(f"{sum(checks.values())}/{len(checks)}" + (f" ({'; '.join(misses)})" if misses else ""))
+        sup = [runs[f"{lam:g}/{seed}"] for seed in seeds]
+        masks_only = [(r.get("pointing_masks_matched") or r["pointing_matched"])["per_structure"]["lesion"]
+                      for r in sup]
+        drops = [runs[f"0/{seed}"]["auc"] - r["auc"] for seed, r in zip(seeds, sup, strict=True)]
+        lines.append(
+            f"| {path.stem} | {lam:g} | {', '.join(o for o in report.get('overrides', [])) or '–'} "
+            f"| {report.get('split', 'test')} | {', '.join(met)} "
+            f"| {'/'.join(_f(r['pointing_matched']['per_structure']['lesion']) for r in sup)} "
+            f"| {'/'.join(_f(v) for v in masks_only)} | {'/'.join(f'{d:.3f}' for d in drops)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lam", type=float, default=1.0, help="λ of the supervised runs (default 1)")
@@ -313,8 +352,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate on this split (val: to choose the options without looking at the test split)")
     parser.add_argument("--faithfulness", type=int, default=32,
                         help="test images that get deletion/insertion and stability (default 32)")
+    parser.add_argument("--summary", action="store_true",
+                        help="only write STEM_options.md: every results file beside STEM, its targets met per seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.summary:
+        found = sorted(args.results.parent.glob(f"{args.results.name}*.json"))
+        text = summary([p for p in found if not p.stem.endswith("_options")])
+        write_text(text, args.results.parent / f"{args.results.name}_options.md")
+        print(text)
+        return 0
     start = time.perf_counter()
     cache = prepare_demo_data(args.out / "data", DEMO_DATA, progress=False)
     runs: dict[str, dict[str, Any]] = {}
