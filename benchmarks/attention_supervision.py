@@ -141,7 +141,7 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
     from dermogaze.config import Config
     from dermogaze.data.dataset import DermoscopyDataset
     from dermogaze.explanation import attention_peaks, hungarian_steps, pointing_and_relevance
-    from dermogaze.losses import area_fraction
+    from dermogaze.losses import area_fraction, pairwise_soft_iou_loss
     from dermogaze.plots import save_figure
     from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -161,7 +161,7 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
             gt = batch["masks"].float()
             grid = area_fraction(gt, tuple(out.attention.shape[-2:]))
             hit, relevance, _ = pointing_and_relevance(out.attention, grid)
-            matched = hungarian_steps(out.masks, gt, batch["present"], relevance, loss)
+            matched = hungarian_steps(pairwise_soft_iou_loss(out.masks, gt), batch["present"], relevance, loss)
             peaks = attention_peaks(out.attention)
             for b, t in zip(*torch.nonzero(matched == s, as_tuple=True), strict=True):
                 if not hit[b, t, s] and len(misses) < rows:

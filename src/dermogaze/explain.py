@@ -62,7 +62,7 @@ from .data.transforms import center_crop_box, center_crop_slices
 from .errors import DataError, DermogazeError
 from .explanation import hungarian_steps, pointing_and_relevance
 from .io import to_jsonable, write_json
-from .losses import area_fraction
+from .losses import area_fraction, pairwise_soft_iou_loss
 from .metrics import BINARY_THRESHOLD, check_finite_outputs, pair_with_ground_truth
 from .plots import FULL_REGION
 from .runtime import resolve_device
@@ -274,8 +274,8 @@ def _step_pointing(
     a = torch.from_numpy(np.ascontiguousarray(att, dtype=np.float32))[None]  # (1, T, h, w)
     g = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))[None]  # (1, S, H, W)
     hit, relevance, _ = pointing_and_relevance(a, area_fraction(g, tuple(a.shape[-2:])))  # (1, T, S) each
-    matched = hungarian_steps(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[None], g,
-                              torch.from_numpy(np.asarray(present, dtype=bool))[None], relevance, loss)[0]  # (T,)
+    cost = pairwise_soft_iou_loss(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[None], g)
+    matched = hungarian_steps(cost, torch.from_numpy(np.asarray(present, dtype=bool))[None], relevance, loss)[0]
     s = matched.clamp(min=0)
     steps = torch.arange(len(s))
     return matched.numpy(), hit[0, steps, s].numpy(), relevance[0, steps, s].numpy()

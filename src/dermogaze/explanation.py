@@ -78,7 +78,7 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from .config import LossConfig
-from .losses import area_fraction, match_batch, matching_cost, pairwise_soft_iou_loss
+from .losses import area_fraction, match_batch, matches_on_gazes, matching_cost, pairwise_soft_iou_loss
 from .models import GazeNet, GazeOutput, GazeState
 from .runtime import Autocast
 
@@ -160,21 +160,20 @@ def centroid_hits(grid_masks: Tensor, cells: Tensor) -> Tensor:
 
 
 def hungarian_steps(
-    pred_masks: Tensor, masks: Tensor, present: Tensor, relevance: Tensor | None = None, loss: LossConfig | None = None
+    cost: Tensor, present: Tensor, relevance: Tensor | None = None, loss: LossConfig | None = None
 ) -> Tensor:
     """The structure matched to each step by the loss's Hungarian matching, ``-1`` where unmatched ``(B, T)``.
 
     Args:
-        pred_masks: the predicted masks ``M_t`` ``(B, T, H, W)``.
-        masks: GT masks ``(B, S, H, W)``; present: ``(B, S)`` bool.
+        cost: the soft IoU losses of the predicted masks against the GT masks ``(B, S, T)``
+            (:func:`dermogaze.losses.pairwise_soft_iou_loss`); present: ``(B, S)`` bool.
         relevance: ``Σ A_t·m_s`` ``(B, T, S)`` (:func:`pointing_and_relevance`), for a matching that weighs the gazes.
         loss: the model's loss section (its checkpoint's): with ``attention_matching`` and λ > 0 the
             matching minimises ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` as in training
             (:func:`dermogaze.losses.matching_cost`); ``None``: the paper's matching, masks only.
     """
-    cost = pairwise_soft_iou_loss(pred_masks.float(), masks.float())  # (B, S, T)
     outside = None if relevance is None else 1.0 - relevance.float().transpose(1, 2).to(cost.device)  # (B, S, T)
-    matched = torch.full(pred_masks.shape[:2], -1, dtype=torch.long)
+    matched = torch.full((cost.shape[0], cost.shape[2]), -1, dtype=torch.long)
     for b, (steps, structures) in enumerate(match_batch(matching_cost(cost, outside, loss), present)):
         matched[b, torch.from_numpy(steps)] = torch.from_numpy(structures)
     return matched
@@ -361,14 +360,15 @@ class ExplanationAccumulator:
             skin = self.structures.index("skin") if "skin" in self.structures else None
             centroid = centroid_hits(grid, centroid_cells(masks, tuple(grid.shape[-2:]), skin)) & present
             self.centroid_hits += centroid.sum(0).cpu().numpy()
-            matched = hungarian_steps(out.masks, masks, present, relevance, self.loss)  # (B, T)
+            cost = pairwise_soft_iou_loss(out.masks.float(), masks)  # (B, S, T)
+            matched = hungarian_steps(cost, present, relevance, self.loss)  # (B, T)
             bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
             si = matched[bi, ti]
             self.matched.append(np.stack([
                 si.numpy(), hit[bi, ti, si].numpy(), relevance[bi, ti, si].numpy(), lift[bi, ti, si].numpy(),
             ], axis=1).astype(np.float64))  # (N, 4)
-            if self.loss is not None and self.loss.attention_matching and self.loss.attention > 0:
-                matched = hungarian_steps(out.masks, masks, present)  # the paper's matching
+            if matches_on_gazes(self.loss):
+                matched = hungarian_steps(cost, present)  # the paper's matching
                 bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
                 si = matched[bi, ti]
             self.masks_matched.append(np.stack([si.numpy(), hit[bi, ti, si].numpy()], axis=1).astype(np.float64))

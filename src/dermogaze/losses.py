@@ -154,12 +154,21 @@ def match_batch(cost: Tensor, present: Tensor) -> list[Matching]:
     return [hungarian_match(c[i], p[i]) for i in range(c.shape[0])]
 
 
+def matches_on_gazes(cfg: LossConfig | None, lam: float | None = None) -> bool:
+    """The loss's Hungarian matching weighs the gazes: ``cfg.attention_matching`` with λ > 0.
+
+    ``lam``: the λ in effect (a warm-up's, :func:`attention_weight`); ``None`` = ``cfg.attention``.
+    """
+    return cfg is not None and cfg.attention_matching and (cfg.attention if lam is None else lam) > 0
+
+
 def matching_cost(cost: Tensor, outside: Tensor | None, cfg: LossConfig | None, lam: float | None = None) -> Tensor:
     """The ``(B, S, T)`` cost the loss's Hungarian matching minimises.
 
     The paper's: ``cost``, the soft IoU loss of every (structure, step) pair
     (:func:`pairwise_soft_iou_loss`). With ``cfg.attention_matching``, λ > 0 and attention maps: the
-    pair losses that are trained, ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` (``outside``).
+    pair losses that are trained, ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` (``outside``;
+    :func:`matches_on_gazes`).
 
     Args:
         cost: soft IoU losses ``(B, S, T)``.
@@ -167,10 +176,9 @@ def matching_cost(cost: Tensor, outside: Tensor | None, cfg: LossConfig | None, 
         cfg: the loss section (``None``: the paper's matching).
         lam: the λ in effect (a warm-up's, :func:`attention_weight`); ``None`` = ``cfg.attention``.
     """
-    if cfg is None or not cfg.attention_matching or outside is None:
+    if outside is None or not matches_on_gazes(cfg, lam):
         return cost
-    lam = cfg.attention if lam is None else lam
-    return cfg.beta * cfg.gamma * cost + lam * outside if lam > 0 else cost
+    return cfg.beta * cfg.gamma * cost + (cfg.attention if lam is None else lam) * outside
 
 
 # --------------------------------------------------------------------------------------------
