@@ -173,8 +173,12 @@ def test_gaze_panels_of_a_dataset_image_show_its_ground_truth(viewer):
         if s.get("gt_structure") is not None:
             assert "Ground truth mask" in gazes[t] and gazes[t].count("<img ") == 3
             assert f"Ground truth there: <b>{structure_label(s['gt_structure'])}</b>" in gazes[t]
-        if s.get("pointing_hit") is not None:
+        if s.get("pointing_hit") is not None:  # named: it may differ from the ground truth shown
             assert "Pointing game <b>" in gazes[t]
+            assert f"on its matched structure, <b>{structure_label(s['matched_structure'])}</b>" in gazes[t]
+    for row, s in zip(steps_table(analysis), analysis.record["steps"], strict=True):
+        if s.get("pointing_hit") is not None:
+            assert row[7] == f"{'hit' if s['pointing_hit'] else 'miss'} ({structure_label(s['matched_structure'])})"
 
 
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(client, lesion_jpg, tmp_path):

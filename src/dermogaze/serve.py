@@ -561,10 +561,11 @@ def step_markdown(analysis: Analysis, t: int) -> str:
         mark = "✓ the same" if step["structure_correct"] else "✗ another structure"
         lines.append(f"- Ground truth there: **{structure_label(step['gt_structure'])}** ({mark}).")
     metrics = []
-    if step.get("pointing_hit") is not None:
+    if step.get("pointing_hit") is not None:  # on the loss's matched structure, which may differ from the one above
         where = "inside" if step["pointing_hit"] else "outside"
-        metrics.append(f"pointing game **{'hit' if step['pointing_hit'] else 'miss'}** (the attention peak lies "
-                       f"{where} the ground-truth mask)")
+        metrics.append(f"pointing game **{'hit' if step['pointing_hit'] else 'miss'}** on its matched structure, "
+                       f"**{structure_label(step['matched_structure'])}** (the attention peak lies {where} that "
+                       "structure's ground-truth mask)")
     if step.get("relevance_mass") is not None:
         metrics.append(f"relevance mass **{step['relevance_mass']:.2f}** (the share of the attention inside it)")
     if metrics:
@@ -648,7 +649,7 @@ def path_legend_markdown(analysis: Analysis) -> str:
 
 #: Columns of the table of steps.
 TABLE_HEADERS = ["gaze", "structure named", "its probability", "ΔP without it", "attention peak ×uniform",
-                 "mask area", "ground truth", "pointing game", "relevance mass"]
+                 "mask area", "ground truth", "pointing game (matched structure)", "relevance mass"]
 
 
 def steps_table(analysis: Analysis) -> list[list[Any]]:
@@ -664,7 +665,8 @@ def steps_table(analysis: Analysis) -> list[list[Any]]:
         rows.append([
             k + 1, structure_label(s["structure"]), _fmt(s["structure_probability"]), _fmt(delta, "+.3f"),
             _fmt(s["attention_vs_uniform"], ".1f"), _fmt(s["mask_area_fraction"], ".0%"), gt,
-            "—" if hit is None else ("hit" if hit else "miss"), _fmt(s.get("relevance_mass")),
+            "—" if hit is None else f"{'hit' if hit else 'miss'} ({structure_label(s['matched_structure'])})",
+            _fmt(s.get("relevance_mass")),
         ])
     return rows
 
@@ -720,7 +722,8 @@ Model: `{variant}`, {size}×{size} px input, checkpoint `{checkpoint}`.
 _STEP_LEGEND = (
     "Attention: brighter = looked harder, on one colour scale for all the gazes of the image. Mask: where the network "
     "places the structure it names (filled by its probability, outlined at 50%). Ground truth: the annotated mask "
-    "of the structure matched to this gaze."
+    "that the gaze's mask overlaps most. The pointing game and the relevance mass are those of the structure the "
+    "training loss's matching gives the gaze (each structure to one gaze), which may be another."
 )
 
 
