@@ -339,6 +339,118 @@ def test_shard_sampler_covers_each_index_once():
     assert sorted(sum(shards, [])) == list(range(11))
 
 
+# --------------------------------------------------------------------------------------------
+# Repeat-factor sampling (train.repeat_threshold)
+# --------------------------------------------------------------------------------------------
+def test_repeat_factors_by_hand():
+    from dermogaze.training.sampling import repeat_factors
+
+    # 4 images, 3 structures: f = (3/4, 1/2, 1/4)
+    present = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=bool)
+    # t = 1/2: r_c = (sqrt(2/3), 1, √2), below 1 counts as 1; an image without structure gets 1
+    np.testing.assert_allclose(repeat_factors(present, 0.5), [1.0, np.sqrt(2), 1.0, 1.0])
+    # t = 4: r_c = (sqrt(16/3), sqrt(8), 4), each image the largest of its structures'
+    np.testing.assert_allclose(repeat_factors(present, 4.0), [np.sqrt(8), 4.0, np.sqrt(16 / 3), 1.0])
+    with pytest.raises(ValueError, match="threshold"):
+        repeat_factors(present, 0.0)
+
+
+def test_repeat_factor_sampler_draws_each_image_by_its_factor():
+    from dermogaze.training.sampling import RepeatFactorSampler
+
+    factors = np.array([1.0, 2.5, 1.0, 1.0])  # image 1: 2 or 3 draws (p = 1/2), the others 1; N = 4 kept
+    sampler = RepeatFactorSampler(factors, seed=7)
+    counts = np.zeros(4)
+    for epoch in range(3000):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler) == 4
+        image, repeat = np.array(drawn) % 4, np.array(drawn) // 4
+        assert len(set(drawn)) == 4  # the k-th repeat of an image is numbered i + k·N: no number twice
+        assert all(k < np.ceil(factors[i]) for i, k in zip(image, repeat, strict=True))
+        counts += np.bincount(image, minlength=4)
+    # Of L = 3 + R draws (R = 2 or 3), the first N = 4 of a shuffle are kept, each draw with probability 4/L:
+    # E[count of image 1] = ½(2·4/5 + 3·4/6) = 1.8, of each other image ½(4/5 + 4/6) = 0.7333
+    np.testing.assert_allclose(counts / 3000, [0.7333, 1.8, 0.7333, 0.7333], rtol=0.03)
+
+    again = RepeatFactorSampler(factors, seed=7)
+    again.set_epoch(2999)
+    assert list(again) == drawn  # a function of (seed, epoch) alone: a resumed run draws the same epochs
+
+
+def test_repeat_factor_sampler_shards_like_distributed_sampler():
+    from dermogaze.training.sampling import RepeatFactorSampler
+
+    factors = np.array([1.0, 3.0, 1.0, 1.5, 1.0])
+    single = RepeatFactorSampler(factors, seed=1)
+    single.set_epoch(4)
+    order = single.epoch_indices().tolist()
+    shards = []
+    for rank in range(3):
+        s = RepeatFactorSampler(factors, num_replicas=3, rank=rank, seed=1)
+        s.set_epoch(4)
+        shards.append(list(s))
+    assert [len(sh) for sh in shards] == [2, 2, 2]
+    padded = order + order[:1]  # 5 draws padded to 6 from the start
+    assert [padded[r::3] for r in range(3)] == shards
+
+
+def test_epoch_seeded_repeats_are_the_image_with_their_own_augmentation():
+    from dermogaze.training.seeding import EpochSeededDataset
+
+    class Indexed(Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return i, float(torch.rand(()))
+
+    ds = EpochSeededDataset(Indexed(), seed=0)
+    assert ds[2][0] == ds[2 + 6][0] == ds[2 + 12][0] == 2
+    assert len({ds[2][1], ds[2 + 6][1], ds[2 + 12][1]}) == 3
+
+
+def test_training_draws_by_repeat_factor(pipeline_cache, tmp_path):
+    from dermogaze.data.cache import load_split
+    from dermogaze.training import train
+    from dermogaze.training.distributed import setup_distributed
+    from dermogaze.training.sampling import RepeatFactorSampler
+    from dermogaze.training.train import _make_loaders
+
+    cfg = load_config("tiny", [f"data.cache={pipeline_cache}", "train.repeat_threshold=1"])
+    loaders = _make_loaders(cfg, pipeline_cache, setup_distributed("cpu"))
+    assert isinstance(loaders.sampler, RepeatFactorSampler)
+    masks = np.asarray(load_split(pipeline_cache, "train").masks)
+    present = masks.reshape(*masks.shape[:2], -1).any(-1)  # (N, K)
+    fraction = present.mean(0)
+    expected = [max([np.sqrt(1 / fraction[k]) for k in np.flatnonzero(row)], default=1.0) for row in present]
+    np.testing.assert_allclose(loaders.sampler.factors.numpy(), np.maximum(1.0, expected))
+    assert len(loaders.train) == len(loaders.train_set) // cfg.train.batch_size + bool(len(loaders.train_set) % 4)
+
+    # an interrupted run resumes to the uninterrupted one
+    full = train(cfg, tmp_path / "full", progress=False)["history"]
+    assert all(np.isfinite(row["train_loss"]) for row in full)
+    one = load_config("tiny", [f"data.cache={pipeline_cache}", "train.repeat_threshold=1", "train.epochs=1"])
+    train(one, tmp_path / "resumed", progress=False)
+    train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
+
+
+def test_repeat_sampling_needs_masks(pipeline_data, tmp_path):
+    from dermogaze.data.cache import prepare
+    from dermogaze.training import train
+
+    isic = tmp_path / "isic"
+    shutil.copytree(pipeline_data["isic"], isic)
+    for folder in isic.glob("*_Part[12]_GroundTruth"):
+        shutil.rmtree(folder)
+    cache = tmp_path / "cache"
+    prepare(isic, cache, size=40, progress=False)
+    cfg = load_config("tiny", [f"data.cache={cache}", "model.name=vgg", "train.repeat_threshold=1"])
+    with pytest.raises(DataError, match=f"{cache}.*repeat_threshold"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
 def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
     import contextlib
 

@@ -100,6 +100,9 @@ class TrainConfig:
     max_train_batches: int | None = None  # cut epochs short (tests, smoke runs)
     sync_bn: bool = False  # distributed CUDA runs: SyncBatchNorm instead of per-process statistics
     lr_schedule: str = "constant"  # "constant" (paper) | "cosine" (per step, from the base rates to 0)
+    # repeat-factor sampling of images with rare structures (dermogaze.training.sampling): threshold t of
+    # r_c = max(1, sqrt(t / f_c)); 0 = off (the paper: every image once per epoch)
+    repeat_threshold: float = 0.0
     # decision threshold chosen on the validation split after each epoch: "sensitivity@S", "specificity@S",
     # "youden" or a number (dermogaze.clinical.choose_threshold); stored in the checkpoint
     threshold: str = "sensitivity@0.89"
@@ -206,6 +209,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     ),
     "train.weight_decay": _range(lambda v: v >= 0, "a number >= 0"),
     "train.seed": _range(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "train.repeat_threshold": _range(lambda v: v >= 0, "a number >= 0 (0 = off)"),
     "train.grad_clip": _range(lambda v: v > 0, "a number > 0", optional=True),
     "train.max_train_batches": _range(lambda v: v >= 1, "an integer >= 1", optional=True),
 }

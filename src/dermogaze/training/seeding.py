@@ -83,6 +83,10 @@ class EpochSeededDataset(Dataset):
     ``(seed, epoch, index)`` and restored afterwards. Call :meth:`set_epoch` before each epoch
     (loader workers must not be persistent, so that the epoch reaches them).
 
+    An index ``i + k·N`` (``N = len(dataset)``) is image ``i`` with augmentation seeded by the whole index: the
+    :class:`~dermogaze.training.sampling.RepeatFactorSampler` numbers the ``k``-th repeat of an image in an
+    epoch so, and each repeat gets a transform of its own.
+
     Args:
         dataset: the dataset to wrap (its items are returned unchanged otherwise).
         seed: the run's seed.
@@ -102,4 +106,4 @@ class EpochSeededDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
         with seeded_rng(seed):
-            return self.dataset[index]
+            return self.dataset[int(index) % len(self)]

@@ -71,6 +71,7 @@ from .checkpoint import RunWriter, check_structure_set, checkpoint_state, first_
 from .distributed import DistInfo, ShardSampler, all_gather, barrier, cleanup_distributed, setup_distributed
 from .loop import run_inference, train_one_epoch
 from .optim import apply_hyperparameters, build_optimizer, lr_schedule
+from .sampling import RepeatFactorSampler, repeat_factors
 from .seeding import EpochSeededDataset, get_rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class _Loaders:
     train_set: EpochSeededDataset
-    sampler: DistributedSampler
+    sampler: DistributedSampler | RepeatFactorSampler
     train: DataLoader
     val: DataLoader
     steps_per_epoch: int
@@ -385,17 +386,38 @@ def _check_masks(info: dict, cache: Path, cfg: Config, needs_masks: bool) -> Non
         )
 
 
+def _presence(images: DermoscopyDataset, cache: Path) -> np.ndarray:
+    """Bool ``(N, K)``: training image ``i`` holds structure ``k`` (a positive pixel in its cached mask)."""
+    masks = images.arrays().masks
+    if masks is None:
+        raise DataError(
+            f"cache {cache} has no structure masks, but train.repeat_threshold > 0 repeats the images of rare "
+            "structures; set train.repeat_threshold=0 or use data with masks"
+        )
+    chunks = (np.asarray(masks[i : i + 64]) for i in range(0, len(masks), 64))  # a few images of the memory map at once
+    return np.concatenate([c.reshape(*c.shape[:2], -1).any(-1) for c in chunks])
+
+
 def _make_loaders(cfg: Config, cache: Path, dist: DistInfo) -> _Loaders:
-    """Training loader (sharded by ``DistributedSampler``) and validation loader (unpadded shards)."""
+    """Training loader (``DistributedSampler`` or repeat-factor draws) and validation loader (unpadded shards)."""
     t = cfg.train
     per_rank = t.batch_size // dist.world_size
-    train_set = EpochSeededDataset(
-        DermoscopyDataset(cache, cfg.data.train_split, train=True, image_size=cfg.model.image_size), t.seed
-    )
+    images = DermoscopyDataset(cache, cfg.data.train_split, train=True, image_size=cfg.model.image_size)
+    train_set = EpochSeededDataset(images, t.seed)
     val_set = DermoscopyDataset(cache, cfg.data.val_split, train=False, image_size=cfg.model.image_size)
-    sampler = DistributedSampler(
-        train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=t.seed, drop_last=False
-    )
+    sampler: DistributedSampler | RepeatFactorSampler
+    if t.repeat_threshold > 0:
+        factors = repeat_factors(_presence(images, cache), t.repeat_threshold)
+        if dist.is_main:
+            logger.info(
+                "repeat-factor sampling (t = %g): %d of %d training images drawn more often (up to %.2f times)",
+                t.repeat_threshold, int((factors > 1).sum()), len(factors), float(factors.max()),
+            )
+        sampler = RepeatFactorSampler(factors, num_replicas=dist.world_size, rank=dist.rank, seed=t.seed)
+    else:
+        sampler = DistributedSampler(
+            train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=t.seed, drop_last=False
+        )
     loader_kw: dict[str, Any] = dict(
         num_workers=cfg.data.workers,
         pin_memory=cfg.data.pin_memory and dist.device.type == "cuda",
