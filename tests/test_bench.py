@@ -27,7 +27,7 @@ from torch import nn
 import bench_train as bench
 from baseline import Baseline
 from dermogaze.cli import main
-from dermogaze.config import LossConfig
+from dermogaze.config import LossConfig, load_config
 from dermogaze.errors import DermogazeError
 from dermogaze.losses import GazeLoss
 from dermogaze.models.attention import GATE_ORDER, RECURRENT_ORDER
@@ -367,3 +367,39 @@ def test_fp32_reference_is_a_copy_of_the_model():
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr() and p.requires_grad == q.requires_grad, name
     with pytest.raises(DermogazeError, match="--reference"):
         bench.run_benchmark(bench.BenchOptions(reference="fp16", **TINY), progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# benchmarks/attention_supervision.py: which runs it trains and reuses
+# --------------------------------------------------------------------------------------------
+def test_attention_benchmark_unsupervised_run_is_the_papers_loss(tmp_path):
+    import attention_supervision as sup
+
+    options = ["loss.attention_warmup=8", "train.epochs=3"]
+    paper = sup.run_config(tmp_path, 0, 1, options)
+    assert (paper.loss.attention, paper.loss.attention_warmup, paper.loss.attention_matching) == (0.0, 0, False)
+    assert (paper.train.epochs, paper.train.seed, paper.data.cache) == (3, 1, str(tmp_path))
+    supervised = sup.run_config(tmp_path, 1.5, 1, options)
+    assert (supervised.loss.attention, supervised.loss.attention_warmup) == (1.5, 8)
+    assert supervised.loss.attention_matching is load_config("demo").loss.attention_matching  # the preset's
+    # both runs share every other setting, the preset's sampling included
+    assert supervised.train == paper.train and supervised.model == paper.model
+    assert sup.run_dir(tmp_path, 0, 1, options) == tmp_path / "lambda_0+epochs=3" / "seed_1"
+
+
+def test_attention_benchmark_reuses_only_a_run_of_the_same_configuration(tmp_path):
+    import attention_supervision as sup
+    import yaml
+
+    cfg = load_config("demo", ["train.epochs=2"])
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not sup.trained(run, cfg)  # nothing there
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))  # what train() writes, with two epochs
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (run / "best.pt").write_bytes(b"")
+    assert sup.trained(run, cfg)
+    assert not sup.trained(run, load_config("demo", ["train.epochs=3"]))  # unfinished: resumed, not reused
+    other = load_config("demo", ["train.epochs=2", "train.repeat_threshold=0"])
+    with pytest.raises(SystemExit, match=r"another configuration \(train.repeat_threshold: 1.0 there, 0.0 now\)"):
+        sup.trained(run, other)

@@ -78,6 +78,20 @@ def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
         assert rec["image_id"] in text
 
 
+def test_report_names_the_options_beyond_the_paper():
+    from dermogaze.config import load_config
+    from dermogaze.demo import _supervision_text
+
+    assert _supervision_text(load_config("tiny").to_dict()) == ""  # the paper's loss, every image once
+    demo = load_config("demo").to_dict()
+    assert _supervision_text(demo) == (
+        "attention supervision λ = 1 (reached over 4 epochs), matching on the gazes too, repeat-factor sampling t = 1, "
+    )
+    plain = load_config("demo", ["loss.attention_warmup=0", "loss.attention_matching=false", "loss.attention=0.5",
+                                 "train.repeat_threshold=0"]).to_dict()
+    assert _supervision_text(plain) == "attention supervision λ = 0.5, "
+
+
 def test_compared_explanations_average_the_benchmark_seeds(tmp_path):
     import json
 
@@ -91,9 +105,9 @@ def test_compared_explanations_average_the_benchmark_seeds(tmp_path):
         "0/0": section(0.2, 1.0), "0/1": section(0.4, 1.2), "2/0": section(0.9, 3.0), "2/1": section(1.0, None)}}
     (tmp_path / "results.json").write_text(json.dumps(bench))
     own = section(0.5, 1.1)
-    runs = compared_explanations(own, tmp_path / "results.json")
+    runs = compared_explanations(own, tmp_path / "results.json", attention=1.0)
     base, lam = "λ = 0, mean of 2 seeds (benchmark)", "λ = 2, mean of 2 seeds (benchmark)"
-    assert list(runs) == ["this demo (λ = 0)", base, lam]
+    assert list(runs) == ["this demo (λ = 1)", base, lam]
     assert runs[base]["pointing_matched"]["per_structure"]["lesion"] == pytest.approx(0.3)
     lam = runs[lam]
     assert lam["relevance_lift"]["per_structure"] == {"lesion": 3.0, "skin": None}  # seeds without a value left out
@@ -135,5 +149,11 @@ def test_demo_learns_within_its_budget(tmp_path, capsys):
     print(f"demo: {wall:.0f} s, test AUC {auc:.3f}, Jaccard lesion+skin {jaccard:.3f}")
     assert auc >= DEMO_FLOORS["auc"]
     assert jaccard >= DEMO_FLOORS["jaccard_lesion_skin"]
+    # the preset trains with the attention supervision: its gazes land on what they are matched to (issue 11)
+    pointing = metrics["explanation"]["pointing_matched"]["per_structure"]
+    assert pointing["lesion"] >= 0.9 and pointing["skin"] >= 0.9, pointing
     assert (out / "report.md").is_file() and (out / "train" / "best.pt").is_file()
+    report = (out / "report.md").read_text()
+    assert "attention supervision λ = 1 (reached over 4 epochs), matching on the gazes too, " in report
+    assert "repeat-factor sampling t = 1, " in report
     assert len(list((out / "explain").glob("*_gazes.png"))) == 4
