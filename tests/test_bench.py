@@ -388,8 +388,9 @@ def test_attention_benchmark_unsupervised_run_is_the_papers_loss(tmp_path):
 
 
 def test_attention_benchmark_reuses_only_a_run_of_the_same_configuration(tmp_path):
-    import attention_supervision as sup
     import yaml
+
+    import attention_supervision as sup
 
     cfg = load_config("demo", ["train.epochs=2"])
     run = tmp_path / "run"

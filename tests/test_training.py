@@ -224,7 +224,8 @@ def test_train_refuses_to_overwrite_a_run(pipeline_cache, pipeline_tiny_run):
     assert (pipeline_tiny_run / "metrics.jsonl").read_text() == before
 
 
-def test_variants_with_a_decoder_refuse_a_cache_without_masks(pipeline_data, tmp_path):
+def test_a_cache_without_masks_is_refused_where_masks_are_needed(pipeline_data, tmp_path):
+    """A variant with a decoder, and repeat-factor sampling (which counts the structures of each image)."""
     from dermogaze.data.cache import load_info, prepare
     from dermogaze.training import train
 
@@ -238,6 +239,9 @@ def test_variants_with_a_decoder_refuse_a_cache_without_masks(pipeline_data, tmp
     with pytest.raises(DataError, match="no structure masks"):
         train(load_config("tiny", [f"data.cache={cache}"]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
+    cfg = load_config("tiny", [f"data.cache={cache}", "model.name=vgg", "train.repeat_threshold=1"])
+    with pytest.raises(DataError, match=f"{cache}.*repeat_threshold"):
+        train(cfg, tmp_path / "run", progress=False)
 
 
 def test_image_size_larger_than_the_cache_is_refused(pipeline_cache, tmp_path):
@@ -434,21 +438,6 @@ def test_training_draws_by_repeat_factor(pipeline_cache, tmp_path):
     train(one, tmp_path / "resumed", progress=False)
     train(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
-
-
-def test_repeat_sampling_needs_masks(pipeline_data, tmp_path):
-    from dermogaze.data.cache import prepare
-    from dermogaze.training import train
-
-    isic = tmp_path / "isic"
-    shutil.copytree(pipeline_data["isic"], isic)
-    for folder in isic.glob("*_Part[12]_GroundTruth"):
-        shutil.rmtree(folder)
-    cache = tmp_path / "cache"
-    prepare(isic, cache, size=40, progress=False)
-    cfg = load_config("tiny", [f"data.cache={cache}", "model.name=vgg", "train.repeat_threshold=1"])
-    with pytest.raises(DataError, match=f"{cache}.*repeat_threshold"):
-        train(cfg, tmp_path / "run", progress=False)
 
 
 def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
