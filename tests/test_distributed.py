@@ -116,3 +116,22 @@ def test_two_nodes_match_one_process(pipeline_cache, single_run, tmp_path):
     assert sum(stderr.count("epoch 2/2:") for _, stderr in logs) == 1  # only global rank 0 logs
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
     _assert_follows(single_run, out)
+
+
+def test_repeat_factor_sampling_in_two_processes_matches_one_process(pipeline_cache, tmp_path):
+    """``train.repeat_threshold``: both ranks draw the same epoch and each takes its shard, as one process would."""
+    from dermogaze.training import train
+
+    repeat = [*OVERRIDES, "train.repeat_threshold=1"]
+    single = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_config("tiny", [f"data.cache={pipeline_cache}", *repeat]), single, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ddp = tmp_path / "ddp"
+    log = _torchrun(["--data", str(pipeline_cache), "--preset", "tiny", "--out", str(ddp),
+                     *[x for o in repeat for x in ("-o", o)]])
+    assert "repeat-factor sampling (t = 1)" in log.stderr
+    _assert_follows(single, ddp)
