@@ -102,11 +102,12 @@ def trained(run: Path, cfg: Config) -> bool:
     if not ((run / "best.pt").is_file() and history.is_file() and len(read_jsonl(history)) >= cfg.train.epochs):
         return False
     saved = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()), source=str(run / "config.yaml"))
+    now = cfg.to_dict()
     differ = [
-        f"{section}.{key}: {value!r} there, {getattr(getattr(cfg, section), key)!r} now"
+        f"{section}.{key}: {value!r} there, {now[section][key]!r} now"
         for section, values in saved.to_dict().items()
         for key, value in values.items()
-        if value != cfg.to_dict()[section][key]
+        if value != now[section][key]
     ]
     if differ:
         raise SystemExit(
@@ -160,6 +161,7 @@ def evaluate_run(cache: Path, run: Path, faithfulness: int, split: str = "test")
         "deletion": ex["deletion"],
         "insertion": ex["insertion"],
         "present_images": ex["present_images"],
+        "pointing_centroid": ex["pointing_centroid"]["per_structure"],
         "evaluate_s": time.perf_counter() - tic,
         "train_s": sum(row["time_s"] for row in read_jsonl(run / "metrics.jsonl")),
         "epochs": len(read_jsonl(run / "metrics.jsonl")),
@@ -177,7 +179,6 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
     import torch
     from torch.utils.data import DataLoader
 
-    from dermogaze.config import Config
     from dermogaze.data.dataset import DermoscopyDataset
     from dermogaze.explanation import attention_peaks, hungarian_steps, pointing_and_relevance
     from dermogaze.losses import area_fraction, pairwise_soft_iou_loss
@@ -230,31 +231,6 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
     return save_figure(fig, path)
 
 
-def centroid_pointing(cache: Path, split: str, image_size: int, grid: int) -> dict[str, float | None]:
-    """The pointing game of a gaze at the centroid of the whole lesion (no model), per structure: the reference.
-
-    On the model's input (the centre crop of ``image_size`` pixels) and its ``grid × grid`` attention grid,
-    as :class:`dermogaze.explanation.ExplanationAccumulator` computes it during an evaluation
-    (``pointing_centroid``); here for the cached splits, without a model.
-    """
-    import torch
-
-    from dermogaze.data.cache import load_info
-    from dermogaze.data.dataset import DermoscopyDataset
-    from dermogaze.explanation import centroid_cells, centroid_hits
-    from dermogaze.losses import area_fraction
-
-    names = list(load_info(cache)["structures"])
-    dataset = DermoscopyDataset(cache, split, image_size=image_size)
-    masks = torch.stack([dataset[i]["masks"] for i in range(len(dataset))]).float()  # (N, S, H, W)
-    hits = centroid_hits(area_fraction(masks, (grid, grid)), centroid_cells(masks, (grid, grid), names.index("skin")))
-    present = masks.flatten(2).amax(-1) > 0  # (N, S)
-    return {
-        n: float(hits[present[:, k], k].float().mean()) if present[:, k].any() else None
-        for k, n in enumerate(names)
-    }
-
-
 def check_targets(sup: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
     """The issue's targets for one seed: the supervised run ``sup`` against the unsupervised ``base``."""
     point = sup["pointing_matched"]["per_structure"]
@@ -271,6 +247,12 @@ def check_targets(sup: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
 
 def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}"
+
+
+def _masks_only(run: dict[str, Any]) -> dict[str, float | None]:
+    """A run's per-structure pointing game under the paper's matching (results from before it was kept: the
+    matched one, which was the paper's then)."""
+    return (run.get("pointing_masks_matched") or run["pointing_matched"])["per_structure"]
 
 
 def _deletion(d: dict[str, Any] | None) -> str:
@@ -311,7 +293,7 @@ def markdown(report: dict[str, Any]) -> str:
     for key, r in runs.items():
         lam_k, seed = key.split("/")
         point, lift = r["pointing_matched"]["per_structure"], r["relevance_lift"]["per_structure"]
-        masks_only = (r.get("pointing_masks_matched") or r["pointing_matched"])["per_structure"]
+        masks_only = _masks_only(r)
         lines.append(
             f"| {lam_k} | {seed} | {_f(r['auc'])} | " + " | ".join(_f(point.get(n)) for n in names) + " | "
             + " | ".join(_f(masks_only.get(n)) for n in POINTING_TARGET) + " | "
@@ -361,8 +343,7 @@ def summary(results: list[Path]) -> str:
             misses = [k for k, v in checks.items() if not v]
             met.append(f"{sum(checks.values())}/{len(checks)}" + (f" ({'; '.join(misses)})" if misses else ""))
         sup = [runs[f"{lam:g}/{seed}"] for seed in seeds]
-        masks_only = [(r.get("pointing_masks_matched") or r["pointing_matched"])["per_structure"]["lesion"]
-                      for r in sup]
+        masks_only = [_masks_only(r)["lesion"] for r in sup]
         drops = [runs[f"0/{seed}"]["auc"] - r["auc"] for seed, r in zip(seeds, sup, strict=True)]
         lines.append(
             f"| {path.stem} | {lam:g} | {', '.join(o for o in report.get('overrides', [])) or '–'} "
@@ -430,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.info("figure: %s", miss_figure(cache, first, args.figure, args.results.parent
                                                 / f"{args.results.name}_{args.figure}_misses.png", args.split))
     seeds = [seed for seed in args.seeds if f"0/{seed}" in runs and f"{args.lam:g}/{seed}" in runs]
-    size = load_config("demo", args.override).model.image_size
     argv_shown = sys.argv[1:] if argv is None else argv
     if "--notes" in argv_shown:  # the notes are printed below the table, not in the command
         k = argv_shown.index("--notes")
@@ -447,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {
             str(seed): check_targets(runs[f"{args.lam:g}/{seed}"], runs[f"0/{seed}"]) for seed in seeds
         },
-        "centroid_pointing": centroid_pointing(cache, args.split, size, size // 8),  # attention grid: H/8
+        # the no-model reference: the same for every run (the images and the attention grid), from the evaluations
+        "centroid_pointing": runs[f"0/{seeds[0]}"]["pointing_centroid"] if seeds else None,
         "notes": args.notes,
         "total_s": time.perf_counter() - start,
     }
