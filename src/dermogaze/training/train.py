@@ -408,10 +408,12 @@ def _make_loaders(cfg: Config, cache: Path, dist: DistInfo) -> _Loaders:
     sampler: DistributedSampler | RepeatFactorSampler
     if t.repeat_threshold > 0:
         factors = repeat_factors(_presence(images, cache), t.repeat_threshold)
-        if dist.is_main:
+        if dist.is_main:  # relative to the least repeated images: for t > 1 every factor exceeds 1
+            relative = factors / factors.min()
             logger.info(
-                "repeat-factor sampling (t = %g): %d of %d training images drawn more often (up to %.2f times)",
-                t.repeat_threshold, int((factors > 1).sum()), len(factors), float(factors.max()),
+                "repeat-factor sampling (t = %g): %d of %d training images drawn more often than the rest, up to "
+                "%.2f times as often",
+                t.repeat_threshold, int((relative > 1).sum()), len(factors), float(relative.max()),
             )
         sampler = RepeatFactorSampler(factors, num_replicas=dist.world_size, rank=dist.rank, seed=t.seed)
     else:
