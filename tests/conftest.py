@@ -17,7 +17,6 @@ Also ``one_thread``, for modules of tiny-tensor tests (``pytestmark = pytest.mar
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,11 +24,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-#: ``benchmarks/`` (not part of the package): ``bench_train`` and ``baseline`` import as modules (test_bench.py).
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
 
 TINY_SIDE = 32
 SP_BASE = 300
@@ -169,7 +163,7 @@ def pipeline_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Returns:
         ``{"isic": folder in the official layout, "cache": prepared cache folder}``.
     """
-    from dermogaze.data.cache import prepare
+    from dermogaze.data.prepare import prepare
     from dermogaze.data.synth import write_synthetic_isic
 
     root = tmp_path_factory.mktemp("pipeline_data")

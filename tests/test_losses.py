@@ -1,6 +1,5 @@
-"""Tests of the training objective (SPEC §5, paper §3.2, Eqs. 10-16)."""
+"""Tests of the training objective (docs/design.md §5, paper §3.2, Eqs. 10-16)."""
 
-import itertools
 import math
 
 import numpy as np
@@ -23,6 +22,7 @@ from dermogaze.losses import (
 )
 from dermogaze.models.output import GazeOutput
 from dermogaze.structures import PAPER_PRESENCES
+from support import brute_force_match, ref_soft_iou
 
 S = 6
 
@@ -30,30 +30,6 @@ S = 6
 # ------------------------------------------------------------------------------------------
 # Independent reference implementations (plain Python loops, no vectorisation)
 # ------------------------------------------------------------------------------------------
-def ref_soft_iou(p: np.ndarray, g: np.ndarray, eps: float = 1e-6) -> float:
-    inter = sum(float(a) * float(b) for a, b in zip(p.ravel(), g.ravel(), strict=True))
-    union = float(p.sum()) + float(g.sum()) - inter
-    return 1.0 - inter / (union + eps)
-
-
-def brute_force_match(cost: np.ndarray, present: np.ndarray) -> tuple[float, dict[int, int]]:
-    """Minimum total cost over every one-to-one assignment; returns (cost, {step: structure})."""
-    rows = [s for s in range(cost.shape[0]) if present[s]]
-    T = cost.shape[1]
-    best, best_map = math.inf, {}
-    if len(rows) <= T:
-        for steps in itertools.permutations(range(T), len(rows)):
-            total = sum(cost[s, t] for s, t in zip(rows, steps, strict=True))
-            if total < best:
-                best, best_map = total, {t: s for s, t in zip(rows, steps, strict=True)}
-    else:
-        for structs in itertools.permutations(rows, T):
-            total = sum(cost[s, t] for t, s in enumerate(structs))
-            if total < best:
-                best, best_map = total, dict(enumerate(structs))
-    return best, best_map
-
-
 def ref_gaze_loss(masks, gt, present, struct_logits, logits, labels, cfg: LossConfig, weights=None):
     """Direct loop implementation of Eq. 14 with brute-force matching and explicit balancing."""
     B, T = masks.shape[:2]
@@ -513,7 +489,7 @@ def test_loss_is_float32_under_autocast_with_half_precision_outputs():
 
 
 # ------------------------------------------------------------------------------------------
-# Attention supervision (loss.attention = λ, SPEC §6b) and the area-fraction reduction
+# Attention supervision (loss.attention = λ, docs/design.md §6b) and the area-fraction reduction
 # ------------------------------------------------------------------------------------------
 def test_area_fraction_is_the_share_of_each_cell_inside_the_mask():
     m = torch.zeros(4, 6)

@@ -14,7 +14,7 @@ from dermogaze.config import LossConfig
 from dermogaze.data.cache import format_stats
 from dermogaze.errors import DermogazeError
 from dermogaze.losses import GazeLoss, focal_loss
-from dermogaze.metrics import named_masks, per_structure_jaccard
+from dermogaze.metrics.structures import named_masks, per_structure_jaccard
 from dermogaze.models import build_model
 from dermogaze.models.output import GazeOutput
 from dermogaze.structures import (
@@ -25,7 +25,7 @@ from dermogaze.structures import (
     short_names,
 )
 from dermogaze.training.checkpoint import check_structure_set, model_from_checkpoint
-from test_losses import brute_force_match, ref_soft_iou
+from support import brute_force_match, ref_soft_iou
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 S7 = len(ISIC2018_STRUCTURES)
@@ -172,11 +172,12 @@ def test_named_masks_union_of_the_naming_steps():
 
 
 def test_a_diagnosis_only_variant_refuses_a_structure_only_cache(tmp_path):
+    from test_isic2018 import write_isic2018
+
     from dermogaze.config import load_config
-    from dermogaze.data.cache import prepare
+    from dermogaze.data.prepare import prepare
     from dermogaze.errors import DataError
     from dermogaze.training.train import train
-    from test_isic2018 import write_isic2018
 
     root = write_isic2018(tmp_path / "isic")
     prepare(root, tmp_path / "cache", size=40, progress=False)  # no --labels: structure-only

@@ -1,3 +1,5 @@
+"""``python -m dermogaze``: the ``dermogaze`` command (:func:`dermogaze.cli.main`)."""
+
 import sys
 
 from .cli import main

@@ -4,7 +4,7 @@ A run's configuration is a :class:`Config` with four sections (``data``, ``model
 ``train``). Presets are the package data ``dermogaze/configs/NAME.yaml`` (read through
 ``importlib.resources``, so they are found in any install: a checkout, an editable install, a
 wheel); a preset only lists what differs from the defaults below, which are the paper's recipe
-(SPEC §5). Overrides are ``section.key=value`` strings whose value is
+(docs/design.md §5). Overrides are ``section.key=value`` strings whose value is
 parsed as YAML (``train.epochs=3``, ``model.skip=false``, ``train.betas=[0.9,0.99]``).
 
 Every way a config is made ends in one :func:`validate` step (:func:`load_config` for presets and
@@ -29,15 +29,62 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .clinical import choose_threshold
 from .errors import DermogazeError
-from .io import write_text
-from .models import list_models
-from .models.encoder import BATCH_NORM_MODES
-from .runtime import AMP_MODES, DEVICES
+from .files import write_text
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
+
+# ----------------------------------------------------------------------------------------------
+# The vocabularies of the configuration. The modules that implement each choice import its names
+# from here (this module imports no other part of the package but errors and files); the tests
+# check that each implementation covers its vocabulary.
+
+#: The Table 3 variants (``dermogaze.models.build_model``'s registry).
+MODEL_NAMES = ("vgg", "vgg_gap", "vgg_attconvlstm", "vgg_attconvlstm_gap", "deco_gap_3", "deco_gap_5", "deco_gap_17")
+#: Batch normalisation of the encoder: trained, absent, or frozen at its (ImageNet) statistics.
+BATCH_NORM_MODES = ("on", "off", "frozen")
+#: Accepted values of ``loss.balancing`` → canonical name (``dermogaze.losses``, Eqs. 15-16).
+BALANCING: dict[str, str] = {"w": "w", "w'": "w'", "w_prime": "w'", "batch": "batch", "none": "none"}
+#: Learning-rate schedules (``dermogaze.training.optim.LR_SCHEDULES``).
+LR_SCHEDULE_NAMES = ("constant", "cosine")
+#: Compute devices (``dermogaze.runtime.resolve_device``); ``cuda:N`` is accepted too.
+DEVICES = ("auto", "cpu", "cuda")
+#: Mixed-precision modes (``dermogaze.runtime.autocast_factory``).
+AMP_MODES = ("off", "bf16", "fp16")
+
+_RULE_HELP = "expected 'sensitivity@S' or 'specificity@S' (0 < S <= 1), 'youden', or a number in [0, 1]"
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """Read a decision-threshold rule (``train.threshold``; applied by ``metrics.clinical.choose_threshold``).
+
+    Returns:
+        ``("fixed", t)`` for a number ``t`` in [0, 1], ``("sensitivity", S)`` or ``("specificity", S)``
+        for ``"sensitivity@S"``/``"specificity@S"`` with 0 < S <= 1, ``("youden", None)``.
+
+    Raises:
+        DermogazeError: any other text, naming the rules allowed.
+    """
+    text = str(rule).strip()
+    name, at, value = text.partition("@")
+    if not at and name == "youden":
+        return "youden", None
+    if not at:
+        try:
+            number = float(text)
+        except ValueError:
+            raise DermogazeError(f"threshold rule {rule!r}: {_RULE_HELP}") from None
+        if not 0.0 <= number <= 1.0:
+            raise DermogazeError(f"threshold rule {rule!r}: a fixed threshold must be in [0, 1]")
+        return "fixed", number
+    try:
+        level = float(value)
+    except ValueError:
+        raise DermogazeError(f"threshold rule {rule!r}: {_RULE_HELP}") from None
+    if name not in ("sensitivity", "specificity") or not 0.0 < level <= 1.0:
+        raise DermogazeError(f"threshold rule {rule!r}: {_RULE_HELP}")
+    return name, level
 
 
 @dataclass
@@ -53,7 +100,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Arguments of :func:`dermogaze.models.build_model` (SPEC §4)."""
+    """Arguments of :func:`dermogaze.models.build_model` (docs/design.md §4)."""
 
     name: str = "deco_gap_3"  # a registered variant (Table 3)
     steps: int = 5  # T, number of gazes
@@ -66,7 +113,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Multi-task loss of Eq. 14 and the structure balancing of §3.2 (SPEC §5)."""
+    """Multi-task loss of Eq. 14 and the structure balancing of §3.2 (docs/design.md §5)."""
 
     alpha: float = 0.25
     beta: float = 0.75
@@ -75,14 +122,14 @@ class LossConfig:
     focal_theta: float = 2.0
     balancing: str = "batch"  # "w" | "w'" | "batch" | "none"
     eps: float = 1e-6
-    attention: float = 0.0  # λ of the attention supervision (beyond the paper, SPEC §6b); 0 = the paper
+    attention: float = 0.0  # λ of the attention supervision (beyond the paper, docs/design.md §6b); 0 = the paper
     attention_warmup: int = 0  # epochs over which the training loss's λ rises linearly from 0 (0 = λ from the start)
     attention_matching: bool = False  # with λ > 0, the Hungarian matching also weighs λ·(1 − Σ A_t·m_s)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe (paper §4.1, SPEC §5)."""
+    """Optimisation recipe (paper §4.1, docs/design.md §5)."""
 
     epochs: int = 20
     batch_size: int = 8
@@ -104,7 +151,7 @@ class TrainConfig:
     # r_c = max(1, sqrt(t / f_c)); 0 = off (the paper: every image once per epoch)
     repeat_threshold: float = 0.0
     # decision threshold chosen on the validation split after each epoch: "sensitivity@S", "specificity@S",
-    # "youden" or a number (dermogaze.clinical.choose_threshold); stored in the checkpoint
+    # "youden" or a number (dermogaze.metrics.clinical.choose_threshold); stored in the checkpoint
     threshold: str = "sensitivity@0.89"
 
 
@@ -216,16 +263,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
 
 
 def _choices() -> dict[str, tuple[str | None, ...]]:
-    """``section.key`` → the values allowed. (``losses`` and ``training`` import this module, hence imported here.)"""
-    from .losses import BALANCING
-    from .training.optim import LR_SCHEDULES
-
+    """``section.key`` → the values allowed."""
     return {
-        "model.name": tuple(list_models()),
+        "model.name": MODEL_NAMES,
         "model.batch_norm": (None, *BATCH_NORM_MODES),
         "loss.balancing": tuple(BALANCING),
         "train.amp": AMP_MODES,
-        "train.lr_schedule": tuple(LR_SCHEDULES),
+        "train.lr_schedule": LR_SCHEDULE_NAMES,
     }
 
 
@@ -263,7 +307,7 @@ def validate(cfg: Config, *, source: str = "config", origins: Mapping[str, str] 
     if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         problems.append(("train.device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}"))
     try:
-        choose_threshold(cfg.train.threshold, [0, 1], [0.25, 0.75])
+        parse_threshold_rule(cfg.train.threshold)
     except DermogazeError as exc:
         problems.append(("train.threshold", f"is invalid: {exc}"))
     if problems:

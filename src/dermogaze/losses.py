@@ -1,4 +1,4 @@
-"""The multi-task training objective of paper §3.2 (SPEC §5).
+"""The multi-task training objective of paper §3.2 (docs/design.md §5).
 
 Pieces, each usable on its own:
 
@@ -10,9 +10,9 @@ Pieces, each usable on its own:
 - :func:`focal_loss`: Eq. 12 on the melanoma probability (θ = 0 is the BCE of Eq. 11).
 - :class:`GazeLoss`: ``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14) with the structure
   balancing of Eqs. 15-16 or mini-batch balancing, plus the optional attention supervision
-  ``λ L_att`` (beyond the paper, SPEC §6b; λ = ``loss.attention``, 0 = the paper).
+  ``λ L_att`` (beyond the paper, docs/design.md §6b; λ = ``loss.attention``, 0 = the paper).
 - :func:`area_fraction`: ground-truth masks reduced to the attention grid (cell = fraction of its
-  pixels inside the mask), shared with :mod:`dermogaze.explanation`.
+  pixels inside the mask), shared with :mod:`dermogaze.metrics.explanation`.
 
 Everything is computed in float32 with autocast disabled: the softIoU sums run over ``H*W``
 pixels (50 176 at 224 px), which float16 cannot hold reliably.
@@ -30,15 +30,13 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .config import LossConfig
+from .config import BALANCING, LossConfig
 from .errors import DermogazeError
 from .models.output import GazeOutput
 from .structures import presence_weights
 
 logger = logging.getLogger(__name__)
 
-#: Accepted values of ``LossConfig.balancing`` → canonical name.
-BALANCING: dict[str, str] = {"w": "w", "w'": "w'", "w_prime": "w'", "batch": "batch", "none": "none"}
 
 Matching = tuple[np.ndarray, np.ndarray]
 
@@ -51,7 +49,7 @@ def soft_iou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
 
     The paper's Eq. 10 prints ``+ ⟨M̂, M⟩`` in the denominator; that is a typo (the loss could
     then never reach 0 for a perfect prediction). This is the usual soft Jaccard with a minus
-    (SPEC §5). Identical binary masks give ``≈ 0`` (exactly ``ε / (n + ε)`` for ``n`` pixels),
+    (docs/design.md §5). Identical binary masks give ``≈ 0`` (exactly ``ε / (n + ε)`` for ``n`` pixels),
     disjoint masks give 1, and two empty masks give 1 (no overlap to reward).
 
     Args:
@@ -285,7 +283,7 @@ def attention_weight(cfg: LossConfig, epoch: int) -> float:
 
 
 class GazeLoss(nn.Module):
-    """``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14, SPEC §5).
+    """``L = α L_diag + β (γ L_seg + μ L_class)`` (Eq. 14, docs/design.md §5).
 
     - ``L_diag``: :func:`focal_loss` (Eq. 12) with θ = ``cfg.focal_theta``, mean over the *labelled*
       samples of the batch. A sample whose diagnosis is unknown (label negative or NaN: a
@@ -309,7 +307,7 @@ class GazeLoss(nn.Module):
         mean with weight ``1 / n_s`` for a structure occurring ``n_s`` times);
       * ``"none"``: plain mean over all matched pairs.
 
-    Attention supervision (beyond the paper, SPEC §6b): with ``λ = cfg.attention > 0`` the loss
+    Attention supervision (beyond the paper, docs/design.md §6b): with ``λ = cfg.attention > 0`` the loss
     gains ``λ L_att``, ``L_att`` = the balanced mean over the matched pairs ``(t, s)`` of
     ``1 − Σ A_t·m_s`` (the attention mass of gaze ``t`` outside its matched structure, ``m_s``
     reduced to the attention grid by :func:`area_fraction`). It is a term of its own, outside
@@ -337,7 +335,7 @@ class GazeLoss(nn.Module):
     - The number of structures ``S`` is that of the data (``batch["masks"].shape[1]``, the cache's
       structure set), which must equal the structure classifier's size.
     - ``batch["present"]`` is used when given; otherwise a structure is present where its mask
-      has a positive pixel (SPEC §1).
+      has a positive pixel (docs/design.md §1).
     - With more present structures than steps, the structures left out of the matching get no
       loss (and do not count in ``"batch"`` balancing).
 

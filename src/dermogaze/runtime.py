@@ -12,15 +12,17 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 
+from .config import AMP_MODES, DEVICES
 from .errors import DermogazeError
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("off", "bf16", "fp16")
+__all__ = ["AMP_MODES", "DEVICES", "Autocast", "autocast_factory", "resolve_device", "to_numpy"]
 
 #: What :func:`autocast_factory` returns: call it to enter the chosen precision.
 Autocast = Callable[[], contextlib.AbstractContextManager]
@@ -69,3 +71,16 @@ def autocast_factory(device: torch.device, amp: str, *, cpu: bool = False) -> Au
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def to_numpy(x: Any) -> np.ndarray | None:
+    """A tensor on any device, in any precision, as a host numpy array (floating tensors as float32).
+
+    ``None`` stays ``None``; anything else goes through ``numpy.asarray``.
+    """
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        return (x.float() if x.is_floating_point() else x).cpu().numpy()
+    return np.asarray(x)

@@ -1,4 +1,4 @@
-"""The structure sets of dermogaze (SPEC §1, §2b) and the presence-based weights of Eqs. 15-16 (Table 2).
+"""The structure sets of dermogaze (docs/design.md §1, §2b) and the presence-based weights of Eqs. 15-16 (Table 2).
 
 The set of structures is a property of the prepared data, not of the code: a cache records it in
 ``info["structures"]`` and every checkpoint in ``ckpt["structures"]``. Index → name is fixed within a

@@ -1,4 +1,4 @@
-"""``DermoscopyDataset``: samples of a prepared cache, cropped, augmented and normalised (SPEC §3)."""
+"""``DermoscopyDataset``: samples of a prepared cache, cropped, augmented and normalised (docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .transforms import eval_transform, train_transform
 
 
 class DermoscopyDataset(Dataset):
-    """One split of a cache written by :func:`dermogaze.data.cache.prepare`.
+    """One split of a cache written by :func:`dermogaze.data.prepare.prepare`.
 
     ``ds[i]`` is a dict:
 

@@ -2,7 +2,7 @@
 
 Every picture dermogaze reads goes through :func:`read_image_file`: the lesion images, lesion
 masks and superpixel maps of an ISIC collection (:mod:`dermogaze.data.isic2017`,
-:mod:`dermogaze.data.cache`) and a user's own images (:mod:`dermogaze.explain`). Decoding runs in
+:mod:`dermogaze.data.prepare`) and a user's own images (:mod:`dermogaze.explain.run`). Decoding runs in
 four steps, the same for every caller:
 
 1. **Pixel budget.** The header is read and a file of more than :func:`max_image_pixels` pixels
@@ -322,7 +322,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 ``(x / 255 - mean) / std`` (SPEC §3).
+    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 ``(x / 255 - mean) / std`` (docs/design.md §3).
 
     The same values as :class:`~dermogaze.data.transforms.ToNormalizedFloat` up to float rounding
     (that transform computes ``(x - 255 · mean) / (255 · std)``).
@@ -342,7 +342,7 @@ def load_user_image(
     conversion as the cache) is resized whole (bilinear, antialiased, as the cache does) to
     ``image_size × image_size`` without a crop, then normalised with the training mean/std. It is
     decoded at full size, without a JPEG draft: ``original`` is the file's own pixel grid, in which
-    :mod:`dermogaze.explain` reports gazes and image sizes; the pixel budget bounds the cost.
+    :mod:`dermogaze.explain.record` reports gazes and image sizes; the pixel budget bounds the cost.
 
     Args:
         path: a JPEG/PNG (or other Pillow-readable) file.

@@ -1,4 +1,4 @@
-"""Reader of the official ISIC 2017 layout (SPEC §2): images, superpixels, features, masks, labels.
+"""Reader of the official ISIC 2017 layout (docs/design.md §2): images, superpixels, features, masks, labels.
 
 A collection on disk holds, per official split (``Training``, ``Validation``, ``Test_v2`` or
 ``Test``)::
@@ -13,10 +13,10 @@ A collection on disk holds, per official split (``Training``, ``Validation``, ``
 :func:`read_collection` finds the splits and pairs every CSV row with its files; the ``read_*``
 functions decode one annotation file each (pictures through
 :func:`dermogaze.data.images.read_image_file`); :func:`decode_superpixels`, :func:`feature_masks`
-and :func:`build_masks` turn the decoded files into the six structure masks of SPEC §1
+and :func:`build_masks` turn the decoded files into the six structure masks of docs/design.md §1
 (Eqs. 17-19).
 
-Decisions where SPEC and the paper are silent:
+Decisions where docs/design.md and the paper are silent:
 
 * Images may be ``.jpg``, ``.jpeg`` or ``.png`` in any letter case; annotation suffixes
   (``_segmentation.png``, ``_superpixels.png``, ``_features.json``) and folder names are matched
@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..io import parse_csv_file
+from ..files import parse_csv_file
 from ..structures import DERMOSCOPIC_FEATURES, ISIC2017_STRUCTURES
 from .images import read_image_file
 from .metadata import MetadataTable, read_metadata_csv
@@ -302,7 +302,7 @@ def _parse_labels_csv(path: Path, text: str) -> tuple[list[tuple[str, float | No
 
 
 # --------------------------------------------------------------------------------------------
-# Masks (SPEC §1, Eqs. 17-19)
+# Masks (docs/design.md §1, Eqs. 17-19)
 # --------------------------------------------------------------------------------------------
 
 
@@ -332,7 +332,7 @@ def feature_masks(
 def build_masks(
     lesion: np.ndarray, features: Mapping[str, np.ndarray], names: tuple[str, ...] = DERMOSCOPIC_FEATURES
 ) -> np.ndarray:
-    """The structure masks of SPEC §1: lesion', skin, then ``features`` in the order of ``names``.
+    """The structure masks of docs/design.md §1: lesion', skin, then ``features`` in the order of ``names``.
 
     ``M_dermo = M_pig OR M_neg OR M_mil OR M_str`` (Eq. 17); ``M_skin = NOT(M_lesion OR M_dermo)``
     (Eq. 18); ``M'_lesion = NOT(M_skin OR M_dermo)`` (Eq. 19), i.e. a pixel of the lesion that holds

@@ -1,4 +1,4 @@
-"""Reader of the ISIC 2018 Task 1-2 layout (SPEC §2b): images, lesion masks, five attribute masks.
+"""Reader of the ISIC 2018 Task 1-2 layout (docs/design.md §2b): images, lesion masks, five attribute masks.
 
 A collection on disk holds, per official split (``Training``, ``Validation``, ``Test``)::
 
@@ -15,9 +15,9 @@ label is kept with ``label=None`` (it trains the structure terms only).
 
 :func:`read_collection` finds the splits and pairs every image with its masks;
 :func:`sample_masks` decodes, checks and resizes the masks of one sample (called by
-:mod:`dermogaze.data.cache` in its workers).
+:mod:`dermogaze.data.prepare` in its workers).
 
-Decisions where SPEC and the issue are silent:
+Decisions where docs/design.md and the paper are silent:
 
 * Folder names are matched case-insensitively, with or without the ``_v3`` suffix (``_v3`` is
   preferred when both exist), nested folders of the same name are entered

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, DermogazeError
-from ..io import parse_csv_file
+from ..files import parse_csv_file
 
 log = logging.getLogger(__name__)
 

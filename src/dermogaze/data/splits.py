@@ -16,7 +16,7 @@ its own stratum, so that a partly labelled collection spreads its labels evenly)
 such as ``melanoma+other`` for a lesion whose images disagree. Without lesions every image is its
 own group and this is exactly ``StratifiedKFold`` over the images.
 
-Decisions where the issue is silent:
+Decisions where the paper is silent:
 
 * Dealing groups, not images, makes image fractions approximate: a split's share of images can
   differ from its fraction by the spread of the lesions' image counts (the tests check HAM10000's

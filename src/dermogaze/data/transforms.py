@@ -1,4 +1,4 @@
-"""Joint image + mask transforms (SPEC §3) with ``torchvision.transforms.v2``.
+"""Joint image + mask transforms (docs/design.md §3) with ``torchvision.transforms.v2``.
 
 Inputs are a ``tv_tensors.Image`` (uint8 ``(3, S, S)``) and any number of ``tv_tensors.Mask``
 (structure masks ``(6, S, S)``, a superpixel map ``(S, S)``), passed together (a dict or a tuple)
@@ -131,6 +131,22 @@ def train_transform(
     )
 
 
+#: The 8 symmetries of the square as ``(k, flip)``: the view is ``flip(rot90(x, k))`` (``rot90``
+#: counter-clockwise in the displayed image, then ``flip`` = left-right mirror). ``(0, False)`` is the image.
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def dihedral_view(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """``flip(rot90(x, k))`` over the last two dimensions (one view of :data:`DIHEDRAL`)."""
+    turned = torch.rot90(x, k, dims=(-2, -1))
+    return torch.flip(turned, dims=(-1,)) if flip else turned
+
+
+def dihedral_inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Undo :func:`dihedral_view`: ``rot90(flip(x), -k)``, back to the original frame."""
+    return torch.rot90(torch.flip(x, dims=(-1,)) if flip else x, -k, dims=(-2, -1))
+
+
 def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
     """The 8 symmetries of the square applied to a batch: rotations by 0, 90, 180, 270° and their mirror images.
 
@@ -141,7 +157,7 @@ def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
         images: ``(B, C, S, S)``.
 
     Returns:
-        8 tensors ``(B, C, S, S)``: ``rot90(k)`` for k = 0..3, then the same after a horizontal flip.
+        8 tensors ``(B, C, S, S)``, in :data:`DIHEDRAL` order: ``rot90(k)`` for k = 0..3, then the same
+        after a horizontal flip.
     """
-    rotations = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
-    return rotations + [torch.flip(r, dims=(-1,)) for r in rotations]
+    return [dihedral_view(images, k, flip) for k, flip in DIHEDRAL]

@@ -31,7 +31,7 @@ Speed, without changing the equations:
 Decisions where the paper is silent:
 
 * All kernels are 3×3 with zero padding (SAM; the authors' code uses 3×3 with reflect padding),
-  including ``V_a`` (C→1, no bias, zero-initialised as SPEC §4 says, so every attention map is
+  including ``V_a`` (C→1, no bias, zero-initialised as docs/design.md §4 says, so every attention map is
   uniform until ``V_a`` learns). ``b_a`` is the bias of the ``W_a`` convolution; the ``U``
   convolutions have no bias (one bias per equation).
 * Initialisation: recurrent kernels ``U_a, U_i, U_f, U_o, U_g`` orthogonal, each block separately

@@ -1,7 +1,7 @@
 """The branch for recurrent segmentation of dermoscopic structures (paper §3.1.2, Fig. 3).
 
 Run on every hidden state ``H_t`` of the attentive ConvLSTM. Three decoder blocks, symmetric to the
-encoder (SPEC §4, at 224 px and width 1)::
+encoder (docs/design.md §4, at 224 px and width 1)::
 
     H_t (256, 28²) ─skip-avg with pool3─┬─ GAP (256) ─┐
                                          └─ ×2 ─ block 1: 256→256→256→128 at 56²
@@ -17,7 +17,7 @@ block ``k`` averages the decoder maps with the encoder's pooled map of the same 
 ``skip=False`` the maps pass unchanged. The channel plan is derived from the encoder's
 ``skip_channels`` (each block ends with the channels of the next skip map), so any ``width`` works.
 
-Decisions where SPEC §4 and the paper are silent:
+Decisions where docs/design.md §4 and the paper are silent:
 
 * The ×2 upsampling is nearest-neighbour (``nn.Upsample``'s default; also the authors' code). The
   GAP "before each block" is taken right after the skip averaging: nearest upsampling replicates

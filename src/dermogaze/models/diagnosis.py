@@ -10,7 +10,7 @@ Diagnosis branch of the decoder variants (``deco_gap_3``, ``deco_gap_5``; also `
 ``"fc"`` = torchvision's VGG classifier (adaptive average pool to 7×7, 4096 → 4096 → 2 with ReLU and
 dropout 0.5) and ``"gap"`` without the gaze pools = GAP → one dense layer.
 
-Decisions where SPEC §4 and the paper are silent:
+Decisions where docs/design.md §4 and the paper are silent:
 
 * Blocks 4-5 take the same ``width`` and ``batch_norm`` mode as the encoder and load the same
   torchvision state dict (``features[24:44]``); the ``"fc"`` top also loads torchvision's first two

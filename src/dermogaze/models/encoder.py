@@ -7,7 +7,7 @@ torchvision state dict loads into it key for key:
 * :class:`VGGEncoder` = ``features[:24]`` (blocks 1-3 with their max-pools), output ``X'``;
 * blocks 4-5 of the diagnosis branch = ``features[24:44]`` (see :mod:`dermogaze.models.diagnosis`).
 
-Decisions (SPEC §4 and the paper are silent on these):
+Decisions (docs/design.md §4 and the paper are silent on these):
 
 * ``width`` scales every channel count (``round(c * width)``, at least 1); the layer structure is
   unchanged, so the network stays the paper's at ``width=1``, and a torchvision state dict loads
@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..config import BATCH_NORM_MODES
 from ..errors import DermogazeError
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ BLOCKS_4_5_CFG: tuple[int | str, ...] = VGG16_CFG[10:]
 #: Index of blocks 4-5's first layer inside torchvision's ``vgg16_bn().features``.
 BLOCKS_4_5_START = 24
 FEATURES_LENGTH = 44
-
-BATCH_NORM_MODES = ("on", "off", "frozen")
 
 #: torchvision's ImageNet weights for vgg16_bn (``VGG16_BN_Weights.IMAGENET1K_V1``).
 IMAGENET_URL = "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"

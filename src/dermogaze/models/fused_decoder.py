@@ -30,14 +30,9 @@ apply and every other layer runs as its module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from .decoder import DecoderBlock
 
 #: Nearest ×2 upsampling followed by a 3-tap filter ``(w0, w1, w2)`` (zero padding 1) equals a stride-2
 #: transposed filter of 4 taps: input cell ``m`` reaches outputs ``2m-1 .. 2m+2`` with weights
@@ -271,7 +266,7 @@ class _BatchNormReLUConv(torch.autograd.Function):
         return grad_x, grad_bn_w, grad_bn_b, grad_cw, grad_cb, grad_up_w, grad_up_b, None, None, None, None
 
 
-def fused_block_forward(block: DecoderBlock, x: Tensor, steps: int) -> Tensor:
+def fused_block_forward(block: nn.Sequential, x: Tensor, steps: int) -> Tensor:
     """:meth:`DecoderBlock.forward <dermogaze.models.decoder.DecoderBlock.forward>`, computed the fast way.
 
     The block's layers are evaluated from their weights (the upsampling folded into the first
@@ -279,7 +274,9 @@ def fused_block_forward(block: DecoderBlock, x: Tensor, steps: int) -> Tensor:
     :class:`_BatchNormReLUConv`), so forward hooks on those layers do not fire; hook the block.
 
     Args:
-        block: a decoder block built with ``fused=True`` (it holds the ``upsample_taps`` buffer).
+        block: a :class:`~dermogaze.models.decoder.DecoderBlock` built with ``fused=True`` (a sequence of
+            conv, batch norm and ReLU layers with an ``upsample_taps`` buffer and a ``last`` flag; typed
+            as ``nn.Sequential`` so that this module stays a leaf that the decoder imports).
         x: ``(steps*B, c_in, h, w)``, ``steps`` groups of maps, step-major.
         steps: ``T``; a training-mode batch norm normalises each group with its own statistics.
 
@@ -300,7 +297,7 @@ def fused_block_forward(block: DecoderBlock, x: Tensor, steps: int) -> Tensor:
     return x
 
 
-def _units(block: DecoderBlock) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
+def _units(block: nn.Sequential) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
     """``(conv, batch norm or None)`` per convolution, in order (a ReLU follows every batch norm)."""
     units: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = []
     for layer in block:
@@ -311,7 +308,7 @@ def _units(block: DecoderBlock) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]
     return units
 
 
-def _low_memory(block: DecoderBlock, x: Tensor) -> bool:
+def _low_memory(block: nn.Sequential, x: Tensor) -> bool:
     """Whether :func:`_forward_low_memory` applies: training, gradients, float32, affine batch norms."""
     if not (block.training and torch.is_grad_enabled() and x.dtype == torch.float32):
         return False
@@ -324,7 +321,7 @@ def _low_memory(block: DecoderBlock, x: Tensor) -> bool:
     return bool(bns) and all(bn.affine and bn.track_running_stats for bn in bns)
 
 
-def _forward_low_memory(block: DecoderBlock, x: Tensor, steps: int) -> Tensor:
+def _forward_low_memory(block: nn.Sequential, x: Tensor, steps: int) -> Tensor:
     """The block as a chain of :class:`_BatchNormReLUConv`; the last block also recomputes its first conv."""
     units = _units(block)
     conv0 = units[0][0]

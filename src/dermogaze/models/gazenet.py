@@ -3,7 +3,7 @@
 ``build_model("deco_gap_3")`` returns a :class:`GazeNet`: encoder (VGG-16-BN blocks 1-3) →
 attentive ConvLSTM (``T`` gazes) → structure decoder (masks ``M_t`` and classes ``pred_t``) and
 diagnosis branch (melanoma logits). Variants are registered constructors (timm's
-``@register_model``), one per row of Table 3 (SPEC §4)::
+``@register_model``), one per row of Table 3 (docs/design.md §4)::
 
     variant              attention  decoder  diagnosis input  top                 defaults
     vgg                  no         no       X'               FC (4096, 4096)     BN on
@@ -32,7 +32,7 @@ diagnosis branch (melanoma logits). Variants are registered constructors (timm's
 * On the CPU the forward pass runs in channels-last layout whatever the input's layout (oneDNN's
   own layout: its convolutions then make no reorder copies; same results up to float rounding).
 
-Gaze ablation (SPEC §6b, beyond the paper). :meth:`GazeNet.forward_with_state` also returns a
+Gaze ablation (docs/design.md §6b, beyond the paper). :meth:`GazeNet.forward_with_state` also returns a
 :class:`GazeState` (``X'``, ``X̃'_{T-1}``, the gaze pools), from which :meth:`GazeNet.diagnose`
 reruns the diagnosis branch alone with some gazes removed. *Removing gaze t* changes only the
 diagnosis input, not the recurrence (the later gazes stay as they were):
@@ -60,12 +60,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import BATCH_NORM_MODES
 from ..errors import DermogazeError
 from ..structures import NUM_STRUCTURES
 from .attention import AttentiveConvLSTM
 from .decoder import StructureDecoder
 from .diagnosis import DiagnosisBranch
-from .encoder import BATCH_NORM_MODES, VGGEncoder, load_vgg16_bn_weights
+from .encoder import VGGEncoder, load_vgg16_bn_weights
 from .output import GazeOutput
 
 logger = logging.getLogger(__name__)
@@ -295,7 +296,11 @@ _REGISTRY: dict[str, Callable[..., GazeNet]] = {}
 
 
 def register_model(fn: Callable[..., GazeNet]) -> Callable[..., GazeNet]:
-    """Register a variant constructor under its function name (timm's ``@register_model``)."""
+    """Register a variant constructor under its function name (timm's ``@register_model``).
+
+    A configuration names its variant in ``model.name``, which :func:`dermogaze.config.validate`
+    checks against :data:`dermogaze.config.MODEL_NAMES`: a new variant is added there too.
+    """
     _REGISTRY[fn.__name__] = fn
     return fn
 

@@ -43,7 +43,7 @@ class GazeOutput:
         """Probability of melanoma ``(B,)`` after temperature scaling: ``sigmoid(margin / T)``.
 
         ``T`` is fitted on the validation split after each training epoch and stored in the checkpoint
-        (:func:`dermogaze.clinical.fit_temperature`); being monotonic, it leaves the ranking (the AUC)
+        (:func:`dermogaze.metrics.clinical.fit_temperature`); being monotonic, it leaves the ranking (the AUC)
         unchanged. ``T = 1`` is the network's own probability.
         """
         return torch.sigmoid(self.melanoma_margin / temperature)

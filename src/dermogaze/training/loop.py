@@ -2,8 +2,8 @@
 
 :func:`train_step` is the step that training runs and that ``benchmarks/bench_train.py`` times;
 :func:`run_inference` is the one evaluation path, used for validation during training and by
-``dermogaze evaluate``: it feeds an :class:`~dermogaze.metrics.EvaluationAccumulator` on every
-rank's shard and merges them (an evaluation computes every SPEC §6 metric the same way wherever it
+``dermogaze evaluate``: it feeds an :class:`~dermogaze.metrics.accumulator.EvaluationAccumulator` on every
+rank's shard and merges them (an evaluation computes every docs/design.md §6 metric the same way wherever it
 runs). The loss always runs in float32, whatever the autocast context of the forward pass.
 """
 
@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from ..data.transforms import dihedral_views
 from ..errors import DermogazeError
-from ..explanation import ExplanationAccumulator
 from ..losses import GazeLoss
-from ..metrics import EvaluationAccumulator
+from ..metrics.accumulator import EvaluationAccumulator
+from ..metrics.explanation import ExplanationAccumulator
 from ..models import GazeNet, GazeOutput, GazeState
 from ..runtime import Autocast
 from .distributed import SINGLE_PROCESS, DistInfo, all_gather, all_reduce_sum
@@ -210,9 +210,9 @@ class InferenceResult:
 
     Attributes:
         losses: sample-weighted means of the loss terms (empty without a loss function).
-        metrics: :meth:`~dermogaze.metrics.EvaluationAccumulator.compute` of the whole split.
+        metrics: :meth:`~dermogaze.metrics.accumulator.EvaluationAccumulator.compute` of the whole split.
         accumulator: the merged accumulator (its ``predictions`` are in dataset order).
-        explanation: :meth:`~dermogaze.explanation.ExplanationAccumulator.compute` when one was fed, else ``None``.
+        explanation: :meth:`~.ExplanationAccumulator.compute` when one was fed, else ``None``.
     """
 
     losses: dict[str, float]
@@ -241,7 +241,7 @@ def run_inference(
     desc: str = "eval",
     explanation: ExplanationAccumulator | None = None,
 ) -> InferenceResult:
-    """Evaluate the model over a loader: the loss terms (optional) and every SPEC §6 metric.
+    """Evaluate the model over a loader: the loss terms (optional) and every docs/design.md §6 metric.
 
     Each rank runs its own shard with the *unwrapped* model (no collective inside the loop, so
     shards may differ in length); the loss sums are reduced and the accumulators gathered and
@@ -260,14 +260,14 @@ def run_inference(
             masks, whose batches carry empty ones): only then are structure metrics computed.
         sp_features: the split's superpixel labels (``SplitArrays.sp_features``), for the Task 2 AUC.
         threshold, temperature: the decision threshold and temperature scaling of the diagnosis
-            (:class:`~dermogaze.metrics.EvaluationAccumulator`).
+            (:class:`~dermogaze.metrics.accumulator.EvaluationAccumulator`).
         tta: test-time augmentation: the diagnosis also under the 8 symmetries of the square
             (:func:`~dermogaze.data.transforms.dihedral_views`), averaged; structures and the plain
             diagnosis come from the identity view. Eight forward passes per batch.
         dist: the process's place in the run.
         progress: show a tqdm bar (rank 0 only).
         desc: the bar's label.
-        explanation: also feed this accumulator of the SPEC §6b measures (the forward then keeps the
+        explanation: also feed this accumulator of the docs/design.md §6b measures (the forward then keeps the
             :class:`~dermogaze.models.GazeState` the gaze ablation needs).
     """
     model.eval()

@@ -1,16 +1,16 @@
-"""The optimiser of the paper's recipe (§4.1, SPEC §5) and the learning-rate schedules.
+"""The optimiser of the paper's recipe (§4.1, docs/design.md §5) and the learning-rate schedules.
 
 Adam with betas (0.92, 0.96) and weight decay 1e-6, one learning rate per part of the network
 (:meth:`~dermogaze.models.GazeNet.parameter_groups`): encoder 0, attentive ConvLSTM 1e-2, both
 branches 1e-4 (:func:`learning_rates`).
 
-Decisions where the paper and SPEC are silent:
+Decisions where the paper and docs/design.md are silent:
 
 - **Frozen parts.** A group whose learning rate is 0 is left out of the optimiser and frozen (the
   encoder through :meth:`~dermogaze.models.GazeNet.freeze_encoder`: no gradient, batch-norm
   statistics fixed, no backward pass through it; the same weights as an lr of 0, at a fraction of
   the cost). Without pretrained encoder weights (``model.weights`` unset) a learning rate of 0 for
-  the encoder is refused, because a frozen random encoder cannot learn (SPEC §5); the message
+  the encoder is refused, because a frozen random encoder cannot learn (docs/design.md §5); the message
   suggests ``-o train.lr_encoder=1e-4`` (an error rather than a silent change of the recipe). A
   resumed run's encoder holds the checkpoint's trained weights, so there a learning rate of 0 is
   allowed whatever ``model.weights`` says.
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import Config, TrainConfig
+from ..config import LR_SCHEDULE_NAMES, Config, TrainConfig
 from ..errors import DermogazeError
 from ..models import GazeNet
 
@@ -39,6 +39,7 @@ LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda p: 1.0,  # the paper's recipe
     "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),  # from the base rates down to 0
 }
+assert tuple(LR_SCHEDULES) == LR_SCHEDULE_NAMES, "config.LR_SCHEDULE_NAMES names the schedules defined here"
 
 
 def learning_rates(t: TrainConfig) -> dict[str, float]:

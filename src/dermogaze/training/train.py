@@ -4,7 +4,7 @@ The pieces: :mod:`.distributed` (processes), :mod:`.seeding` (reproducibility), 
 (Adam, per-group rates, schedules), :mod:`.loop` (step, epoch, evaluation pass) and
 :mod:`.checkpoint` (checkpoints and the run folder). Only rank 0 logs and writes files.
 
-Decisions where the paper and SPEC are silent:
+Decisions where the paper and docs/design.md are silent:
 
 - **Validation** after every epoch: the loss terms (sample-weighted means), the diagnosis AUC and
   AP and, for decoder variants, the class-aware structure mAP over IoU thresholds (``val_map``),
@@ -12,9 +12,9 @@ Decisions where the paper and SPEC are silent:
   (``best.pt``) is the epoch of lowest validation loss.
 - **Calibration** after every epoch, on that epoch's validation predictions, stored in its
   checkpoint (so ``best.pt`` carries the calibration of its own weights): the temperature of the
-  diagnosis (:func:`~dermogaze.clinical.fit_temperature`), then the decision threshold on the
+  diagnosis (:func:`~dermogaze.metrics.clinical.fit_temperature`), then the decision threshold on the
   calibrated probabilities by the rule ``train.threshold`` (default ``sensitivity@0.89``: the
-  largest threshold with 89% validation sensitivity; :func:`~dermogaze.clinical.choose_threshold`).
+  largest threshold with 89% validation sensitivity; :func:`~dermogaze.metrics.clinical.choose_threshold`).
   A validation split without both classes cannot choose a rule-based threshold: 0.5 is kept, with
   a warning.
 - **Distributed training** (``torchrun``): ``train.batch_size`` is the global batch and must be
@@ -36,7 +36,7 @@ Decisions where the paper and SPEC are silent:
   ``overwrite``.
 - **Watched from outside**: ``on_epoch(epoch, row)`` sees each epoch's metrics once its files are
   written; an exception it raises ends the run there (a hyperparameter search's pruner,
-  :mod:`dermogaze.sweep`).
+  :mod:`dermogaze.experiments.sweep.run`).
 - **Refused before any work**: an empty training or validation split. **Stopped**: a run whose
   training or validation loss, or weights, become NaN or infinite ("training diverged"); ``last.pt``
   keeps the previous epoch.
@@ -58,19 +58,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ..clinical import choose_threshold, fit_temperature
 from ..config import Config
 from ..data.cache import load_info
 from ..data.dataset import DermoscopyDataset
 from ..errors import DataError, DermogazeError
 from ..losses import GazeLoss, attention_weight
-from ..metrics import EvaluationAccumulator
+from ..metrics.accumulator import EvaluationAccumulator
+from ..metrics.clinical import choose_threshold, fit_temperature
 from ..models import GazeNet, build_model
 from ..runtime import autocast_factory
-from .checkpoint import RunWriter, check_structure_set, checkpoint_state, first_nonfinite, load_checkpoint
+from .checkpoint import check_structure_set, checkpoint_state, first_nonfinite, load_checkpoint
 from .distributed import DistInfo, ShardSampler, all_gather, barrier, cleanup_distributed, setup_distributed
 from .loop import run_inference, train_one_epoch
 from .optim import apply_hyperparameters, build_optimizer, lr_schedule
+from .run_folder import RunWriter
 from .sampling import RepeatFactorSampler, repeat_factors
 from .seeding import EpochSeededDataset, get_rng_state, seed_everything, set_rng_state
 
@@ -95,7 +96,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a model with ``cfg`` and write the run folder (:class:`~.checkpoint.RunWriter`).
+    """Train a model with ``cfg`` and write the run folder (:class:`~.run_folder.RunWriter`).
 
     Works in a single process and under ``torchrun`` (one process per device; the process group
     is set up from the environment and torn down at the end).

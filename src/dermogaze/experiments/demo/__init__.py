@@ -1,0 +1,1 @@
+"""The one-command demo (``dermogaze demo``) and the report it writes."""
