@@ -1,14 +1,14 @@
-"""Attention supervision (``loss.attention`` = λ, SPEC §6b) against the paper's loss (λ = 0), on the demo.
+"""Attention supervision (``loss.attention`` = λ, docs/design.md §6b) against the paper's loss (λ = 0), on the demo.
 
 Run by hand from a repository checkout (never timed in tests; a few minutes per training run on a CPU)::
 
     nice -n 5 .venv/bin/python benchmarks/attention_supervision.py [--lam 1.0] [--seeds 0 1 2] [--out DIR]
 
-It builds the demo's synthetic dataset (:data:`dermogaze.demo.DEMO_DATA`, reused when already
+It builds the demo's synthetic dataset (:data:`dermogaze.experiments.demo.run.DEMO_DATA`, reused when already
 prepared in ``OUT/data``), trains the ``demo`` preset once with ``loss.attention=0`` (the paper's loss: the
 preset's warm-up and matching options off, inert anyway) and once with ``loss.attention=λ`` for each seed
 (same seed, same epochs; every other setting, the repeat-factor sampling included, is the preset's),
-evaluates each best checkpoint on the synthetic test split (:func:`dermogaze.evaluate.evaluate_checkpoint`,
+evaluates each best checkpoint on the synthetic test split (:func:`dermogaze.evaluation.evaluate.evaluate_checkpoint`,
 with the explanation measures on every test image) and writes
 ``benchmarks/results/attention_supervision.md`` and ``.json`` (``--stage evaluate`` evaluates and reports only
 the runs already trained; an evaluation newer than its checkpoint is reused): per run the test AUC, the matched
@@ -25,8 +25,11 @@ they act); each set of options trains into its own folder (``OUT/lambda_1+attent
 ``--split val`` evaluates on the validation split instead (``eval_val``, results stem of your choice): the
 options of the supervised model are chosen there, by the same targets, before the test split is looked at.
 
-``--summary`` writes ``STEM_options.md`` from every results file beside ``STEM``: each set of options, its split
-and the targets met per seed, the misses named.
+``--summary`` writes the option search's final table, ``STEM_options.md``, and its record ``STEM_options.json``:
+each set of options tried, its split and the targets met per seed, the misses named. The record holds the figures
+the table needs from each results file (one entry per results stem); a results file ``STEM*.json`` beside ``STEM``
+adds its entry or replaces the one of its name, so a new set of options joins the table without the earlier
+results files.
 
 A run whose folder already holds a finished training (``best.pt`` and every epoch in
 ``metrics.jsonl``) of the same configuration is not retrained (``--retrain`` forces it); one of another
@@ -52,9 +55,9 @@ from typing import Any
 import yaml
 
 from dermogaze.config import Config, load_config
-from dermogaze.demo import DEMO_DATA, prepare_demo_data
-from dermogaze.evaluate import evaluate_checkpoint
-from dermogaze.io import read_jsonl, write_json, write_text
+from dermogaze.evaluation.evaluate import evaluate_checkpoint
+from dermogaze.experiments.demo.run import DEMO_DATA, prepare_demo_data
+from dermogaze.files import read_jsonl, write_json, write_text
 from dermogaze.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,9 +183,9 @@ def miss_figure(cache: Path, run: Path, structure: str, path: Path, split: str =
     from torch.utils.data import DataLoader
 
     from dermogaze.data.dataset import DermoscopyDataset
-    from dermogaze.explanation import attention_peaks, hungarian_steps, pointing_and_relevance
+    from dermogaze.evaluation.plots import save_figure
     from dermogaze.losses import area_fraction, pairwise_soft_iou_loss
-    from dermogaze.plots import save_figure
+    from dermogaze.metrics.explanation import attention_peaks, hungarian_steps, pointing_and_relevance
     from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")
@@ -317,39 +320,68 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary(results: list[Path]) -> str:
-    """Markdown: for every results file, its options and split, and the targets met per seed (the misses named)."""
+def options_entry(path: Path) -> dict[str, Any]:
+    """The figures of one results file that the options table shows: its options and, per seed, the AUCs, the lesion
+    pointing games and the targets met."""
+    report = json.loads(path.read_text())
+    lam, runs = report["lambda"], report["runs"]
+    seeds = {}
+    for seed in report["seeds"]:
+        sup = runs[f"{lam:g}/{seed}"]
+        seeds[str(seed)] = {
+            "auc_lambda0": runs[f"0/{seed}"]["auc"],
+            "auc": sup["auc"],
+            "lesion_pointing": sup["pointing_matched"]["per_structure"]["lesion"],
+            "lesion_pointing_masks_only": _masks_only(sup)["lesion"],
+            "targets": report["targets"][str(seed)],
+        }
+    return {"results": path.stem, "command": report["command"], "lambda": lam,
+            "overrides": report.get("overrides", []), "split": report.get("split", "test"), "seeds": seeds}
+
+
+def collect_options(stem: Path) -> list[dict[str, Any]]:
+    """Every set of options tried: the entries of ``STEM_options.json``, each replaced or joined by the results file
+    ``STEM*.json`` of its name beside it, in the order of their names."""
+    record = stem.parent / f"{stem.name}_options.json"
+    entries = {e["results"]: e for e in json.loads(record.read_text())["options"]} if record.is_file() else {}
+    for path in sorted(stem.parent.glob(f"{stem.name}*.json")):
+        if path != record:
+            entries[path.stem] = options_entry(path)
+    return [entries[name] for name in sorted(entries)]
+
+
+def summary(entries: list[dict[str, Any]]) -> str:
+    """Markdown: for every set of options (:func:`options_entry`), its split and the targets met per seed, the
+    misses named."""
     lines = [
         "# Attention supervision: every set of options tried",
         "",
-        "Written by `python benchmarks/attention_supervision.py --summary` from the results files beside it; the "
-        "issue's targets for the supervised model (same seeds and λ = 0 runs), per seed: met of checked, then the "
-        "misses. Matched pointing game = the model's own loss's matching; the masks-only lesion figure = the paper's "
-        "matching. The results without `train.repeat_threshold` among their options were made before the demo "
-        "preset took repeat-factor sampling and the attention supervision: every image once per epoch, λ = 0 (their "
-        "options are relative to that preset).",
+        "Written by `python benchmarks/attention_supervision.py --summary` from `attention_supervision_options.json` "
+        "(the figures below of every results file of the search, one entry each, named by its results stem) and the "
+        "results files beside it; the issue's targets for the supervised model (same seeds and λ = 0 runs), per "
+        "seed: met of checked, then the misses. Matched pointing game = the model's own loss's matching; the "
+        "masks-only lesion figure = the paper's matching. The results without `train.repeat_threshold` among their "
+        "options were made before the demo preset took repeat-factor sampling and the attention supervision: every "
+        "image once per epoch, λ = 0 (their options are relative to that preset).",
         "",
         "| results | λ | options | split | per seed: targets met (misses) | lesion pointing | lesion, masks only "
         "| AUC drop |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for path in results:
-        report = json.loads(path.read_text())
-        lam, seeds = report["lambda"], report["seeds"]
-        runs = report["runs"]
+    for entry in entries:
+        seeds = list(entry["seeds"].values())
+        drops = [s["auc_lambda0"] - s["auc"] for s in seeds]
         met = []
-        for seed in seeds:
-            checks = report["targets"][str(seed)]
-            misses = [k for k, v in checks.items() if not v]
-            met.append(f"{sum(checks.values())}/{len(checks)}" + (f" ({'; '.join(misses)})" if misses else ""))
-        sup = [runs[f"{lam:g}/{seed}"] for seed in seeds]
-        masks_only = [_masks_only(r)["lesion"] for r in sup]
-        drops = [runs[f"0/{seed}"]["auc"] - r["auc"] for seed, r in zip(seeds, sup, strict=True)]
+        for s in seeds:
+            misses = [k for k, v in s["targets"].items() if not v]
+            met.append(f"{sum(s['targets'].values())}/{len(s['targets'])}"
+                       + (f" ({'; '.join(misses)})" if misses else ""))
         lines.append(
-            f"| {path.stem} | {lam:g} | {', '.join(o for o in report.get('overrides', [])) or '–'} "
-            f"| {report.get('split', 'test')} | {', '.join(met)} "
-            f"| {'/'.join(_f(r['pointing_matched']['per_structure']['lesion']) for r in sup)} "
-            f"| {'/'.join(_f(v) for v in masks_only)} | {'/'.join(f'{d:.3f}' for d in drops)} |"
+            f"| {entry['results']} | {entry['lambda']:g} | {', '.join(entry['overrides']) or '–'} "
+            f"| {entry['split']} | {', '.join(met)} "
+            f"| {'/'.join(_f(s['lesion_pointing']) for s in seeds)} "
+            f"| {'/'.join(_f(s['lesion_pointing_masks_only']) for s in seeds)} "
+            f"| {'/'.join(f'{drop:.3f}' for drop in drops)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -377,12 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faithfulness", type=int, default=32,
                         help="test images that get deletion/insertion and stability (default 32)")
     parser.add_argument("--summary", action="store_true",
-                        help="only write STEM_options.md: every results file beside STEM, its targets met per seed")
+                        help="only write STEM_options.json and .md: every set of options tried (that record and "
+                        "the results files beside STEM), its targets met per seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.summary:
-        found = sorted(args.results.parent.glob(f"{args.results.name}*.json"))
-        text = summary([p for p in found if not p.stem.endswith("_options")])
+        entries = collect_options(args.results)
+        write_json({"options": entries}, args.results.parent / f"{args.results.name}_options.json")
+        text = summary(entries)
         write_text(text, args.results.parent / f"{args.results.name}_options.md")
         print(text)
         return 0

@@ -27,8 +27,8 @@ the model's parameter names (concatenating the per-gate pieces in the fused orde
 comparison.
 
 This file lives under ``benchmarks/`` (it is a measuring stick, not part of the library).
-``bench_train.py`` beside it (also run as ``dermogaze bench``) and ``tests/test_bench.py`` import it
-as the sibling module ``baseline``, with ``benchmarks/`` on ``sys.path``.
+``bench_train.py`` beside it (also run as ``dermogaze bench``) imports it as the sibling module
+``baseline``; ``tests/experiments/test_bench.py`` loads it from this file under that name.
 """
 
 from __future__ import annotations

@@ -46,10 +46,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dermogaze.data.cache import prepare
 from dermogaze.data.dataset import DermoscopyDataset
 from dermogaze.data.isic2018 import ATTRIBUTES
-from dermogaze.io import write_text
+from dermogaze.data.prepare import prepare
+from dermogaze.files import write_text
 from dermogaze.structures import DERMOSCOPIC_FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def write_collection(root: Path, n: int, width: int, height: int, annotations: b
 
 def write_isic2018(root: Path, n: int, width: int, height: int) -> None:
     """``n`` training samples (and one validation, one test sample) in the ISIC 2018 Task 1-2 layout
-    (SPEC §2b): JPEG, lesion mask, five attribute masks.
+    (docs/design.md §2b): JPEG, lesion mask, five attribute masks.
 
     Attribute masks are 0/255 single-channel PNGs of the image's size: a pigment network over a ring of
     the lesion, globules as dots, streaks in a third of the images, the other two empty (as most are).
@@ -150,7 +150,7 @@ def write_image_folder(root: Path, n: int, width: int, height: int) -> Path:
 #: the training split.
 _TIMED_PREPARE = """
 import json, resource, sys, time
-from dermogaze.data.cache import prepare
+from dermogaze.data.prepare import prepare
 src, out, workers, labels = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] or None
 extra = {} if labels is None else {"labels": labels, "split": (1, 0, 0)}
 start, cpu = time.perf_counter(), time.process_time()

@@ -9,7 +9,7 @@ The model is the demo's (``runs/demo/train/best.pt``, written by ``make demo``) 
 otherwise the demo preset (``configs/demo.yaml``: ``deco_gap_3``, width 1/4, 64 px, T = 4) with
 random weights; ``--preset NAME`` times another preset's network with random weights instead
 (e.g. ``deco_gap_3``: the paper's size, 224 px, width 1, T = 5). It is exported with
-:func:`dermogaze.export.export_onnx` (the checked export of ``dermogaze export``).
+:func:`dermogaze.apps.export.export_onnx` (the checked export of ``dermogaze export``).
 
 Both engines get the same number of threads (``torch.set_num_threads`` and onnxruntime's
 ``intra_op_num_threads``; one inter-op thread each), measured for each ``--threads`` value in turn,
@@ -37,9 +37,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from dermogaze.apps.export import INPUT_NAME, export_onnx
 from dermogaze.config import load_config
-from dermogaze.export import INPUT_NAME, export_onnx
-from dermogaze.io import write_text
+from dermogaze.files import write_text
 from dermogaze.models import build_model
 from dermogaze.training.checkpoint import (
     CHECKPOINT_FORMAT,

@@ -49,10 +49,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_data, beside this script
 from bench_data import photo_like  # noqa: E402
+from dermogaze.apps.serve import Viewer, launch  # noqa: E402
+from dermogaze.apps.serve.page import gazes_html, path_html  # noqa: E402
 from dermogaze.config import load_config  # noqa: E402
-from dermogaze.io import write_text  # noqa: E402
+from dermogaze.files import write_text  # noqa: E402
 from dermogaze.models import build_model  # noqa: E402
-from dermogaze.serve import Viewer, gazes_html, launch, path_html  # noqa: E402
 from dermogaze.training.checkpoint import checkpoint_state, save_checkpoint  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -24,7 +24,7 @@ rates) and reports:
 * the agreement of the two formulations on the same weights and batch: loss, matching, every
   gradient (see :func:`compare_formulations`);
 * the latency of a single-image explanation (model forward + gaze extraction + JSON record,
-  :func:`dermogaze.explain.explain_image`).
+  :func:`dermogaze.explain.record.explain_image`).
 
 The benchmark's targets (CPU, float32, against the baseline): a speed-up of at least
 :data:`TARGET_SPEEDUP`, peak memory at most :data:`TARGET_MEMORY_RATIO` of the baseline's, a
@@ -89,11 +89,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from baseline import Baseline
-from dermogaze.cli import positive_int
+from dermogaze.cli.common import positive_int
 from dermogaze.config import LossConfig, TrainConfig
 from dermogaze.errors import DermogazeError
-from dermogaze.explain import explain_image
-from dermogaze.io import write_json
+from dermogaze.explain.record import explain_image
+from dermogaze.files import write_json
 from dermogaze.losses import GazeLoss
 from dermogaze.models import GazeNet, build_model
 from dermogaze.runtime import AMP_MODES, DEVICES, autocast_factory, resolve_device
@@ -531,7 +531,7 @@ def _cpu_name() -> str:
 
 
 def explain_latency(model: GazeNet, size: int, repeats: int, device: torch.device) -> list[float]:
-    """Seconds of :func:`dermogaze.explain.explain_image` on one ``size``-pixel image, ``repeats`` times.
+    """Seconds of :func:`dermogaze.explain.record.explain_image` on one ``size``-pixel image, ``repeats`` times.
 
     The first (warm-up) call is not counted; the model is left in train mode.
     """

@@ -1,0 +1,1 @@
+"""The robustness tier (see conftest.py)."""
