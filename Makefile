@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dermogaze-installed
 
-.PHONY: demo serve test test-fast bench lint clean
+.PHONY: demo serve test test-fast test-robustness bench lint clean
 
 # torch/torchvision: the exact pair this machine installs from its disk (pyproject.toml allows the 2.14 series).
 $(STAMP): pyproject.toml
@@ -24,11 +24,21 @@ serve: $(STAMP)
 	$(VENV)/bin/dermogaze serve --checkpoint $(DEMO_RUN)/train/best.pt --data $(DEMO_RUN)/data/cache
 
 # pytest exits 5 when nothing is collected: that is not a failure of the project.
+PYTEST = $(PY) -m pytest -q
+define run_pytest
+	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+endef
+
+# The suite (unit, integration and the slow end-to-end tests); the robustness tier has its own target.
 test: $(STAMP)
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+	$(call run_pytest,-m "not robustness")
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	$(call run_pytest,-m "not slow and not robustness")
+
+# The command line against crafted inputs and faults, in subprocesses (tests/robustness/; CI runs it too).
+test-robustness: $(STAMP)
+	$(call run_pytest,-m robustness)
 
 bench: $(STAMP)
 	$(VENV)/bin/dermogaze bench

@@ -37,6 +37,14 @@ CLASSES = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every case of this folder ``robustness``: ``make test`` leaves the tier to ``make test-robustness``."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.robustness)
+
+
 @pytest.fixture(scope="session")
 def probe_session(tmp_path_factory: pytest.TempPathFactory) -> Probe:
     """One :class:`~.cli_probe.Probe` per session: the scratch folder and the shared inputs (built on first use)."""
