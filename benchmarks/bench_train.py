@@ -826,7 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default=d.device,
                    help="compute device (default: auto, the GPU when there is one)")
     p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
-                   help="mixed precision for dermogaze's step (default: off)")
+                   help="mixed precision for dermogaze's step, on the CPU too whatever it supports (default: off; "
+                   "with --reference fp32, against its own fp32 step; benchmarks/bf16_speed.py measures bf16 on the "
+                   "CPU for training, explanation and the viewer)")
     p.add_argument("--channels-last", action="store_true", help="dermogaze's step in channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile dermogaze's model")
     p.add_argument("--repeats", type=positive_int, default=d.repeats,

@@ -1,9 +1,23 @@
 """Where and in what precision to compute: the device and the autocast context, chosen once.
 
-Every command takes ``--device auto|cpu|cuda`` (default ``auto``) and, where a model trains or
-evaluates, ``--amp off|bf16|fp16``; they resolve here, so library code receives a
-``torch.device`` and a zero-argument context factory (timm's ``amp_autocast``) and never decides
-either again.
+Every command that trains or runs a network takes ``--device auto|cpu|cuda`` (default ``auto``) and,
+``export`` aside (float32 ONNX), ``--amp off|bf16|fp16``; they resolve here, so library code receives a
+``torch.device`` and a zero-argument context factory (timm's ``amp_autocast``) and never decides either
+again.
+
+Which precision runs (:func:`effective_amp`):
+
+* on a CUDA GPU, ``bf16`` and ``fp16`` autocast as asked;
+* on the CPU, ``bf16`` autocasts when the CPU computes bfloat16 natively (:func:`native_cpu_bf16`:
+  AVX-512 BF16 or AMX, where oneDNN's bf16 convolutions and matrix products are fast); on another CPU
+  bf16 is emulated and slower than float32, so float32 runs instead, with one log line per process
+  saying why. ``fp16`` on the CPU always runs float32 (one log line): it is slow there.
+
+Under autocast only the network's forward pass runs in reduced precision; the weights, the
+gradients and the optimiser state stay float32, and what leaves the network is cast to float32
+(:meth:`~dermogaze.models.output.GazeOutput.float`) before the loss, the calibration and the
+metrics. :func:`default_amp` is the default of the commands whose precision follows the machine
+(``demo``, ``serve``): bf16 on a CPU with native bf16, float32 elsewhere (a GPU included).
 """
 
 from __future__ import annotations
@@ -22,7 +36,10 @@ from .errors import DermogazeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AMP_MODES", "DEVICES", "Autocast", "autocast_factory", "resolve_device", "to_numpy"]
+__all__ = [
+    "AMP_MODES", "DEVICES", "Autocast", "autocast_factory", "default_amp", "effective_amp", "native_cpu_bf16",
+    "precision_name", "resolve_device", "to_numpy",
+]
 
 #: What :func:`autocast_factory` returns: call it to enter the chosen precision.
 Autocast = Callable[[], contextlib.AbstractContextManager]
@@ -49,27 +66,86 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     raise DermogazeError(f"unknown device {name!r}: expected auto, cpu or cuda")
 
 
+@functools.cache
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively, so that bf16 autocast is faster than float32 there.
+
+    True when oneDNN is built in and runs bf16 kernels on this CPU, and the CPU has the bf16 dot-product
+    instructions (x86 AVX-512 BF16, or AMX tiles, which come with AMX-BF16), as PyTorch's own CPU
+    feature probe (cpuinfo) reports them. oneDNN alone would also accept an AVX-512 CPU without them,
+    where bf16 is emulated and no faster than float32. Evaluated once per process.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    except (AttributeError, RuntimeError):  # a PyTorch build without these probes: assume no native bf16
+        return False
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    """Log ``message`` as a warning, once per process."""
+    logger.warning(message)
+
+
+def effective_amp(device: torch.device, amp: str, *, cpu: bool = False) -> str:
+    """The precision that runs for ``--amp amp`` on ``device``: ``"off"``, ``"bf16"`` or ``"fp16"``.
+
+    Args:
+        device: the compute device.
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` (what was asked for).
+        cpu: autocast on the CPU whatever it supports (the benchmarks measure emulated bf16 and fp16).
+
+    Returns:
+        ``amp`` on a CUDA GPU; on the CPU ``"bf16"`` only when :func:`native_cpu_bf16` (or ``cpu``), else
+        ``"off"``, which is logged once per process with the reason.
+
+    Raises:
+        DermogazeError: an unknown mode.
+    """
+    if amp not in AMP_MODES:
+        raise DermogazeError(f"unknown train.amp {amp!r}: expected off, bf16 or fp16")
+    if amp == "off" or device.type == "cuda" or cpu:
+        return amp
+    if device.type == "cpu" and amp == "bf16":
+        if native_cpu_bf16():
+            return amp
+        _say_once("--amp bf16: this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX), where bf16 is "
+                  "emulated and slower than float32; running in float32")
+        return "off"
+    _say_once(f"--amp {amp} is for CUDA GPUs (it is slow on the {device.type}); running in float32")
+    return "off"
+
+
+def default_amp(device: torch.device) -> str:
+    """The precision of the commands that follow the machine (``demo``, ``serve``): ``"bf16"`` on a CPU with
+    native bf16 (:func:`native_cpu_bf16`), ``"off"`` elsewhere (a GPU included)."""
+    return "bf16" if device.type == "cpu" and native_cpu_bf16() else "off"
+
+
+def precision_name(amp: str) -> str:
+    """How reports name an effective mode: ``"float32"``, ``"bf16 autocast"`` or ``"fp16 autocast"``."""
+    return "float32" if amp == "off" else f"{amp} autocast"
+
+
 def autocast_factory(device: torch.device, amp: str, *, cpu: bool = False) -> Autocast:
     """One autocast context, chosen once.
 
     Args:
         device: the compute device.
-        amp: ``"off"``, ``"bf16"`` or ``"fp16"``. Mixed precision is used on CUDA only; on
-            another device it is ignored with a warning, unless ``cpu``.
-        cpu: allow autocast on the CPU too (the benchmark measures it; bf16 needs AVX-512 BF16 to be
-            fast, fp16 is mostly slow there).
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"``; what runs is :func:`effective_amp`'s answer (on the
+            CPU, bf16 only where it is native; fp16 never).
+        cpu: autocast on the CPU whatever it supports (the benchmarks measure it).
 
     Returns:
         A zero-argument callable returning a context manager.
     """
-    if amp not in AMP_MODES:
-        raise DermogazeError(f"unknown train.amp {amp!r}: expected off, bf16 or fp16")
-    if amp == "off":
+    mode = effective_amp(device, amp, cpu=cpu)
+    if mode == "off":
         return contextlib.nullcontext
-    if device.type != "cuda" and not cpu:
-        logger.warning("mixed precision (--amp %s) is for CUDA GPUs; running in float32 on %s", amp, device)
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
     return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 

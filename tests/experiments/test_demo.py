@@ -71,6 +71,7 @@ def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
         assert not Path(link).is_absolute() and (tmp_path / link).is_file(), link
     auc = evaluation["metrics"]["diagnosis"]["auc"]
     assert f"diagnosis AUC **{auc:.3f}**" in text
+    assert "- precision: float32 (training, evaluation and explanations" in text  # the tiny preset's train.amp off
     lo, hi = evaluation["metrics"]["diagnosis_ci"]["auc"]
     assert f"{auc:.3f} [{lo:.2f}, {hi:.2f}]" in text  # the interval in the clinical table
     assert "specificity at sensitivity 89%" in text and "before temperature scaling" in text

@@ -41,7 +41,7 @@ from ..data.transforms import center_crop_slices
 from ..errors import DataError, DermogazeError
 from ..files import atomic_write, write_csv
 from ..metrics.diagnosis import check_finite_outputs
-from ..runtime import resolve_device
+from ..runtime import autocast_factory, resolve_device
 from ..structures import ISIC2018_STRUCTURES, dermoscopic
 from ..training.checkpoint import check_structure_set, load_checkpoint, model_from_checkpoint
 
@@ -105,6 +105,7 @@ def predict(
     *,
     fmt: str = "isic2018-task2",
     device: str = "auto",
+    amp: str = "off",
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -117,6 +118,7 @@ def predict(
         out: output folder (``isic2018-task2``) or CSV file (``isic2017-part3``).
         fmt: one of :data:`FORMATS` (see the module docstring).
         device: ``auto``, ``cpu`` or ``cuda``.
+        amp: ``off``, ``bf16`` or ``fp16``: the forward pass's precision (:func:`dermogaze.runtime.effective_amp`).
         batch_size: images per forward pass.
         progress: show a progress bar.
 
@@ -148,6 +150,7 @@ def predict(
     arrays = load_split(cache, split)
     dev = resolve_device(device)
     model.to(dev)
+    autocast = autocast_factory(dev, amp)
     dataset = DermoscopyDataset(
         cache, split, image_size=int(ckpt["image_size"]), normalisation=(ckpt["mean"], ckpt["std"])
     )
@@ -161,12 +164,14 @@ def predict(
     bar = tqdm(total=len(dataset), desc=f"predict {split}", unit="img", disable=not progress)
     with bar:
         for batch in loader:
-            output = model(batch["image"].to(dev))
-            p = output.calibrated_melanoma_prob(temperature).float().cpu().numpy()  # (B,)
+            with autocast():
+                output = model(batch["image"].to(dev))
+            output = output.float()
+            p = output.calibrated_melanoma_prob(temperature).cpu().numpy()  # (B,)
             check_finite_outputs(list(batch["id"]), {"melanoma probabilities": p}, f"the model in {checkpoint}")
             probs.extend(float(v) for v in p)
             if fmt == "isic2018-task2":
-                masks = output.masks.float().cpu().numpy()  # (B, T, s, s)
+                masks = output.masks.cpu().numpy()  # (B, T, s, s)
                 classes = output.structure_logits.argmax(-1).cpu().numpy()  # (B, T)
                 for i, k in enumerate(batch["index"].tolist()):
                     maps = attribute_maps(masks[i], classes[i], indices)  # (F, s, s)

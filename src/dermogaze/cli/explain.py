@@ -15,7 +15,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     records = run_explain(
         args.checkpoint, args.inputs, check_output_folder(args.out), data=args.data, split=args.split,
-        limit=args.limit, device=args.device, progress=not args.no_progress,
+        limit=args.limit, device=args.device, amp=args.amp, progress=not args.no_progress,
     )
     for rec in records:
         print(summary_line(rec))
@@ -32,8 +32,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..experiments.demo.run import run_demo
 
-    report = run_demo(check_output_folder(args.out), fast=args.fast, device=args.device, workers=args.workers,
-                      progress=not args.no_progress)
+    report = run_demo(check_output_folder(args.out), fast=args.fast, device=args.device, amp=args.amp,
+                      workers=args.workers, progress=not args.no_progress)
     print(f"\nreport: {report}")
     return 0
 
@@ -73,7 +73,7 @@ def add_explain(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--data", default=None, help="prepared cache: explain its images, with their ground truth")
     p.add_argument("--split", default=None, help="split of --data to explain (default: test)")
     p.add_argument("--limit", type=positive_int, default=None, help="explain at most N images")
-    add_runtime_arguments(p, amp=False, workers=False)
+    add_runtime_arguments(p, workers=False)
     p.set_defaults(func=_cmd_explain)
 
 
@@ -87,7 +87,7 @@ def add_demo(sub: argparse._SubParsersAction, help_line: str) -> None:
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     p.add_argument("--fast", action="store_true", help="a smaller, shorter run (a smoke test, not a result)")
-    add_runtime_arguments(p, amp=False)
+    add_runtime_arguments(p, follows_machine=True)
     p.set_defaults(func=_cmd_demo)
 
 

@@ -34,6 +34,7 @@ before a record is made of them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,7 @@ from ..losses import area_fraction, pairwise_soft_iou_loss
 from ..metrics.diagnosis import BINARY_THRESHOLD, check_finite_outputs
 from ..metrics.explanation import gaze_points, hungarian_steps, pointing_and_relevance
 from ..metrics.structures import pair_with_ground_truth
-from ..runtime import to_numpy
+from ..runtime import Autocast, to_numpy
 from ..structures import STRUCTURES
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ def explain_image(
     temperature: float = 1.0,
     model_source: str | None = None,
     loss: LossConfig | None = None,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> Explanation:
     """Run ``model`` on one normalised image and build its explanation.
 
@@ -294,6 +296,8 @@ def explain_image(
             validation; temperature scaling of P(melanoma)).
         model_source: the checkpoint the model was read from, named if its outputs are not finite.
         loss: the checkpoint's loss section (the matching of :func:`explain_record`), or None.
+        autocast: the precision of the forward pass (:func:`dermogaze.runtime.autocast_factory`); the record
+            is made from its outputs cast to float32.
 
     Returns:
         An :class:`Explanation`.
@@ -304,7 +308,9 @@ def explain_image(
     model.eval()
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    out = model(image_tensor.unsqueeze(0).to(device))  # batch of one
+    with autocast():
+        out = model(image_tensor.unsqueeze(0).to(device))  # batch of one
+    out = out.float()
     prob = float(out.calibrated_melanoma_prob(temperature)[0])
     attention = to_numpy(out.attention[0]) if out.attention is not None else None
     masks = to_numpy(out.masks[0]) if out.masks is not None else None

@@ -31,7 +31,7 @@ from ..data.transforms import center_crop_slices
 from ..errors import DataError, DermogazeError
 from ..evaluation import plots
 from ..files import write_json
-from ..runtime import resolve_device
+from ..runtime import autocast_factory, resolve_device
 from ..structures import SHORT_NAME
 from ..training.checkpoint import check_structure_set, load_checkpoint, model_from_checkpoint
 from .record import Explanation, cache_region, explain_image
@@ -150,6 +150,7 @@ def run_explain(
     limit: int | None = None,
     *,
     device: str = "auto",
+    amp: str = "off",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Explain image files, or images of a prepared split, with a trained checkpoint.
@@ -168,6 +169,7 @@ def run_explain(
         split: a split name (with ``data``).
         limit: explain at most this many images in total.
         device: ``cpu``, ``cuda`` or ``auto``.
+        amp: ``off``, ``bf16`` or ``fp16``: the forward pass's precision (:func:`dermogaze.runtime.effective_amp`).
         progress: show a progress bar.
 
     Returns:
@@ -187,6 +189,7 @@ def run_explain(
     model = model_from_checkpoint(ckpt)
     dev = resolve_device(device)
     model.to(dev).eval()
+    autocast = autocast_factory(dev, amp)
     image_size = int(ckpt["image_size"])
     mean, std = list(ckpt["mean"]), list(ckpt["std"])
     structures = tuple(ckpt["structures"])
@@ -229,7 +232,7 @@ def run_explain(
             tensor, original = load_user_image(path, image_size, mean, std)
             expl = explain_image(
                 model, tensor, original, image_id=image_id, image_path=str(path), structures=structures,
-                model_source=str(checkpoint_path), loss=loss, **calibration,
+                model_source=str(checkpoint_path), loss=loss, autocast=autocast, **calibration,
             )
         else:
             arrays, k, name, cache_size = payload
@@ -245,7 +248,7 @@ def run_explain(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
                 region=region, gt_masks=gt, present=present, label=_known_label(arrays.labels[k]),
                 structures=structures,
-                model_source=str(checkpoint_path), loss=loss, **calibration,
+                model_source=str(checkpoint_path), loss=loss, autocast=autocast, **calibration,
             )
         files = save_explanation(expl, out, stem)
         records.append(expl.record)

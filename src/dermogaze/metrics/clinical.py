@@ -105,6 +105,15 @@ _COUNT_TOLERANCE = 1e-9
 _TEMPERATURE_BOUNDS = (1e-3, 1e3)
 #: Scores held at once by one vectorised call of the bootstrap statistic (resamples × cases).
 _BOOTSTRAP_BATCH_CELLS = 5_000_000
+#: The fewest resamples the command line accepts: the ends of a 95% percentile interval are the 2.5th and
+#: 97.5th percentiles of the resamples, so below 100 each end rests on fewer than three of them and the interval
+#: (zero-wide with one resample) says nothing about the data. Efron & Tibshirani recommend 1000 or more for
+#: percentile intervals; the default is 2000, pROC's.
+MIN_BOOTSTRAP_RESAMPLES = 100
+#: The most resamples the command line accepts: the Monte Carlo error of an interval's end falls as
+#: ``1/sqrt(B)`` and is already far below the interval's width at 2000; beyond 100 000 only the time grows
+#: (it grows linearly, and the resampled statistics take ``B × 10`` floats).
+MAX_BOOTSTRAP_RESAMPLES = 100_000
 
 
 def _check(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +354,8 @@ def bootstrap_intervals(
         labels: ``(n,)`` 0/1, 1 = melanoma.
         scores: ``(n,)`` melanoma scores.
         threshold: decision threshold of ``sensitivity`` and ``specificity``.
-        n_resamples: bootstrap resamples.
+        n_resamples: bootstrap resamples (the command line takes :data:`MIN_BOOTSTRAP_RESAMPLES` to
+            :data:`MAX_BOOTSTRAP_RESAMPLES`).
         confidence: coverage of each (two-sided) interval.
         seed: seed of the resampling; the same seed gives the same intervals.
 

@@ -380,7 +380,8 @@ class ExplanationAccumulator:
             out, state: :meth:`GazeNet.forward_with_state` of ``images`` (``out`` in float32).
             masks: GT masks ``(B, S, H, W)``, or ``None`` (no structure ground truth).
             present: ``(B, S)`` bool (derived from ``masks`` when ``None``).
-            autocast: the context of the perturbed forward passes.
+            autocast: the context of ``out``'s forward pass, for the diagnoses the measures recompute (gaze
+                ablation on ``state``, perturbed images, views); their results are read in float32.
         """
         if out.attention is None:  # no gazes: nothing to measure, the ablation effect is zero by construction
             self.n_images += images.shape[0]
@@ -418,7 +419,7 @@ class ExplanationAccumulator:
             named_hit = torch.gather(hit, 2, named.unsqueeze(-1)).squeeze(-1) & named_present
             self.named.append(np.stack([named.flatten().numpy(), named_present.flatten().numpy(),
                                         named_hit.flatten().numpy()], axis=1).astype(np.int64))  # (B*T, 3)
-        self._ablation(model, state)
+        self._ablation(model, state, autocast)
         self.seconds["pointing_relevance_ablation"] += time.perf_counter() - tic
 
         k = self._want_faithful(b)
@@ -441,14 +442,16 @@ class ExplanationAccumulator:
             self.seconds["stability"] += time.perf_counter() - tic
         self.faithful_images += k
 
-    def _ablation(self, model: GazeNet, state: GazeState) -> None:
+    def _ablation(self, model: GazeNet, state: GazeState, autocast: Autocast) -> None:
         """|ΔP(melanoma)| and flips for every step removed alone (:meth:`GazeNet.diagnose`)."""
-        full = model.diagnose(state, temperature=self.temperature).float()  # (B,)
+        with autocast():  # the state is in the forward pass's precision
+            full = model.diagnose(state, temperature=self.temperature).float()  # (B,)
         steps = model.steps
         deltas, flips = [], []
         for t in range(steps):
             keep = torch.arange(steps, device=full.device) != t
-            p = model.diagnose(state, keep, temperature=self.temperature).float()
+            with autocast():
+                p = model.diagnose(state, keep, temperature=self.temperature).float()
             deltas.append((p - full).abs())
             flips.append((p >= self.threshold) != (full >= self.threshold))
         self.ablation_delta.append(torch.stack(deltas, 1).cpu().numpy())  # (B, T)

@@ -44,6 +44,9 @@ Decisions where the paper is silent:
   ``rescale=True`` (the default) ``X̃'_t = (h·w) A_t ⊙ X'``: a uniform attention gives back ``X'``
   exactly, and ``GAP(X̃'_t) = Σ_ij A_t^{ij} X'_ij`` is the attention-weighted average of ``X'``.
   The attention maps returned (``A_t``) still sum to 1. ``rescale=False`` is the literal Eq. 3.
+* **Precision.** The softmax of Eq. 2 runs in at least float32 under any autocast (CUDA's autocast does so
+  itself; the CPU's would keep bfloat16), so ``A_t`` and ``X̃'_t`` are float32 and the convolutions
+  around them run in the autocast precision.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ class AttentiveConvLSTM(nn.Module):
         pre = wa_x if ua_h is None else wa_x + ua_h
         z = self.v_a(torch.tanh(pre))  # Z_t (B, 1, h, w), Eq. 1
         b, _, h, w = z.shape
-        a = torch.softmax(z.reshape(b, h * w), dim=1).view(b, 1, h, w)  # A_t, Eq. 2
+        dtype = torch.promote_types(z.dtype, torch.float32)  # float32 under autocast, float64 stays float64
+        a = torch.softmax(z.reshape(b, h * w), dim=1, dtype=dtype).view(b, 1, h, w)  # A_t, Eq. 2
         x_tilde = x_prime * (a * (h * w) if self.rescale else a)  # X̃'_t, Eq. 3 (rescaled)
         return a, x_tilde
 

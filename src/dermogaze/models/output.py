@@ -31,8 +31,10 @@ class GazeOutput:
 
     @property
     def melanoma_margin(self) -> Tensor:
-        """Log-odds of melanoma ``(B,)``: ``logit_melanoma - logit_benign``."""
-        return self.logits[:, 1] - self.logits[:, 0]
+        """Log-odds of melanoma ``(B,)``: ``logit_melanoma - logit_benign``, in at least float32 (reduced-precision
+        logits are cast first, so the probabilities and their calibration never run in bf16 or fp16)."""
+        logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))  # (B, 2)
+        return logits[:, 1] - logits[:, 0]
 
     @property
     def melanoma_prob(self) -> Tensor:

@@ -23,8 +23,11 @@ Decisions where the paper and docs/design.md are silent:
   converts them to ``SyncBatchNorm``. With batch norm off or frozen, a run on N processes follows
   the single-process run with the same global batch and seed up to floating-point rounding (the
   structure losses are batch-level means, so their per-rank average differs slightly).
-- **Mixed precision** (``train.amp``): autocast on CUDA only (bf16 or fp16, the context chosen
-  once); fp16 uses a ``GradScaler``. The loss always runs in float32.
+- **Mixed precision** (``train.amp``): autocast of the forward pass, the context chosen once
+  (:func:`~dermogaze.runtime.effective_amp`): bf16 or fp16 on CUDA, fp16 with a ``GradScaler``; bf16 on a
+  CPU with native bf16 (float32 on another CPU, with one log line). The weights, gradients and
+  optimiser state stay float32, so the checkpoints are those of a float32 run and a run resumes in
+  either precision; the loss, the calibration and the validation metrics run in float32.
 - **Resume** (``resume=True``): from ``RUN/last.pt``, with its model configuration (another one is
   refused), weights, optimiser state, RNG states of every rank and history; the configuration's
   rates, betas and weight decay apply. A resumed CPU run reproduces the uninterrupted one, also

@@ -23,6 +23,7 @@ from typing import Any
 
 from ...evaluation.tables import format_interval, format_value
 from ...files import write_text
+from ...runtime import precision_name
 from ...version import __version__
 
 logger = logging.getLogger(__name__)
@@ -354,6 +355,8 @@ def write_report(
         f"{t.get('lr_schedule', 'constant')} schedule, loss balancing `{config['loss']['balancing']}`, "
         + _supervision_text(config)
         + f"seed {t['seed']}",
+        f"- precision: {precision_name(t.get('amp', 'off'))} (training, evaluation and explanations; "
+        "`dermogaze demo --amp off|bf16` chooses, the default is bf16 on a CPU with native bf16)",
         "- kept checkpoint: epoch "
         + (f"{best[-1]['epoch']} (validation loss {format_value(best[-1].get('val_loss'), 4)})" if best else "n/a"),
         "",

@@ -22,7 +22,10 @@ and the cache loads (synthesis is the slow part), but always retrains. ``--fast`
 (fewer images, two epochs): it exercises every stage but is not expected to reach the floors. The
 explanation measures (docs/design.md §6b) run on every test image, except the costly ones (deletion,
 insertion, view stability), which run on the first :data:`DEMO_FAITHFULNESS` (the report says how
-many). The preset trains with the attention supervision (``loss.attention`` = 1, docs/design.md §6b) and
+many). The precision follows the machine unless ``amp`` says otherwise: bf16 autocast on a CPU with native
+bf16 (:func:`~dermogaze.runtime.default_amp`), float32 elsewhere, for training, evaluation and explanations
+alike; the report names it. The preset trains with the attention supervision (``loss.attention`` = 1,
+docs/design.md §6b) and
 repeat-factor sampling; the report compares it with the same preset at λ = 0 from shipped benchmark
 results (:mod:`dermogaze.experiments.demo.report`).
 """
@@ -45,6 +48,7 @@ from ...evaluation.evaluate import evaluate_checkpoint
 from ...evaluation.plots import plot_explanation_bars, plot_training_curves
 from ...explain.run import run_explain
 from ...files import write_json
+from ...runtime import default_amp, effective_amp, precision_name, resolve_device
 from ...training import train
 from ...version import __version__
 from .report import SUPERVISION_RESULTS, compared_explanations, write_report
@@ -114,6 +118,7 @@ def run_demo(
     *,
     fast: bool = False,
     device: str = "auto",
+    amp: str | None = None,
     workers: int = 0,
     progress: bool = True,
 ) -> Path:
@@ -123,6 +128,9 @@ def run_demo(
         out_dir: output folder (see the module docstring for its layout).
         fast: smaller and shorter (a smoke run).
         device: ``auto``, ``cpu`` or ``cuda``.
+        amp: ``off``, ``bf16`` or ``fp16`` for training, evaluation and explanations; None:
+            :func:`~dermogaze.runtime.default_amp` (bf16 on a CPU with native bf16, else float32). The precision
+            that runs (:func:`~dermogaze.runtime.effective_amp`) is the configuration's ``train.amp`` and the report's.
         workers: data-loader workers.
         progress: show progress bars.
 
@@ -144,9 +152,11 @@ def run_demo(
     cfg.data.cache = str(cache)
     cfg.data.workers = workers
     cfg.train.device = device
+    dev = resolve_device(device)
+    cfg.train.amp = amp = effective_amp(dev, default_amp(dev) if amp is None else amp)
     logger.info(
-        "demo 2/4: training %s (width %g, %d px, T=%d, %d epochs)",
-        cfg.model.name, cfg.model.width, cfg.model.image_size, cfg.model.steps, cfg.train.epochs,
+        "demo 2/4: training %s (width %g, %d px, T=%d, %d epochs, %s)",
+        cfg.model.name, cfg.model.width, cfg.model.image_size, cfg.model.steps, cfg.train.epochs, precision_name(amp),
     )
     summary = train(cfg, out / "train", overwrite=True, progress=progress)
     timings["train"] = time.perf_counter() - tic
@@ -156,7 +166,7 @@ def run_demo(
     best = out / "train" / "best.pt"
     by = [field for field in ("sex", "age") if field in load_info(cache)["metadata"]]
     evaluation = evaluate_checkpoint(
-        best, cache, "test", out / "eval", device=device, by=by, progress=progress,
+        best, cache, "test", out / "eval", device=device, amp=amp, by=by, progress=progress,
         faithfulness=FAST_FAITHFULNESS if fast else DEMO_FAITHFULNESS,
     )
     timings["evaluate (explanation measures included)"] = time.perf_counter() - tic
@@ -164,7 +174,7 @@ def run_demo(
     tic = time.perf_counter()
     logger.info("demo 4/4: explaining %d test images", EXPLAIN_COUNT)
     records = run_explain(
-        best, ["test"], out / "explain", data=cache, limit=EXPLAIN_COUNT, device=device, progress=progress
+        best, ["test"], out / "explain", data=cache, limit=EXPLAIN_COUNT, device=device, amp=amp, progress=progress
     )
     curves = plot_training_curves(out / "train" / "metrics.jsonl", out / "training_curves.png")
     explanation_runs = compared_explanations(
