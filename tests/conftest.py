@@ -227,6 +227,6 @@ def crafted_gaze_checkpoint(pipeline_cache: Path, tmp_path_factory: pytest.TempP
     state = checkpoint_state(
         cfg, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), load_info(pipeline_cache), epoch=1,
         best_val=None, best_epoch=1, rngs=[], metrics={},
-        calibration={"temperature": 1.0, "threshold": 0.6, "threshold_rule": "crafted"},
+        calibration={"temperature": 1.0, "threshold": 0.6, "threshold_rule": "0.6"},
     )
     return save_checkpoint(tmp_path_factory.mktemp("crafted") / "best.pt", state)

@@ -51,9 +51,9 @@ def test_unknown_preset_lists_available():
 
 #: (override, what the one-line error must name). Every range and choice rule of config.validate.
 OUT_OF_RANGE = [
-    ("train.batch_size=0", "train.batch_size must be an integer >= 1, got 0"),
-    ("train.batch_size=-3", "train.batch_size must be an integer >= 1, got -3"),
-    ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size must be an integer from 1 to 1024, got 0"),
+    ("train.batch_size=-3", "train.batch_size must be an integer from 1 to 1024, got -3"),
+    ("train.epochs=0", "train.epochs must be an integer from 1 to 1000, got 0"),
     ("train.lr_encoder=-1e-3", "train.lr_encoder must be a number >= 0, got -0.001"),
     ("train.lr_attention=-0.01", "train.lr_attention must be a number >= 0"),
     ("train.lr_branches=.inf", "train.lr_branches must be a number >= 0, got inf"),
@@ -64,9 +64,9 @@ OUT_OF_RANGE = [
     ("train.betas=[0.9]", "train.betas must be two numbers in [0, 1)"),
     ("train.betas=[a,b]", "got ('a', 'b')"),
     ("train.weight_decay=-1", "train.weight_decay must be a number >= 0, got -1.0"),
-    ("data.workers=-1", "data.workers must be an integer >= 0, got -1"),
-    ("train.seed=-1", "train.seed must be an integer in [0, 2**32), got -1"),
-    ("train.seed=4294967296", "train.seed must be an integer in [0, 2**32)"),
+    ("data.workers=-1", "data.workers must be an integer from 0 to 64 (processes), got -1"),
+    ("train.seed=-1", "train.seed must be an integer from 0 to 4294967295, got -1"),
+    ("train.seed=4294967296", "train.seed must be an integer from 0 to 4294967295"),
     ("train.max_train_batches=0", "train.max_train_batches must be an integer >= 1 (or empty), got 0"),
     ("train.grad_clip=0", "train.grad_clip must be a number > 0 (or empty), got 0.0"),
     ("train.grad_clip=-1", "train.grad_clip must be a number > 0"),
@@ -78,11 +78,21 @@ OUT_OF_RANGE = [
     ("loss.attention=-0.5", "loss.attention must be a number >= 0, got -0.5"),
     ("loss.attention=.nan", "loss.attention must be a number >= 0, got nan"),
     ("loss.eps=0", "loss.eps must be a number > 0, got 0.0"),
-    ("model.steps=0", "model.steps must be an integer >= 1, got 0"),
-    ("model.image_size=33", "model.image_size must be a positive multiple of 32"),
-    ("model.image_size=0", "model.image_size must be a positive multiple of 32"),
-    ("model.width=0", "model.width must be a number > 0, got 0.0"),
+    ("model.steps=0", "model.steps must be an integer from 1 to 64 (gazes), got 0"),
+    ("model.image_size=33", "model.image_size must be a multiple of 32 from 32 to 1024"),
+    ("model.image_size=0", "model.image_size must be a multiple of 32 from 32 to 1024"),
+    ("model.width=0", "model.width must be a number > 0 and at most 4, got 0.0"),
     ("model.width=-0.5", "model.width must be a number > 0"),
+    # the upper ends: values that could not finish or would exhaust the memory
+    ("train.epochs=1000000000000", "train.epochs must be an integer from 1 to 1000, got 1000000000000"),
+    ("train.batch_size=1025", "train.batch_size must be an integer from 1 to 1024, got 1025"),
+    ("data.workers=65", "data.workers must be an integer from 0 to 64 (processes), got 65"),
+    ("model.steps=65", "model.steps must be an integer from 1 to 64 (gazes), got 65"),
+    ("model.image_size=1056", "model.image_size must be a multiple of 32 from 32 to 1024"),
+    ("model.width=4.5", "model.width must be a number > 0 and at most 4, got 4.5"),
+    ("loss.attention_warmup=1001", "loss.attention_warmup must be a whole number of epochs from 0 to 1000"),
+    ("train.repeat_threshold=1.5", "train.repeat_threshold must be a fraction of images in [0, 1]"),
+    ("train.repeat_threshold=-0.1", "train.repeat_threshold must be a fraction of images in [0, 1]"),
     ("train.amp=fp32", "train.amp must be one of 'off', 'bf16', 'fp16', got 'fp32'"),
     ("train.device=tpu", "train.device must be one of auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("loss.balancing=sometimes", "loss.balancing must be one of"),
@@ -109,6 +119,8 @@ def test_every_option_is_range_checked(override, match):
     [["train.lr_encoder=0", "train.weight_decay=0", "train.betas=[0, 0.999]", "train.seed=0", "data.workers=0",
       "loss.alpha=0", "loss.focal_theta=0", "train.max_train_batches=1", "train.grad_clip=0.5", "model.image_size=32",
       "train.device=cuda:1", "model.batch_norm=off", "train.amp=off", "train.threshold=youden"],
+     ["train.epochs=1000", "train.batch_size=1024", "data.workers=64", "model.steps=64", "model.image_size=1024",
+      "model.width=4", "loss.attention_warmup=1000", "train.repeat_threshold=1", "train.seed=4294967295"],
      ["train.grad_clip=", "train.max_train_batches=", "model.batch_norm=", "loss.balancing=w'"]],
 )
 def test_the_edges_of_every_range_are_accepted(overrides):
@@ -131,7 +143,7 @@ def test_the_shipped_presets_are_valid(preset):
 def test_a_preset_file_with_a_bad_value_is_named(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("train:\n  batch_size: 0\n")
-    with pytest.raises(DermogazeError, match=r"mine\.yaml: train\.batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(DermogazeError, match=r"mine\.yaml: train\.batch_size must be an integer from 1 to 1024, got 0"):
         load_config(path)
     # an override that repairs it wins: the value is checked after merging
     assert load_config(path, ["train.batch_size=2"]).train.batch_size == 2

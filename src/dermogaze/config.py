@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import DermogazeError
-from .files import write_text
+from .files import check_file_kind, write_text
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -140,7 +140,7 @@ class TrainConfig:
     weight_decay: float = 1e-6
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    amp: str = "off"  # "off" | "bf16" | "fp16" (GPU only)
+    amp: str = "off"  # "off" | "bf16" (CUDA, or a CPU with native bf16) | "fp16" (CUDA); runtime.effective_amp
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None
@@ -231,6 +231,33 @@ def _is_number(value: Any) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
+# Limits: a value beyond one cannot finish on any machine (or exhausts its memory before any work), so it is
+# refused before anything is created, with the reason in the message. The command line bounds its flags of the
+# same quantities with the same constants (``dermogaze.cli.common.int_in``).
+
+#: Epochs of a run (``train.epochs``, ``loss.attention_warmup``): 50 times the paper's 20.
+MAX_EPOCHS = 1000
+#: Images per batch (``train.batch_size``, ``--batch-size``): the activations of 1024 images of 224 px alone
+#: take tens of gigabytes; larger batches only fail for memory.
+MAX_BATCH_SIZE = 1024
+#: Gazes ``T`` (``model.steps``): the paper uses 3 to 17; every gaze is a decoder pass.
+MAX_STEPS = 64
+#: Side of the network's input (``model.image_size``): the paper's is 224; the encoder's activations of one
+#: 1024 px image in training already take gigabytes.
+MAX_IMAGE_SIZE = 1024
+#: Side of a cache's square images (``data prepare --size``): twice :data:`MAX_IMAGE_SIZE` (the network takes
+#: crops of the cached images), 4.2 million pixels, a twenty-fourth of the pixel budget of one image file
+#: (``dermogaze.data.images.MAX_IMAGE_PIXELS``); each cached image takes 12.6 MB.
+MAX_CACHE_SIZE = 2048
+#: Channel multiplier (``model.width``): 4 gives 16 times the paper's parameters (~0.5 billion).
+MAX_WIDTH = 4.0
+#: Data-loading or decoding processes (``data.workers``, ``--workers``): each holds a copy of the loader's state;
+#: beyond a machine's cores none is faster, and thousands exhaust any machine's memory.
+MAX_WORKERS = 64
+#: The largest seed (``train.seed``, every ``--seed``): NumPy's and scikit-learn's seeds are 32-bit.
+MAX_SEED = 2**32 - 1
+
+
 def _range(test: Callable[[Any], bool], allowed: str, *, optional: bool = False) -> tuple:
     return test, allowed + (" (or empty)" if optional else ""), optional
 
@@ -238,25 +265,30 @@ def _range(test: Callable[[Any], bool], allowed: str, *, optional: bool = False)
 #: ``section.key`` → (test of a present value, the allowed range in words, whether None is allowed).
 #: Floats must also be finite.
 RANGES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
-    "data.workers": _range(lambda v: v >= 0, "an integer >= 0"),
-    "model.steps": _range(lambda v: v >= 1, "an integer >= 1"),
-    "model.image_size": _range(lambda v: v >= 32 and v % 32 == 0, "a positive multiple of 32 (e.g. 224)"),
-    "model.width": _range(lambda v: v > 0, "a number > 0"),
+    "data.workers": _range(lambda v: 0 <= v <= MAX_WORKERS, f"an integer from 0 to {MAX_WORKERS} (processes)"),
+    "model.steps": _range(lambda v: 1 <= v <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS} (gazes)"),
+    "model.image_size": _range(
+        lambda v: 32 <= v <= MAX_IMAGE_SIZE and v % 32 == 0,
+        f"a multiple of 32 from 32 to {MAX_IMAGE_SIZE} (e.g. 224; larger inputs exhaust the memory)",
+    ),
+    "model.width": _range(lambda v: 0 < v <= MAX_WIDTH, f"a number > 0 and at most {MAX_WIDTH:g}"),
     **{f"loss.{k}": _range(lambda v: v >= 0, "a number >= 0") for k in ("alpha", "beta", "gamma", "mu")},
     "loss.focal_theta": _range(lambda v: v >= 0, "a number >= 0"),
     "loss.attention": _range(lambda v: v >= 0, "a number >= 0"),
-    "loss.attention_warmup": _range(lambda v: v >= 0, "a whole number of epochs >= 0"),
+    "loss.attention_warmup": _range(lambda v: 0 <= v <= MAX_EPOCHS, f"a whole number of epochs from 0 to {MAX_EPOCHS}"),
     "loss.eps": _range(lambda v: v > 0, "a number > 0"),
-    "train.epochs": _range(lambda v: v >= 1, "an integer >= 1"),
-    "train.batch_size": _range(lambda v: v >= 1, "an integer >= 1"),
+    "train.epochs": _range(lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
+    "train.batch_size": _range(lambda v: 1 <= v <= MAX_BATCH_SIZE, f"an integer from 1 to {MAX_BATCH_SIZE}"),
     **{f"train.{k}": _range(lambda v: v >= 0, "a number >= 0") for k in ("lr_encoder", "lr_attention", "lr_branches")},
     "train.betas": _range(
         lambda v: len(v) == 2 and all(_is_number(b) and math.isfinite(b) and 0 <= b < 1 for b in v),
         "two numbers in [0, 1), e.g. [0.92, 0.96]",
     ),
     "train.weight_decay": _range(lambda v: v >= 0, "a number >= 0"),
-    "train.seed": _range(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "train.repeat_threshold": _range(lambda v: v >= 0, "a number >= 0 (0 = off)"),
+    "train.seed": _range(lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
+    "train.repeat_threshold": _range(
+        lambda v: 0 <= v <= 1, "a fraction of images in [0, 1] (0 = off; above 1 it would repeat every image alike)"
+    ),
     "train.grad_clip": _range(lambda v: v > 0, "a number > 0", optional=True),
     "train.max_train_batches": _range(lambda v: v >= 1, "an integer >= 1", optional=True),
 }
@@ -385,7 +417,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
                 raise DermogazeError(
                     f"unknown preset {preset!r}: available presets are {', '.join(available_presets())}"
                 )
-        elif not path.is_file():
+        elif not check_file_kind(path, "config file", "give a YAML file or a preset name").is_file():
             raise DermogazeError(f"config file {path} does not exist")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

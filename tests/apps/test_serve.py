@@ -20,11 +20,13 @@ from support import png_claiming  # a decompression bomb's header
 
 pytest.importorskip("gradio", reason="the viewer's tests need the test extra (gradio, gradio_client)")
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
 from dermogaze.apps.serve import Viewer, launch  # noqa: E402
 from dermogaze.apps.serve.drawing import _to_display, render_path, render_step  # noqa: E402
 from dermogaze.apps.serve.page import steps_table, structure_label  # noqa: E402
-from dermogaze.apps.serve.session import DISPLAY_SIDE, MIN_IMAGE_SIDE  # noqa: E402
+from dermogaze.apps.serve.session import DISPLAY_SIDE, MAX_UPLOAD_PIXELS, MIN_IMAGE_SIDE, gaze_numbers  # noqa: E402
+from dermogaze.apps.serve.workspace import LOCK_NAME, PREFIX, ServerFolder, remove_stale  # noqa: E402
 from dermogaze.errors import DermogazeError  # noqa: E402
 from dermogaze.explain.run import run_explain  # noqa: E402
 
@@ -48,7 +50,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def viewer(crafted_gaze_checkpoint, pipeline_cache) -> Viewer:
-    return Viewer(crafted_gaze_checkpoint, pipeline_cache, device="cpu")
+    with Viewer(crafted_gaze_checkpoint, pipeline_cache, device="cpu") as v:
+        yield v
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +218,8 @@ def test_tabs_keep_their_own_image(server, lesion_jpg, tmp_path):
     assert abs(p_first - p_second) > 1e-3  # two images the model tells apart
     assert first.predict([1], api_name="/intervene")[0] == pytest.approx(p_first, abs=1e-3)
     assert second.predict([1], api_name="/intervene")[0] == pytest.approx(p_second, abs=1e-3)
-    assert Client(server, verbose=False).predict([1], api_name="/intervene") == (None, "")  # a new tab: no image yet
+    with pytest.raises(AppError, match="^no analysed image in this session: upload an image first"):
+        Client(server, verbose=False).predict([1], api_name="/intervene")  # a new tab: no image yet
 
 
 def test_downloads_are_the_files_of_dermogaze_explain(server, lesion_jpg, tmp_path):
@@ -328,4 +332,109 @@ def test_cli_serve_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["serve", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"dermogaze: error: checkpoint {tmp_path / 'none.pt'} does not exist"]
+
+
+# ----------------------------------------------------------------------------------------------
+# What the server takes and holds
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("values", "message"), [
+    ([0], "there is no gaze 0: this model makes 2 gazes, numbered 1 to 2"),
+    ([3], "there is no gaze 3: this model makes 2 gazes, numbered 1 to 2"),
+    ([2.0], "gaze 2.0 is not a gaze number: the gazes are numbered 1 to 2"),
+    ([False], "gaze False is not a gaze number: the gazes are numbered 1 to 2"),
+    (["2 "], "gaze '2 ' is not a gaze number: the gazes are numbered 1 to 2"),
+    ([2, "2"], "gaze 2 is listed twice: list each gaze to keep once"),
+    ("12", "the gazes to keep are a list of gaze numbers from 1 to 2 (e.g. [1, 2]), not '12'"),
+])
+def test_gaze_numbers_refuse_what_is_not_a_distinct_gaze(values, message):
+    with pytest.raises(DermogazeError) as info:
+        gaze_numbers(values, 2)
+    assert str(info.value) == message
+
+
+def test_gaze_numbers_take_ints_and_their_digits_in_the_order_given():
+    assert gaze_numbers([2, "1"], 2) == [2, 1]
+    assert gaze_numbers((), 2) == []
+    with pytest.raises(DermogazeError, match="^this model has no gazes to switch off$"):
+        gaze_numbers([], 0)
+
+
+def test_an_image_over_the_viewer_limit_is_refused_from_its_header(viewer, tmp_path, monkeypatch):
+    import dermogaze.apps.serve.session as session
+
+    decoded = []
+    monkeypatch.setattr(session, "load_user_image", lambda *a, **k: decoded.append(a) or None)
+    side = int(MAX_UPLOAD_PIXELS**0.5) + 1
+    with pytest.raises(DermogazeError) as info:
+        viewer.analyse_file(png_claiming(tmp_path / "wide.png", side, side))
+    assert str(info.value) == (f"wide.png: the image is {side}×{side} = {side * side:,} pixels; the viewer analyses "
+                               f"images of at most {MAX_UPLOAD_PIXELS:,} pixels: give a reduced copy")
+    assert decoded == []  # refused before a pixel was decoded
+
+
+def test_messages_name_the_file_not_the_servers_folder(viewer, tmp_path):
+    folder = tmp_path / "deep" / "server" / "folder"
+    folder.mkdir(parents=True)
+    (folder / "notes.jpg").write_text("not a picture")
+    with pytest.raises(DermogazeError) as info:
+        viewer.analyse_file(folder / "notes.jpg")
+    assert str(info.value).startswith("notes.jpg: not a readable image") and str(folder) not in str(info.value)
+
+
+def test_only_the_newest_full_size_images_are_held(viewer, lesion_jpg, monkeypatch):
+    first, second = viewer.analyse_file(lesion_jpg), viewer.analyse_file(lesion_jpg)
+    monkeypatch.setattr(viewer.originals, "budget", 2 * first.explanation.image.nbytes)  # room for two
+    third = viewer.analyse_file(lesion_jpg)
+    assert first.explanation.image is None  # let go: the oldest beyond the budget
+    assert second.explanation.image is not None and third.explanation.image is not None
+    with pytest.raises(DermogazeError, match="^the full-size copy of .* is no longer held .*: analyse the image again"):
+        viewer.save_files(first)
+    assert viewer.intervene(first, [1]) == pytest.approx(first.ablation[1], abs=1e-6)  # the interventions still work
+    assert len(viewer.save_files(third)) == 3
+
+
+def test_uploads_land_in_the_viewers_folder_and_bodies_over_the_limit_are_refused(server, viewer, lesion_jpg):
+    import urllib.error
+    import urllib.request
+
+    from dermogaze.apps.serve.page import MAX_REQUEST_BYTES
+
+    client = Client(server, verbose=False, download_files=False)
+    analyse(client, lesion_jpg)
+    assert any(p.name == lesion_jpg.name for p in viewer.folder.gradio.rglob("*"))  # GRADIO_TEMP_DIR is the viewer's
+    body = b"[" + b"1," * MAX_REQUEST_BYTES + b"1]"
+    request = urllib.request.Request(server.rstrip("/") + "/gradio_api/call/intervene", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == 413
+    message = json.loads(info.value.read())["detail"]
+    assert message == "a request of 2.0 MB is above the viewer's limit of 1.0 MB"
+
+
+def test_a_server_folder_is_locked_while_open_and_gone_when_closed(tmp_path):
+    folder = ServerFolder(tmp_path)
+    assert folder.path.parent == tmp_path and folder.path.name.startswith(PREFIX)
+    assert {p.name for p in folder.path.iterdir()} == {LOCK_NAME, "gradio", "pictures", "downloads"}
+    (folder.gradio / "upload.jpg").write_bytes(b"x")
+    assert remove_stale(tmp_path) == []  # held by this process's lock
+    folder.close()
+    assert not folder.path.exists() and folder.closed
+    folder.close()  # idempotent
+
+
+def test_stale_server_folders_are_removed_and_others_left(tmp_path):
+    dead = tmp_path / f"{PREFIX}dead"
+    (dead / "gradio").mkdir(parents=True)
+    (dead / LOCK_NAME).write_text("12345\n")  # its process is gone: nobody holds the lock
+    unlocked = tmp_path / f"{PREFIX}starting"  # no lock file yet: a server being created, or not ours
+    unlocked.mkdir()
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    live = ServerFolder(tmp_path)
+    try:
+        assert not dead.exists()
+        assert unlocked.is_dir() and other.is_dir() and live.path.is_dir()
+    finally:
+        live.close()
 

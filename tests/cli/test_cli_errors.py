@@ -178,14 +178,14 @@ def test_check_finite_outputs_names_the_first_bad_image():
 
 #: (extra train arguments, what the error line names).
 BAD_TRAIN_OPTIONS = [
-    (["-o", "train.batch_size=0"], "train.batch_size must be an integer >= 1, got 0"),
+    (["-o", "train.batch_size=0"], "train.batch_size must be an integer from 1 to 1024, got 0"),
     (["-o", "train.betas=[0.9"], "override 'train.betas=[0.9': the value is not valid YAML"),
     (["-o", "train.betas=[2,3]"], "train.betas must be two numbers in [0, 1), e.g. [0.92, 0.96], got (2.0, 3.0)"),
     (["-o", "train.weight_decay=-1"], "train.weight_decay must be a number >= 0, got -1.0"),
-    (["-o", "data.workers=-1"], "data.workers must be an integer >= 0, got -1"),
+    (["-o", "data.workers=-1"], "data.workers must be an integer from 0 to 64 (processes), got -1"),
     (["-o", "train.lr_encoder=-1e-3"], "train.lr_encoder must be a number >= 0"),  # gradient ascent
     (["-o", "train.max_train_batches=0"], "train.max_train_batches must be an integer >= 1"),  # a loss of 0.0
-    (["-o", "model.image_size=48"], "model.image_size must be a positive multiple of 32"),
+    (["-o", "model.image_size=48"], "model.image_size must be a multiple of 32 from 32 to 1024"),
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1 (see 'dermogaze train --help')"),
     (["--workers", "-1"], "argument --workers: expected an integer >= 0, got -1"),
     (["--amp", "fp32"], "argument --amp: invalid choice: 'fp32'"),
@@ -211,7 +211,7 @@ def test_a_malformed_preset_file_is_one_line(capsys, pipeline_cache, tmp_path):
 
 def test_a_bad_override_on_resume_is_one_line(capsys, pipeline_tiny_run, tmp_path):
     status, _, err = run_cli(capsys, ["train", "--resume", pipeline_tiny_run, "-o", "train.batch_size=0"])
-    one_error_line(status, err, "command line: train.batch_size must be an integer >= 1, got 0")
+    one_error_line(status, err, "command line: train.batch_size must be an integer from 1 to 1024, got 0")
 
 
 BAD_EVALUATE_OPTIONS = [
@@ -270,7 +270,7 @@ def writer_argv(command: str, out: Path, pipeline_data: dict[str, Path], run: Pa
     return {
         "train": ["train", "--data", cache, "--preset", "tiny", "-o", "train.epochs=1", "-o",
                   "train.max_train_batches=1"],
-        "evaluate": ["evaluate", "--checkpoint", ckpt, "--data", cache, "--split", "val", "--bootstrap", "10"],
+        "evaluate": ["evaluate", "--checkpoint", ckpt, "--data", cache, "--split", "val", "--bootstrap", "100"],
         "explain": ["explain", "--checkpoint", ckpt, "--data", cache, "--split", "val", "--limit", "1"],
         "data prepare": ["data", "prepare", "--isic", isic, "--size", "40"],
         "data synth": ["data", "synth", "--train", "2", "--val", "1", "--test", "1", "--width", "64", "--height", "48"],
@@ -365,6 +365,42 @@ def test_disk_full_while_writing(capsys, pipeline_data, pipeline_tiny_run, tmp_p
     out = tmp_path / "out"
     status, _, err = run_cli(capsys, writer_argv(command, out, pipeline_data, pipeline_tiny_run))
     one_error_line(status, err, str(out), "No space left on device")
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ("fifo", "is a FIFO (named pipe), not a regular file"), ("folder", "is a folder: give the file to write"),
+    ("link-to-dev-null", "is a link to /dev/null, a character device, not a regular file"),
+])
+def test_check_output_file_refuses_what_is_not_a_regular_file(tmp_path, kind, said):
+    """An output file (``export --out``, ``predict --out`` CSV) that exists as a FIFO, a folder or a link to a
+    device: refused before any work, naming what it is; nothing is created beside it."""
+    from dermogaze.cli.common import check_output_file
+
+    path = tmp_path / "model.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/null")
+    with pytest.raises(DermogazeError, match=re.escape(f"--out {path} {said}")):
+        check_output_file(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_check_output_file_accepts_a_regular_file_and_a_link_to_one(tmp_path):
+    from dermogaze.cli.common import check_output_file
+
+    (tmp_path / "old.csv").write_text("x")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "old.csv")
+    assert check_output_file(tmp_path / "old.csv") == tmp_path / "old.csv"
+    assert check_output_file(tmp_path / "link.csv") == tmp_path / "link.csv"
+    assert check_output_file(tmp_path / "new" / "pred.csv") == tmp_path / "new" / "pred.csv"
+
+
+def test_an_efbig_error_has_a_hint():
+    line = describe_os_error(OSError(errno.EFBIG, "File too large", "run/last.pt"))
+    assert line.startswith("cannot write run/last.pt: File too large (the file is larger than"), line
 
 
 def test_an_os_error_in_a_subprocess(tmp_path):

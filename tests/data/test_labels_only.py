@@ -14,7 +14,7 @@ from PIL import Image
 from dermogaze.data.isic2017 import read_labels_csv
 from dermogaze.data.labels_only import is_image_folder, read_image_collection, read_labels
 from dermogaze.data.metadata import AGE, LOCALIZATION, SEX
-from dermogaze.errors import DataError
+from dermogaze.errors import DataError, DermogazeError
 
 NAN = math.nan
 
@@ -323,13 +323,51 @@ def test_image_collection_problems_and_unlabelled_rows(tmp_path, caplog):
     assert list(collection.splits) == ["train", "val"]  # fraction 0: no test split
     problems = {(p.file, p.reason) for p in collection.splits["train"].problems}
     assert problems == {
-        (str(csv), "line 4: ISIC_3: melanoma value '7' is not 0 or 1"),
+        (str(csv), "line 4: ISIC_3: melanoma value '7' is not 0 or 1 (accepted: 0, 1, 0.0, 1.0; empty or "
+                   "'unknown' when the diagnosis is unknown)"),
         (str(csv), f"row ISIC_5 has no image (ISIC_5.jpg) in {root}"),
         (str(root / "extra.jpg"), f"image has no row in {csv}"),
     }
     assert "1 images without a known diagnosis left out" in caplog.text  # ISIC_2
     assert sorted(s.id for split in collection.splits.values() for s in split.samples) == sorted(
         ["ISIC_1", "ISIC_4"] + [f"ISIC_{k}" for k in range(10, 30)])
+
+
+def test_an_empty_image_folder_says_so(tmp_path):
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "images" / "notes.txt").write_text("")
+    csv = write(tmp_path, "labels.csv", "image_id,melanoma\nISIC_1,1\n")
+    with pytest.raises(DataError, match=f"^no images in {tmp_path / 'images'} \\(looked for .jpg, .jpeg, .png"):
+        read_image_collection(tmp_path / "images", csv)
+
+
+@pytest.mark.parametrize(("rows", "cause"), [
+    (["ISIC_1,yes", "ISIC_2,no"], "2 rows refused (e.g. line 2: ISIC_1: melanoma value 'yes' is not 0 or 1 (accepted: "
+                                  "0, 1, 0.0, 1.0; empty or 'unknown' when the diagnosis is unknown))"),
+    (["ISIC_1,unknown", "ISIC_2,"], "2 rows of an image have an unknown diagnosis"),
+    (["ISIC_7,1", "ISIC_8,0"], "2 rows name no image there (e.g. ISIC_7; the folder holds 2 images, e.g. ISIC_1.jpg)"),
+    (["ISIC_1,", "ISIC_8,0", "ISIC_2,true"], "1 rows refused (e.g. line 4: ISIC_2: melanoma value 'true' is not 0 or 1 "
+                                             "(accepted: 0, 1, 0.0, 1.0; empty or 'unknown' when the diagnosis is "
+                                             "unknown)); 1 rows of an image have an unknown diagnosis; 1 rows name no "
+                                             "image there"),
+    ([], "the file has no rows"),
+])
+def test_no_usable_row_says_why_in_the_error_itself(tmp_path, rows, cause):
+    write_images(tmp_path / "images", ["ISIC_1", "ISIC_2"])
+    csv = write(tmp_path, "labels.csv", "\n".join(["image_id,melanoma", *rows]) + "\n")
+    with pytest.raises(DataError) as err:
+        read_image_collection(tmp_path / "images", csv)
+    assert str(err.value).startswith(f"{csv}: no row gives a known diagnosis to an image in {tmp_path / 'images'}: "
+                                     f"{cause}")
+
+
+def test_too_few_images_for_the_fractions_say_so_in_images(tmp_path):
+    write_images(tmp_path / "images", ["ISIC_1", "ISIC_2"])
+    csv = write(tmp_path, "labels.csv", "image_id,melanoma\nISIC_1,1\nISIC_2,0\n")
+    with pytest.raises(DermogazeError, match="^2 images are too few to divide into train, val and test in the "
+                                             "fractions 0.8,0.1,0.1: that takes at least 10; add images, or give "
+                                             "fractions such as 1,0,0"):
+        read_image_collection(tmp_path / "images", csv)
 
 
 def test_two_images_of_one_id_is_an_error(tmp_path):

@@ -73,7 +73,10 @@ def test_columns_align_with_ids(tmp_path, caplog):
     ("id,age_approximate,sex\nISIC_1,50,male\n", "expected an image_id column"),
     ("image_id,dx\nISIC_1,mel\n", "no metadata column"),
     ("image_id,age_approximate,sex\nISIC_1,50,male\nISIC_2,fifty,male\n", "line 3: age 'fifty'"),
-    ("image_id,age_approximate,sex\nISIC_1,-5,male\n", "line 2: age '-5'"),
+    ("image_id,age_approximate,sex\nISIC_1,-5,male\n", "line 2: age '-5' is not a number of years from 0 to 120"),
+    ("image_id,age_approximate,sex\nISIC_1,1000,male\n", "line 2: age '1000' is not a number of years from 0 to 120"),
+    ("image_id,age_approximate,sex\nISIC_1,120.5,male\n", "line 2: age '120.5' is not a number of years from 0"),
+    ("image_id,age_approximate,sex,Sex\nISIC_1,50,male,male\n", "line 1: column 'sex' appears twice"),
     ("image_id,age_approximate,sex\nISIC_1,nan,male\n", "line 2: age 'nan'"),
     ("image_id,age_approximate,sex\nISIC_1,50,m\n", "line 2: sex 'm'"),
     ("image_id,age_approximate,sex\nISIC_1,50,male\nisic_1,55,male\n", "line 3: isic_1 repeats the row of line 2"),
@@ -84,6 +87,11 @@ def test_malformed_file_names_the_file_and_row(tmp_path, text, match):
     with pytest.raises(DataError, match=match) as excinfo:
         read_metadata_csv(path)
     assert str(excinfo.value).startswith(str(path))
+
+
+def test_the_plausible_ages_are_0_to_120_and_a_byte_order_mark_is_read(tmp_path):
+    table = read_metadata_csv(write(tmp_path, "\ufeffimage_id,age_approximate,sex\nISIC_1,0,male\nISIC_2,120,female\n"))
+    assert [row[AGE] for row in table.rows.values()] == [0.0, 120.0]
 
 
 def test_unreadable_file(tmp_path):

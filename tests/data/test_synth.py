@@ -434,7 +434,9 @@ def test_prevalences_respected(overrides):
     ({"counts": {"Test": 1, "Test_v2": 1}}, "either Test_v2 or Test"),
     ({"prevalences": {"streak": 0.1}}, "unknown prevalence"),
     ({"prevalences": {"streaks": 1.5}}, r"\[0, 1\]"),
-    ({"image_size": (16, 16)}, "at least 32"),
+    ({"image_size": (16, 16)}, "from 32 to 2048 px a side"),
+    ({"image_size": (4096, 64)}, "from 32 to 2048 px a side"),
+    ({"counts": {"Training": 10_001}}, r"count for Training must be an integer in \[0, 10000\]"),
     ({"seed": -1}, "seed"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):

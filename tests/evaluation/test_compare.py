@@ -197,3 +197,47 @@ def test_compare_errors_are_one_line(pipeline_tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "different caches" in err and "--data CACHE" in err
     assert not (tmp_path / "o" / "compare.md").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# --compare: another model's predictions.csv, read by row
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "message"), [
+    ("image_id,melanoma\nISIC_1,0.2\nISIC_2,0.7\nISIC_1,0.4\n", "line 4: ISIC_1 repeats the row of line 2"),
+    ("image_id,melanoma\nISIC_1,nan\n", "line 2: melanoma 'nan' of ISIC_1 is not a probability in [0, 1]"),
+    ("image_id,melanoma\nISIC_1,0.5\nISIC_2,1.5\n", "line 3: melanoma '1.5' of ISIC_2 is not a probability"),
+    ("image_id,melanoma\nISIC_1,-0.1\n", "line 2: melanoma '-0.1' of ISIC_1 is not a probability"),
+    ("image_id,melanoma\nISIC_1,inf\n", "line 2: melanoma 'inf' of ISIC_1 is not a probability"),
+    ("image_id,melanoma\nISIC_1,\n", "line 2: melanoma '' of ISIC_1 is not a probability"),
+    ("image_id,melanoma\n,0.5\n", "line 2: empty image_id"),
+    ("image_id,probability\nISIC_1,0.5\n", "not a predictions file: no melanoma column"),
+    ("image_id,melanoma,Melanoma\nISIC_1,0.5,0.5\n", "line 1: column 'melanoma' appears twice"),
+    ("image_id,melanoma\n", "no predictions (only a header)"),
+])
+def test_a_compare_file_is_refused_by_row(tmp_path, text, message):
+    from dermogaze.errors import DataError
+    from dermogaze.evaluation.evaluate import read_predictions_csv
+
+    path = tmp_path / "other.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as err:
+        read_predictions_csv(path)
+    assert str(err.value).startswith(f"{path}: {message}")
+
+
+def test_a_compare_file_with_a_byte_order_mark_is_read(tmp_path):
+    from dermogaze.evaluation.evaluate import read_predictions_csv
+
+    path = tmp_path / "other.csv"
+    path.write_bytes("\ufeffimage_id,melanoma,label\r\nISIC_1,0.000000,0\r\nISIC_2,1,1\r\n".encode())
+    assert read_predictions_csv(path) == {"ISIC_1": 0.0, "ISIC_2": 1.0}
+
+
+def test_evaluate_refuses_a_bad_compare_file_before_the_model_runs(pipeline_tiny_run, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("image_id,melanoma\nISIC_1,nan\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(pipeline_tiny_run / "best.pt"), "--out", str(out), "--compare",
+                 str(other), "--no-progress"]) == 2
+    assert f"{other}: line 2: melanoma 'nan' of ISIC_1" in capsys.readouterr().err
+    assert not out.exists()

@@ -32,7 +32,7 @@ PRESETS = ("vgg_gap", "deco_gap_3")
 def _args(cache: Path, out: Path, *extra: str) -> list[str]:
     overrides = [a for item in TINY for a in ("-o", item)]
     return ["table3", "--data", str(cache), "--out", str(out), "--presets", ",".join(PRESETS), "--device", "cpu",
-            "--bootstrap", "50", "--faithfulness", "0", "--no-progress", *overrides, *extra]
+            "--bootstrap", "100", "--faithfulness", "0", "--no-progress", *overrides, *extra]
 
 
 def _fingerprint(run: Path) -> dict[str, tuple[str, int]]:
@@ -123,6 +123,11 @@ def test_table3_refuses_bad_options_before_training(pipeline_cache, tmp_path, ca
     assert err.count("\n") == 0 and "preset vgg_gap with these options" in err and "skip" in err
     assert main(_args(pipeline_cache, out, "--presets", "vgg,resnet")) == 2
     assert "not a Table 3 preset: resnet" in capsys.readouterr().err
+    for empty in ("", " , "):
+        assert main(_args(pipeline_cache, out, "--presets", empty)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("dermogaze: error: no preset to run: name some of vgg, vgg_gap, vgg_attconvlstm, "
+                       "vgg_attconvlstm_gap, deco_gap_3, deco_gap_5, deco_gap_17 (comma-separated)")
     # The paper's recipe freezes the encoder (learning rate 0), which a random encoder cannot afford.
     assert main(["table3", "--data", str(pipeline_cache), "--out", str(out), "--presets", "vgg"]) == 2
     assert "preset vgg with these options" in capsys.readouterr().err

@@ -137,7 +137,9 @@ def test_fixations_csv_with_extra_columns_and_spaces(tmp_path):
         ("x,y,duration_ms\n1,2,3\n4,5,\n", "line 3: duration_ms '' is not a number"),
         ("x,y,duration_ms\n1,2,nan\n", "line 2: duration_ms 'nan' is not a finite number"),
         ("x,y,duration_ms\n1,2,0\n", "line 2: duration_ms 0 is not positive"),
-        ("x,y,duration_ms\n1,2,3\n4,5\n", "line 3: 2 values, the header has 3 columns"),
+        ("x,y,duration_ms\n1,2,3\n4,5\n", "line 3: duration_ms '' is not a number"),
+        ("x,y,duration_ms\n1,2,3\n4,5,6,7\n", "line 3: 4 values, the header has 3 columns"),
+        ("x,y,x,duration_ms\n1,2,3,4\n", "line 1: column 'x' appears twice"),
         ("x,y,duration_ms\n1,2,3\n1200,5,3\n", "line 3: fixation \\(1200, 5\\) lies outside the image"),
         ("x\ty\tduration_ms\n1\t2\t3\n", "line 1: expected a header with columns x, y, duration_ms"),
         ("x,y,dur\n1,2,3\n", "missing duration_ms"),
@@ -149,6 +151,18 @@ def test_a_bad_fixations_csv_is_one_error_naming_the_file(tmp_path, text, messag
     path = tmp_path / "bad.csv"
     path.write_text(text)
     with pytest.raises(DataError, match=f"^{path}: .*{message}"):
+        read_fixations_csv(path, image_size=SCREEN)
+
+
+def test_a_scanpath_longer_than_the_limit_is_refused_before_it_is_compared(tmp_path, monkeypatch):
+    from dermogaze.metrics import scanpath
+
+    path = tmp_path / "samples.csv"
+    path.write_text("\ufeffx,y,duration_ms\n" + "".join(f"{k},{k},100\n" for k in range(6)))
+    monkeypatch.setattr(scanpath, "MAX_FIXATIONS", 6)
+    assert len(read_fixations_csv(path, image_size=SCREEN)) == 6  # at the limit, a byte-order mark first
+    monkeypatch.setattr(scanpath, "MAX_FIXATIONS", 5)
+    with pytest.raises(DataError, match=f"^{path}: 6 fixations, more than the 5 MultiMatch compares"):
         read_fixations_csv(path, image_size=SCREEN)
 
 
@@ -240,7 +254,7 @@ def test_gaze_compare_names_an_unreadable_record(tmp_path, capsys):
     csv_path = tmp_path / "fix.csv"
     csv_path.write_text("x,y,duration_ms\n1,1,100\n")
     assert main(["gaze", "compare", str(rec_path), str(csv_path)]) == 2
-    assert f"{rec_path}: unreadable explanation record" in capsys.readouterr().err
+    assert f"{rec_path}: not an explanation record of 'dermogaze explain' (not JSON: " in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

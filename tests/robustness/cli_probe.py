@@ -339,10 +339,40 @@ class Probe:
 
     def eval_args(self, ckpt: Path, out: Path, *extra: Any, data: Path | None = None, split: str = "test") -> list:
         return ["evaluate", "--checkpoint", ckpt, "--data", data or self.cache, "--split", split, "--out", out,
-                "--bootstrap", "20", *extra]
+                "--bootstrap", "100", *extra]
+
+    def table3_args(self, out: Path, *extra: Any) -> list[Any]:
+        """``table3`` of the one preset ``vgg_gap`` at the ``tiny`` preset's scale on :attr:`cache`: one epoch of one
+        batch, then its evaluation."""
+        tiny = ["model.width=0.125", "model.image_size=32", "model.steps=2", "train.batch_size=4",
+                "train.lr_encoder=1e-3", "train.max_train_batches=1"]
+        return ["table3", "--data", self.cache, "--out", out, "--presets", "vgg_gap", "--epochs", "1",
+                "--faithfulness", "0", *(a for o in tiny for a in ("-o", o)), *extra]
 
     def explain_args(self, inputs: Sequence[Any], out: Path, ckpt: Path | None = None) -> list:
         return ["explain", *inputs, "--checkpoint", ckpt or self.best, "--out", out]
+
+    def reader_args(self, command: str, ckpt: Path, out: Path) -> list[Any]:
+        """``COMMAND`` reading the checkpoint ``ckpt``, writing under ``out``: ``evaluate``, ``explain`` (one image),
+        ``predict`` (the Part 3 CSV ``out/pred.csv``), ``export`` (``out/model.onnx``), ``serve``, or ``resume``:
+        ``train --resume out`` one epoch further, ``out`` a copy of :attr:`run_dir` whose ``last.pt`` is ``ckpt``."""
+        if command == "evaluate":
+            return self.eval_args(ckpt, out)
+        if command == "explain":
+            return self.explain_args([self.img], out, ckpt)
+        if command == "predict":
+            return ["predict", "--checkpoint", ckpt, "--data", self.cache, "--format", "isic2017-part3",
+                    "--out", out / "pred.csv"]
+        if command == "export":
+            return ["export", "--checkpoint", ckpt, "--out", out / "model.onnx"]
+        if command == "serve":  # refused before it serves; an accepted checkpoint ends at the address it cannot bind
+            return ["serve", "--checkpoint", ckpt, "--host", "256.256.256.256"]
+        if command != "resume":
+            raise ValueError(f"no command {command!r} reads a checkpoint")
+        shutil.copytree(self.run_dir, out)
+        (out / "last.pt").unlink()
+        os.replace(ckpt, out / "last.pt")  # a rename: a FIFO, a folder or a link moves as what it is
+        return ["train", "--resume", out, "-o", "train.epochs=2", "-o", "train.max_train_batches=1"]
 
     def copy_collection(self, dst: Path) -> Path:
         shutil.copytree(self.col, dst)

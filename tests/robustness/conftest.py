@@ -14,6 +14,21 @@ are the classes of defect an outside user meets:
   broken images and checkpoints, missing caches and splits.
 * ``network`` (``test_network.py``): what is on disk must not need the network: resume / evaluate / explain of a
   run configured with ``model.weights=imagenet`` while downloads fail.
+* ``server`` (``test_server.py``, over HTTP to a ``dermogaze serve`` subprocess: :mod:`.server_probe`): every request
+  gets a correct result or one clear error and the server keeps serving; its memory stays bounded under 20 clients
+  at once; a stopped server leaves no file.
+* ``bounds`` (``test_bounds.py``): a number no machine could finish or hold (a billion bootstrap resamples, a
+  100 000 px cache, 10^12 epochs, a scanpath of raw gaze samples) is refused before any work, with its limit and
+  why; a value at its limit runs.
+* ``messages`` (``test_messages.py``): a refusal says what is wrong in the user's terms, in its one line: label
+  spellings, implausible ages, empty folders, repeated ids or columns, byte-order marks, a bootstrap too small
+  to mean anything, an empty preset list.
+* ``checkpoints`` (``test_checkpoints.py``): a checkpoint with one field wrong (calibration, structures,
+  normalisation, input size, weights, progress, resume state) or a file that is not one is refused by every reader
+  (evaluate, explain, predict, export, serve, ``train --resume``) in one line naming the file and the field.
+* ``special-files`` (``test_special_files.py``): outputs that are devices, FIFOs, sockets or folders are refused and
+  kept; such inputs are named as what they are, without blocking; a full disk loses nothing; two ``prepare`` into
+  one folder: the second is refused naming the first's pid.
 
 The figure of the tier, clean / total per class, closes pytest's report (:func:`pytest_terminal_summary`).
 Cases that train beyond the shared tiny run are marked ``slow``.
@@ -34,6 +49,11 @@ CLASSES = {
     "test_wrong_results.py": "wrong-results",
     "test_tracebacks.py": "tracebacks",
     "test_network.py": "network",
+    "test_server.py": "server",
+    "test_bounds.py": "bounds",
+    "test_messages.py": "messages",
+    "test_checkpoints.py": "checkpoints",
+    "test_special_files.py": "special-files",
 }
 
 

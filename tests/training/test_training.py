@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 import random
 import shutil
@@ -439,22 +438,6 @@ def test_training_draws_by_repeat_factor(pipeline_cache, tmp_path):
     train(one, tmp_path / "resumed", progress=False)
     train(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
-
-
-def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
-    import contextlib
-
-    from dermogaze.runtime import autocast_factory
-
-    with caplog.at_level(logging.WARNING, logger="dermogaze.runtime"):
-        factory = autocast_factory(torch.device("cpu"), "bf16")
-    assert factory is contextlib.nullcontext
-    assert "float32" in caplog.text
-    with pytest.raises(DermogazeError, match="fp8"):
-        autocast_factory(torch.device("cpu"), "fp8")
-    with autocast_factory(torch.device("cpu"), "bf16", cpu=True)():  # the benchmark may measure CPU autocast
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    assert autocast_factory(torch.device("cpu"), "off", cpu=True) is contextlib.nullcontext
 
 
 # --------------------------------------------------------------------------------------------

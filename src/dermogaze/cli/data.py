@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DermogazeError
-from .common import check_output_folder, non_negative_int, positive_int
+from .common import check_output_folder, int_in, seed_int, workers_int
 
 
 def _parse_prevalences(items: list[str]) -> dict[str, float] | None:
@@ -68,19 +68,25 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def add_data(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``data`` and its actions ``synth``, ``prepare`` and ``stats`` to ``sub``."""
+    from ..config import MAX_CACHE_SIZE, MAX_IMAGE_SIZE
     from ..data.cache import LAYOUTS
+    from ..data.synth.write import MAX_COUNT, MAX_SIDE, MIN_SIDE
 
+    count = int_in(0, MAX_COUNT, "synthetic data exercises the pipeline: five times ISIC 2017's training set at most")
+    side = int_in(MIN_SIDE, MAX_SIDE, (f"the network's smallest input is {MIN_SIDE} px",
+                                       "larger pictures take minutes and gigabytes each to draw"))
     data = sub.add_parser("data", help=help_line)
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     p = actions.add_parser("synth", help="write the synthetic dataset in the ISIC 2017 layout (docs/design.md §8)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
-    p.add_argument("--train", type=non_negative_int, default=200, help="training images (default 200)")
-    p.add_argument("--val", type=non_negative_int, default=50, help="validation images (default 50)")
-    p.add_argument("--test", type=non_negative_int, default=100, help="test images (default 100)")
-    p.add_argument("--width", type=positive_int, default=320, help="image width in pixels (default 320)")
-    p.add_argument("--height", type=positive_int, default=240, help="image height in pixels (default 240)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--train", type=count, default=200, help=f"training images (default 200, at most {MAX_COUNT})")
+    p.add_argument("--val", type=count, default=50, help="validation images (default 50)")
+    p.add_argument("--test", type=count, default=100, help="test images (default 100)")
+    p.add_argument("--width", type=side, default=320,
+                   help=f"image width in pixels, {MIN_SIDE} to {MAX_SIDE} (default 320)")
+    p.add_argument("--height", type=side, default=240, help="image height in pixels (default 240)")
+    p.add_argument("--seed", type=seed_int, default=0, help="dataset seed (default 0)")
     p.add_argument(
         "--prevalence", action="append", default=[], metavar="NAME=P",
         help="fraction of images holding a feature (or 'melanoma'); repeatable, e.g. --prevalence streaks=0.1",
@@ -95,8 +101,11 @@ def add_data(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--isic", required=True, type=Path,
                    help="folder with the ISIC-2017_* or ISIC2018_Task1-2 folders, or a folder of images (--labels)")
     p.add_argument("--out", required=True, type=Path, help="cache folder to write")
-    p.add_argument("--size", type=positive_int, default=256, help="side of the cached square images (default 256)")
-    p.add_argument("--workers", type=positive_int, default=1, help="decoding processes (default 1)")
+    size = int_in(1, MAX_CACHE_SIZE, f"each cached image takes size² × 3 bytes, and the network's inputs (at most "
+                  f"{MAX_IMAGE_SIZE} px) are crops of them")
+    p.add_argument("--size", type=size, default=256,
+                   help=f"side of the cached square images, up to {MAX_CACHE_SIZE} (default 256)")
+    p.add_argument("--workers", type=workers_int(1), default=1, help="decoding processes (default 1)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad samples instead of stopping")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -108,7 +117,7 @@ def add_data(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
                    help="fractions where prepare divides a collection into splits, by lesion_id when known "
                         "(default 0.8,0.1,0.1)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of that division (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of that division (default 0)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="the collection's layout (default auto: recognised from the folder names, ISIC-2017_* or "
                         "ISIC2018_Task*)")

@@ -10,10 +10,15 @@ import sys
 from pathlib import Path
 
 from ..errors import DermogazeError
-from .common import add_runtime_arguments, check_output_folder, non_negative_int, positive_int
+from .common import add_runtime_arguments, bootstrap_int, check_output_folder, int_in, non_negative_int, seed_int
 
 #: Where ``dermogaze bench`` finds the benchmark, relative to a repository checkout.
 BENCH_SCRIPT = Path("benchmarks") / "bench_train.py"
+#: The most trials a sweep may ask for: each is a training run, so 10 000 is years of a GPU.
+MAX_TRIALS = 10_000
+#: The longest heartbeat of a sweep trial (seconds): a dead trial is noticed after two, so an hour is as late
+#: as a sweep can usefully learn of it.
+MAX_HEARTBEAT_S = 3600
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,8 +55,8 @@ def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """``--bootstrap`` and ``--faithfulness`` of the evaluations that ``compare`` and ``table3`` run."""
     from ..evaluation.evaluate import DEFAULT_FAITHFULNESS
 
-    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
-                   help="resamples of the 95%% bootstrap intervals (default: 2000)")
+    p.add_argument("--bootstrap", type=bootstrap_int, default=2000, metavar="N",
+                   help="resamples of the 95%% bootstrap intervals, 100 to 100000 (default: 2000)")
     p.add_argument("--faithfulness", type=non_negative_int, default=DEFAULT_FAITHFULNESS, metavar="N",
                    help="deletion/insertion and stability (the costly explanation measures) on the first N images; "
                    f"0 skips them (default: {DEFAULT_FAITHFULNESS})")
@@ -79,6 +84,7 @@ def add_compare(sub: argparse._SubParsersAction, help_line: str) -> None:
 
 def add_table3(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``table3`` to ``sub``."""
+    from ..config import MAX_EPOCHS
     from ..experiments.table3 import TABLE3_PRESETS
 
     p = sub.add_parser(
@@ -92,8 +98,10 @@ def add_table3(sub: argparse._SubParsersAction, help_line: str) -> None:
     )
     p.add_argument("--data", required=True, metavar="CACHE", help="prepared cache (dermogaze data prepare)")
     p.add_argument("--out", required=True, metavar="DIR", help="experiment folder (one run folder per preset)")
-    p.add_argument("--epochs", type=positive_int, metavar="N", help="epochs of every preset (default: the paper's 20)")
-    p.add_argument("--jobs", type=positive_int, default=1, metavar="J", help="trainings at once (default: 1)")
+    p.add_argument("--epochs", type=int_in(1, MAX_EPOCHS, "50 times the paper's 20"), metavar="N",
+                   help="epochs of every preset (default: the paper's 20)")
+    p.add_argument("--jobs", type=int_in(1, len(TABLE3_PRESETS), "one training per preset at most"), default=1,
+                   metavar="J", help="trainings at once (default: 1)")
     p.add_argument("--presets", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                    default=list(TABLE3_PRESETS), metavar="P1,P2,...",
                    help="only these rows of Table 3, comma-separated (default: all seven)")
@@ -152,6 +160,8 @@ def _cmd_sweep_show(args: argparse.Namespace) -> int:
 
 def add_sweep(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``sweep`` and its action ``show`` to ``sub``."""
+    from ..config import MAX_EPOCHS
+
     p = sub.add_parser(
         "sweep",
         help=help_line,
@@ -166,24 +176,27 @@ def add_sweep(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--study", metavar="NAME", help="the study's name in the storage")
     p.add_argument("--storage", default="sqlite:///runs/sweeps.db", metavar="URL",
                    help="Optuna storage URL (default: sqlite:///runs/sweeps.db; postgresql://USER:PW@HOST/DB)")
-    p.add_argument("--trials", type=positive_int, metavar="N",
+    p.add_argument("--trials", type=int_in(1, MAX_TRIALS, "each trial is a training run"), metavar="N",
                    help="finished trials the study should hold, counted over every process")
     p.add_argument("--out", metavar="DIR", help="folder of the trials' run folders (default: runs/sweeps/STUDY)")
     p.add_argument("--objective", default="val_auc", metavar="EXPR",
                    help="val_auc (default), val_ap, val_map or a weighted sum such as 0.7*val_auc+0.3*val_map")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed sweep, or join a study that another process runs")
-    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
+    p.add_argument("--seed", type=seed_int, default=0, metavar="S",
                    help="seed of the sampler (default: 0; give each process of one study its own)")
     p.add_argument("--data", metavar="CACHE", help="prepared cache folder (dermogaze data prepare)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key of the base configuration (repeatable)")
-    p.add_argument("--heartbeat", type=positive_int, default=10, metavar="S",
+    p.add_argument("--heartbeat", type=int_in(1, MAX_HEARTBEAT_S, "a dead trial is noticed after two heartbeats"),
+                   default=10, metavar="S",
                    help="seconds between a trial's heartbeats; a trial silent for twice that (its process died) "
                    "is marked failed and retried once (default: 10)")
-    p.add_argument("--prune-startup", type=non_negative_int, default=5, metavar="N",
+    p.add_argument("--prune-startup", type=int_in(0, MAX_TRIALS, "a sweep holds at most that many trials"), default=5,
+                   metavar="N",
                    help="finished trials before the median pruner stops any (default: 5)")
-    p.add_argument("--prune-warmup", type=non_negative_int, default=0, metavar="E",
+    p.add_argument("--prune-warmup", type=int_in(0, MAX_EPOCHS, "a run trains at most that many epochs"), default=0,
+                   metavar="E",
                    help="epochs of a trial before it may be pruned (default: 0)")
     p.add_argument("--launcher", metavar="CMD",
                    help="run each trial as 'CMD -m dermogaze train ...' in a child process, e.g. "

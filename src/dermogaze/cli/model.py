@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive_int
+from .common import int_in, number_in
 
 
 def _cmd_model_list(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def _cmd_model_summary(args: argparse.Namespace) -> int:
 
 def add_model(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``model`` and its actions ``list`` and ``summary`` to ``sub``."""
-    from ..config import MODEL_NAMES  # the registry's names, without importing torch
+    from ..config import MAX_IMAGE_SIZE, MAX_STEPS, MAX_WIDTH, MODEL_NAMES  # without importing torch
 
     parser = sub.add_parser("model", help=help_line)
     actions = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
@@ -39,9 +39,12 @@ def add_model(sub: argparse._SubParsersAction, help_line: str) -> None:
 
     p = actions.add_parser("summary", help="build a variant and print its parameter counts per module")
     p.add_argument("name", help=f"variant: {', '.join(MODEL_NAMES)}")
-    p.add_argument("--image-size", type=positive_int, default=224, help="input size, multiple of 32 (224)")
-    p.add_argument("--steps", type=positive_int, default=5, help="T, number of gazes (5)")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper)")
+    p.add_argument("--image-size", type=int_in(32, MAX_IMAGE_SIZE, "larger inputs exhaust the memory"), default=224,
+                   help=f"input size, a multiple of 32 up to {MAX_IMAGE_SIZE} (224)")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS, "each gaze is a decoder pass; the paper uses 3 to 17"),
+                   default=5, help=f"T, number of gazes, up to {MAX_STEPS} (5)")
+    p.add_argument("--width", type=number_in(0, MAX_WIDTH, f"{MAX_WIDTH:g} is 16 times the paper's parameters"),
+                   default=1.0, help=f"channel multiplier, above 0 and up to {MAX_WIDTH:g} (1.0 = the paper)")
     p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
                    help="decoder skip averaging (default: the variant's)")
     p.add_argument("--batch-norm", choices=("on", "off", "frozen"), default=None,

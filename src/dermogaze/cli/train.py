@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DermogazeError
-from .common import add_runtime_arguments, check_output_folder, non_negative_int, positive_int
+from .common import (
+    add_runtime_arguments,
+    batch_size_int,
+    bootstrap_int,
+    check_output_folder,
+    non_negative_int,
+    seed_int,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -100,7 +107,7 @@ def add_train(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run folder that holds an earlier run (its files are replaced)")
-    p.add_argument("--seed", type=non_negative_int, metavar="S", help="random seed (a CPU run is repeatable)")
+    p.add_argument("--seed", type=seed_int, metavar="S", help="random seed (a CPU run is repeatable)")
     add_runtime_arguments(p, from_config=True)
     p.set_defaults(func=_cmd_train)
 
@@ -121,7 +128,7 @@ def add_evaluate(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--data", metavar="CACHE", help="prepared cache (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="cache split: train, val or test (default: test)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <checkpoint folder>/eval_<split>)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="default: the training batch size")
+    p.add_argument("--batch-size", type=batch_size_int, metavar="N", help="default: the training batch size")
     p.add_argument("--tta", action="store_true",
                    help="also diagnose under the 8 flips/rotations, averaged, and report AUC with and without")
     p.add_argument("--by", action="append", default=[], metavar="FIELD",
@@ -129,9 +136,9 @@ def add_evaluate(sub: argparse._SubParsersAction, help_line: str) -> None:
                    "localization (repeatable)")
     p.add_argument("--compare", metavar="CSV",
                    help="another model's predictions.csv on the same images: DeLong's test of the two AUCs")
-    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
-                   help="resamples of the 95%% bootstrap intervals (default: 2000)")
-    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S",
+    p.add_argument("--bootstrap", type=bootstrap_int, default=2000, metavar="N",
+                   help="resamples of the 95%% bootstrap intervals, 100 to 100000 (default: 2000)")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="S",
                    help="seed of the bootstrap and of deletion's random pixel orders (default: 0)")
     p.add_argument("--faithfulness", type=non_negative_int, default=DEFAULT_FAITHFULNESS, metavar="N",
                    help="explanation measures: run deletion/insertion and stability (the costly ones) on the first N "

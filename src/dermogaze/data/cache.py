@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..files import check_file_kind
 from ..structures import presence_weights, short_names
 
 CACHE_VERSION = 3  # the layout above; a cache of another version is rebuilt by prepare, refused by load_info
@@ -132,9 +133,13 @@ def load_info(cache: str | Path) -> dict:
     """
     cache = Path(cache)
     path = cache / INFO_FILE
+    check_file_kind(cache, "cache", "give the folder written by `dermogaze data prepare`", folder=True)
     if not cache.is_dir():
         raise DataError(f"{cache}: no prepared cache here (run `dermogaze data prepare`)")
     if not path.is_file():
+        if not any((split / "images.npy").exists() for split in cache.iterdir() if split.is_dir()):
+            raise DataError(f"{cache} is not a prepared cache (it has no {INFO_FILE}): give the folder that "
+                            "`dermogaze data prepare --out` wrote, or prepare this one first")
         raise DataError(f"{path}: missing, so {cache} is not a complete cache (interrupted?); run "
                         "`dermogaze data prepare` again")
     try:

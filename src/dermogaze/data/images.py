@@ -72,6 +72,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import DataError, DermogazeError
+from ..files import check_file_kind
 
 #: Default pixel budget (``W × H`` of the file): see the module docstring for the choice.
 MAX_IMAGE_PIXELS = 100_000_000
@@ -167,7 +168,7 @@ def _check_size(path: Path, what: str, im: Image.Image, budget: int) -> None:
 
 def _open(path: Path, what: str, budget: int) -> Image.Image:
     """Open ``path`` (header only, inside :func:`_decoding`) and check its size. The caller closes the image."""
-    if not path.is_file():
+    if not check_file_kind(path, what, "give a file that holds the image").is_file():
         raise DataError(f"{path}: no such {what} file")
     im = Image.open(path)  # Pillow raises DecompressionBombError itself above twice its own limit
     _check_size(path, what, im, budget)

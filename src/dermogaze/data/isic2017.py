@@ -42,7 +42,6 @@ Decisions where docs/design.md and the paper are silent:
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 from collections.abc import Mapping
@@ -52,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import parse_csv_file
+from ..files import check_file_kind, parse_csv_file
 from ..structures import DERMOSCOPIC_FEATURES, ISIC2017_STRUCTURES
 from .images import read_image_file
 from .metadata import MetadataTable, read_metadata_csv
@@ -241,6 +240,7 @@ def read_features(path: Path) -> dict[str, np.ndarray]:
         DataError: unreadable JSON, a missing feature, a value that is not a number in [0, 1] (the
         message names the feature and the position), or lists of different lengths.
     """
+    check_file_kind(path, "Part 2 features file", "give the collection's _features.json file")
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
@@ -269,33 +269,24 @@ def read_labels_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[Ba
     Raises:
         DataError: unreadable file, missing ``image_id``/``melanoma`` column, or a repeated id.
     """
-    return parse_csv_file(path, "label CSV", lambda text: _parse_labels_csv(path, text))
-
-
-def _parse_labels_csv(path: Path, text: str) -> tuple[list[tuple[str, float | None]], list[BadSample]]:
-    reader = csv.DictReader(text.splitlines())
-    columns = [c.strip() for c in reader.fieldnames or []]
-    if "image_id" not in columns or "melanoma" not in columns:
-        raise DataError(f"{path}: expected columns image_id and melanoma, found {_brief(columns, 200)}")
-    reader.fieldnames = columns
+    table = parse_csv_file(path, "label CSV", key="image_id", same_key=str.lower)
+    if "image_id" not in table.columns or "melanoma" not in table.columns:
+        raise DataError(f"{path}: expected columns image_id and melanoma, found {_brief(list(table.columns), 200)}")
     rows: list[tuple[str, float | None]] = []
     problems: list[BadSample] = []
-    seen: dict[str, int] = {}
-    for line, row in enumerate(reader, start=2):
-        image_id = (row.get("image_id") or "").strip()
+    for line, row in table.rows:  # a repeated id was refused by the reader
+        image_id = row["image_id"].strip()
         if not image_id:
             problems.append(BadSample(str(path), f"line {line}: empty image_id"))
             continue
-        if image_id.lower() in seen:
-            raise DataError(f"{path}: line {line}: {image_id} repeats the row of line {seen[image_id.lower()]}")
-        seen[image_id.lower()] = line
         raw = (row.get("melanoma") or "").strip()
         try:
             value: float | None = float(raw)
         except ValueError:
             value = None
         if value is None or not 0.0 <= value <= 1.0:
-            problems.append(BadSample(str(path), f"line {line}: melanoma value {raw!r} of {image_id} is not in [0, 1]"))
+            problems.append(BadSample(str(path), f"line {line}: melanoma value {raw!r} of {image_id} is not in [0, 1] "
+                                              "(the challenge's files write 0.0 or 1.0)"))
             value = None
         rows.append((image_id, value))
     return rows, problems
@@ -383,12 +374,13 @@ def _unnest(folder: Path) -> Path:
 
 
 def _index(folder: Path | None, suffixes: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Files of ``folder`` whose lower-case name ends with one of ``suffixes`` → {lower id: path}."""
+    """Entries of ``folder`` but folders whose lower-case name ends with one of ``suffixes`` → {lower id: path}
+    (a FIFO or a device so named is indexed, for its reader to name it as what it is)."""
     found: dict[str, Path] = {}
     if folder is None:
         return found
     for name, path in _entries(folder).items():
-        if not path.is_file() or name.endswith(exclude):
+        if path.is_dir() or name.endswith(exclude):
             continue
         for suffix in suffixes:
             if name.endswith(suffix):
@@ -432,7 +424,8 @@ def _find_split(root: Path, entries: dict[str, Path], name: str) -> IsicSplit | 
         log.warning("%s: both %s and %s exist; using %s", root, candidates[0][0], candidates[1][0], official)
     if parts["data"] is None or not parts["data"].is_dir():
         raise DataError(f"{root / (prefix + '_Data')}: folder missing (the {official} split has other files)")
-    if parts["csv"] is None or not parts["csv"].is_file():
+    what = f"label CSV of the {official} split"
+    if parts["csv"] is None or not check_file_kind(parts["csv"], what, "give the Part 3 ground-truth CSV").is_file():
         raise DataError(f"{root / (prefix + '_Part3_GroundTruth.csv')}: label CSV of the {official} split missing")
     dirs = {k: _unnest(parts[k]) if parts[k] is not None and parts[k].is_dir() else None for k in ("part1", "part2")}
     return IsicSplit(

@@ -54,7 +54,6 @@ masks or label it teaches nothing).
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import math
@@ -65,15 +64,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import parse_csv_file
+from ..files import CsvTable, parse_csv_file
 from .isic2017 import BadSample, IsicCollection, IsicSample, IsicSplit
 from .isic2018 import LAYOUT_PREFIXES as ISIC2018_PREFIXES
 from .metadata import (
+    ID_COLUMNS,
     IMAGE_SUFFIXES,
     UNKNOWN,
     MetadataTable,
     Value,
-    id_column,
     image_key,
     metadata_columns,
     parse_metadata_row,
@@ -170,7 +169,8 @@ def _zero_one(raw: str, column: str, unknown_ok: bool) -> float:
     except ValueError:
         value = math.nan
     if value not in (0.0, 1.0):
-        raise _BadRow(f"{column} value {raw!r} is not 0 or 1")
+        unknown = f"; empty or {UNKNOWN!r} when the diagnosis is unknown" if unknown_ok else ""
+        raise _BadRow(f"{column} value {raw!r} is not 0 or 1 (accepted: 0, 1, 0.0, 1.0{unknown})")
     return value
 
 
@@ -225,16 +225,10 @@ def _recognise(path: Path, columns: list[str]) -> tuple[str, str, Callable[[dict
     )
 
 
-def _read_rows(path: Path, what: str) -> tuple[list[str], list[dict[str, str | None]]]:
-    """Lower-case header and rows of a CSV (DataError naming the file when it cannot be read)."""
-
-    def parse(text: str) -> tuple[list[str], list[dict[str, str | None]]]:
-        reader = csv.DictReader(text.splitlines(), strict=True)
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        return columns, list(reader)
-
-    return parse_csv_file(path, what, parse)
+def _read_rows(path: Path, what: str) -> CsvTable:
+    """A label or companion CSV, keyed by its image id column (:data:`~dermogaze.data.metadata.ID_COLUMNS`): a
+    repeated image (:func:`~dermogaze.data.metadata.image_key`) is refused by the reader, naming both lines."""
+    return parse_csv_file(path, what, key=ID_COLUMNS, same_key=image_key)
 
 
 def _lesion(raw: str) -> str | None:
@@ -251,13 +245,13 @@ def _find_companion(path: Path, fmt: str) -> Path | None:
 
 def _read_companion(path: Path) -> tuple[dict[str, str | None] | None, MetadataTable | None]:
     """Lesion ids (image key → lesion or ``None``; ``None`` without the column) and metadata of a companion CSV."""
-    columns, rows = _read_rows(path, "companion CSV")
-    id_name = id_column(columns)
+    table = _read_rows(path, "companion CSV")
+    id_name = table.key
     if id_name is None:
-        raise DataError(f"{path}: companion CSV without an image id column (found {columns[:12]})")
+        raise DataError(f"{path}: companion CSV without an image id column (found {list(table.columns[:12])})")
     lesions = None
-    if LESION_COLUMN in columns:
-        lesions = {image_key(_cell(row, id_name)): _lesion(_cell(row, LESION_COLUMN)) for row in rows}
+    if LESION_COLUMN in table.columns:
+        lesions = {image_key(_cell(row, id_name)): _lesion(_cell(row, LESION_COLUMN)) for _, row in table.rows}
     return lesions, read_metadata_csv(path, required=False)
 
 
@@ -282,7 +276,8 @@ def read_labels(
         value, or (without ``skip_bad``) a bad row; the message names the file and the line.
     """
     path = Path(path)
-    columns, rows = _read_rows(path, "label CSV")
+    csv_table = _read_rows(path, "label CSV")
+    columns = list(csv_table.columns)
     fmt, id_name, melanoma_of = _recognise(path, columns)
 
     sources = metadata_columns(columns)
@@ -292,8 +287,7 @@ def read_labels(
     patients: dict[str, dict[str, Value]] = {}
     skipped: list[BadSample] = []
     skipped_ids: list[str] = []
-    lines: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in csv_table.rows:  # a repeated id was refused by the reader
         raw_id = _cell(row, id_name)
         try:
             if not raw_id:
@@ -309,9 +303,6 @@ def read_labels(
             skipped_ids.append(raw_id)
             continue
         key = image_key(raw_id)
-        if key in lines:
-            raise DataError(f"{path}: line {line}: {raw_id} repeats the row of line {lines[key]}")
-        lines[key] = line
         ids.append(strip_image_suffix(raw_id))
         melanoma.append(value)
         lesions.append(_lesion(_cell(row, LESION_COLUMN)))
@@ -368,6 +359,24 @@ def _image_files(root: Path) -> dict[str, Path]:
     return found
 
 
+def _why_no_sample(table: LabelTable, root: Path, images: dict[str, Path], unlabelled: int) -> str:
+    """Why no row of ``table`` gives a known diagnosis to an image of ``root``, every cause counted and
+    exemplified, for the one line of the error."""
+    causes = []
+    if table.skipped:
+        causes.append(f"{len(table.skipped)} rows refused (e.g. {table.skipped[0].reason})")
+    if unlabelled:
+        causes.append(f"{unlabelled} rows of an image have an unknown diagnosis")
+    unmatched = [i for i in table.ids if image_key(i) not in images]
+    if unmatched:
+        example = next(iter(images.values())).name
+        causes.append(f"{len(unmatched)} rows name no image there (e.g. {unmatched[0]}; the folder holds "
+                      f"{len(images)} images, e.g. {example})")
+    if not causes:
+        causes.append("the file has no rows")
+    return f"{table.source}: no row gives a known diagnosis to an image in {root}: {'; '.join(causes)}"
+
+
 def read_image_collection(
     root: str | Path, labels: str | Path, *, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> IsicCollection:
@@ -385,7 +394,8 @@ def read_image_collection(
         how it was drawn; the bad rows and unpaired files are the ``problems`` of the train split.
 
     Raises:
-        DataError: ``root`` missing, two images of one id, an unreadable or unknown label CSV, a
+        DataError: ``root`` missing or without images, no row that gives an image a known diagnosis (the
+        message says why), two images of one id, an unreadable or unknown label CSV, a
         repeated id; DermogazeError: bad fractions or too few images to split.
     """
     root = Path(root)
@@ -394,6 +404,8 @@ def read_image_collection(
         raise DataError(f"{root}: image folder does not exist")
     table = read_labels(labels, skip_bad=True)  # the cache raises or skips each problem (--skip-bad)
     images = _image_files(root)
+    if not images:
+        raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)} files in it and its subfolders)")
     problems = list(table.skipped)
     samples: list[IsicSample] = []
     unlabelled = 0
@@ -410,7 +422,7 @@ def read_image_collection(
     if unlabelled:
         log.warning("%s: %d images without a known diagnosis left out", table.source, unlabelled)
     if not samples:
-        raise DataError(f"{table.source}: no labelled row has an image in {root}")
+        raise DataError(_why_no_sample(table, root, images, unlabelled))
 
     ids = [s.id for s in samples]
     grouped = table.lesion_ids is not None

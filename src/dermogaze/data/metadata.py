@@ -19,8 +19,8 @@ The image id comes from the first of :data:`ID_COLUMNS` that exists; an image su
 its :data:`COLUMNS` exists: :data:`AGE` from ``age_approximate``, ``age_approx`` or ``age``,
 :data:`SEX` from ``sex``, :data:`LOCALIZATION` from ``localization`` or the ISIC 2019/2020 body-site
 column; other columns are ignored. Values ``unknown`` (any case), empty and missing cells are ``None``.
-Ages are floats in years (ISIC gives multiples of 5); sex is ``"female"`` or ``"male"``; a body site
-is kept as written, in lower case.
+Ages are floats in years from 0 to :data:`MAX_AGE_YEARS` (ISIC gives multiples of 5); sex is
+``"female"`` or ``"male"``; a body site is kept as written, in lower case.
 
 Subgroups (:func:`group_labels`): sex and body site are their own values; ages fall into bands of
 :data:`AGE_BAND_YEARS` years, ``[20k, 20k + 20)`` labelled ``"20k-(20k+19)"`` (``"0-19"``,
@@ -31,7 +31,6 @@ Subgroups (:func:`group_labels`): sex and body site are their own values; ages f
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
@@ -53,6 +52,9 @@ FIELDS: tuple[str, ...] = (AGE, SEX, LOCALIZATION)
 AGE_BAND_YEARS = 20
 #: Ages from this one on form a single open band (``"80+"``).
 AGE_TOP_BAND = 80
+#: The oldest plausible age in years (the oldest recorded human lived 122 years): an age outside
+#: ``[0, MAX_AGE_YEARS]`` is a mistake in the file (another column, months, a typo) and is refused.
+MAX_AGE_YEARS = 120
 
 SEXES = ("female", "male")
 #: CSV column(s) of each field, preferred first.
@@ -110,11 +112,6 @@ def image_key(image_id: str) -> str:
     return strip_image_suffix(image_id).lower()
 
 
-def id_column(columns: Sequence[str]) -> str | None:
-    """The first of :data:`ID_COLUMNS` among lower-case ``columns``, or ``None``."""
-    return next((c for c in ID_COLUMNS if c in columns), None)
-
-
 def _unknown(raw: str | None) -> bool:
     return raw is None or raw.strip() == "" or raw.strip().lower() == UNKNOWN
 
@@ -124,8 +121,8 @@ def _parse_age(raw: str, where: str) -> float:
         age = float(raw)
     except ValueError:
         age = math.nan
-    if not math.isfinite(age) or age < 0:
-        raise DataError(f"{where}: age {raw!r} is neither a number of years nor {UNKNOWN!r}")
+    if not (math.isfinite(age) and 0 <= age <= MAX_AGE_YEARS):
+        raise DataError(f"{where}: age {raw!r} is not a number of years from 0 to {MAX_AGE_YEARS} (nor {UNKNOWN!r})")
     return age
 
 
@@ -151,8 +148,8 @@ def parse_metadata_row(row: Mapping[str, str | None], columns: Mapping[str, str]
         where: ``"<file>: line <n>"`` for the error message.
 
     Raises:
-        DataError: an age that is not a non-negative number, a sex that is not ``female``/``male``
-        (``unknown`` and empty cells are ``None``).
+        DataError: an age that is not a number of years in ``[0, MAX_AGE_YEARS]``, a sex that is not
+        ``female``/``male`` (``unknown`` and empty cells are ``None``).
     """
     values: dict[str, Value] = {}
     for name, column in columns.items():
@@ -185,20 +182,14 @@ def read_metadata_csv(
 
     Raises:
         DataError: unreadable file, no image id column (:data:`ID_COLUMNS`), none of the metadata
-        columns (when ``required``), an empty or repeated id, an age that is not a non-negative number
-        or ``unknown``, a sex that is not ``female``/``male``/``unknown``. The message names the file
-        and the line.
+        columns (when ``required``), an empty or repeated id, an age that is not a number of years in
+        ``[0, MAX_AGE_YEARS]`` or ``unknown``, a sex that is not ``female``/``male``/``unknown``. The
+        message names the file and the line.
     """
     path = Path(path)
-    return parse_csv_file(path, "metadata CSV", lambda text: _parse_metadata_csv(path, text, image_ids, required))
-
-
-def _parse_metadata_csv(
-    path: Path, text: str, image_ids: Collection[str] | None, required: bool
-) -> MetadataTable | None:
-    reader = csv.DictReader(text.splitlines())
-    columns = [c.strip().lower() for c in reader.fieldnames or []]
-    id_name = id_column(columns)
+    table = parse_csv_file(path, "metadata CSV", key=ID_COLUMNS, same_key=image_key)
+    columns = list(table.columns)
+    id_name = table.key
     if id_name is None:
         raise DataError(f"{path}: expected an image_id column (or {', '.join(ID_COLUMNS[1:])}), found {columns}")
     source = metadata_columns(columns)
@@ -208,20 +199,15 @@ def _parse_metadata_csv(
     if not fields:
         expected = ", ".join(c for names in COLUMNS.values() for c in names)
         raise DataError(f"{path}: no metadata column (expected some of {expected}), found {columns}")
-    reader.fieldnames = columns
 
     rows: dict[str, dict[str, Value]] = {}
-    lines: dict[str, int] = {}
     dropped = 0
-    for line, row in enumerate(reader, start=2):
+    for line, row in table.rows:
         where = f"{path}: line {line}"
-        image_id = (row.get(id_name) or "").strip()
+        image_id = row[id_name].strip()
         if not image_id:
             raise DataError(f"{where}: empty {id_name}")
         key = image_key(image_id)
-        if key in lines:
-            raise DataError(f"{where}: {image_id} repeats the row of line {lines[key]}")
-        lines[key] = line
         values = parse_metadata_row(row, source, where)
         if image_ids is not None and key not in image_ids:
             dropped += 1

@@ -17,7 +17,14 @@ writable, the new cache is built in ``out/.tmp-<token>`` instead; then, as when 
 renamed, the complete splits are moved in one by one, ``info.json`` last: the old cache stops being
 valid only during that last step.) ``info.json`` records a random ``token``
 that every split's ``ids.json`` repeats, and the counts that the arrays must have;
-:func:`dermogaze.data.cache.load_info` checks both, so a half-moved cache never loads. Re-running on
+:func:`dermogaze.data.cache.load_info` checks both, so a half-moved cache never loads.
+
+One :func:`prepare` at a time per cache: it holds ``.<out>.lock`` beside ``out`` (``out/.prepare.lock``
+when the parent folder is not writable; :class:`dermogaze.files.PidLock`) from before its clean-up to
+after the swap, and another one into the same folder stops at once, naming the holder's pid; the lock
+of a process that died is taken over. The arrays are memory-mapped with their disk blocks reserved
+first (:func:`_open_array`), so that a full disk is an ``OSError`` (ENOSPC) naming the cache rather than
+a process killed by ``SIGBUS`` when it writes into the map. Re-running on
 an unchanged collection (same file names, sizes and modification times, same options) returns the
 existing cache without work; anything else rebuilds it.
 
@@ -48,6 +55,7 @@ Decisions where docs/design.md and the paper are silent:
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -55,6 +63,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import time
@@ -66,7 +75,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..files import write_json
+from ..files import PidLock, write_json
 from ..structures import DERMOSCOPIC_FEATURES
 from . import isic2017, isic2018
 from .cache import CACHE_VERSION, INFO_FILE, LAYOUTS, load_info
@@ -77,6 +86,8 @@ from .metadata import FIELDS
 log = logging.getLogger(__name__)
 
 MARKER_FILE = ".dermogaze-cache"
+LOCK_SUFFIX = ".lock"  # .<out>.lock beside out: held by the prepare writing out
+INSIDE_LOCK = ".prepare.lock"  # out/.prepare.lock: the same, when out's parent folder is not writable
 TMP_PREFIX = ".tmp-"  # a cache being built: .<out>.tmp-<token> beside out (or out/.tmp-<token>)
 OLD_PREFIX = ".old-"  # the previous cache during the swap: .<out>.old-<token>
 
@@ -95,6 +106,28 @@ class _Processed:
     superpixels: np.ndarray | None  # int32 (S, S)
     sp_features: np.ndarray | None  # float32 (n, 4)
     size: tuple[int, int]  # the original (width, height)
+
+
+def _open_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` file memory-mapped for writing, its disk blocks reserved before anything is written.
+
+    Writing into a map whose file the disk cannot hold kills the process (``SIGBUS``); reserving the blocks
+    first (``posix_fallocate``, where the system has it) turns a full disk into an ``OSError`` naming ``path``.
+    A file system that cannot reserve blocks is written as before.
+    """
+    array = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    if not hasattr(os, "posix_fallocate"):
+        return array
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            del array
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+    return array
 
 
 def _process_sample(sample: IsicSample, size: int, with_masks: bool, draft: bool = True) -> _Processed:
@@ -227,13 +260,12 @@ def _prepare_split(
     samples = split.samples
     n_max = len(samples)
     folder.mkdir()
-    open_mm = np.lib.format.open_memmap
-    images = open_mm(folder / "images.part.npy", "w+", np.uint8, (n_max, size, size, 3))
+    images = _open_array(folder / "images.part.npy", np.uint8, (n_max, size, size, 3))
     masks = superpixels = None
     if with_masks:
-        masks = open_mm(folder / "masks.part.npy", "w+", np.bool_, (n_max, len(collection.structures), size, size))
+        masks = _open_array(folder / "masks.part.npy", np.bool_, (n_max, len(collection.structures), size, size))
     if with_sp:
-        superpixels = open_mm(folder / "superpixels.part.npy", "w+", np.int32, (n_max, size, size))
+        superpixels = _open_array(folder / "superpixels.part.npy", np.int32, (n_max, size, size))
     ids: list[str] = []
     labels: list[float] = []
     sizes: list[tuple[int, int]] = []
@@ -265,7 +297,7 @@ def _prepare_split(
             continue
         array.flush()
         if n < n_max:  # bad samples were skipped: keep the first n rows
-            final = open_mm(folder / f"{part}.npy", "w+", array.dtype, (n, *array.shape[1:]))
+            final = _open_array(folder / f"{part}.npy", array.dtype, (n, *array.shape[1:]))
             final[:] = array[:n]
             final.flush()
             del final
@@ -323,17 +355,27 @@ def _claim_folder(out: Path) -> None:
     """Check that ``out`` is missing, empty or a dermogaze cache (never write into someone else's folder)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER_FILE).exists():
+    if out.is_dir() and any(p.name != INSIDE_LOCK for p in out.iterdir()) and not (out / MARKER_FILE).exists():
         raise DataError(f"{out}: folder is not empty and is not a dermogaze cache; choose another --out")
 
 
 def _leftovers(out: Path, prefix: str) -> list[Path]:
-    """Folders ``.<out>.<prefix><token>`` beside ``out`` that a dermogaze run made (they hold the marker)."""
+    """Folders ``.<out>.<prefix><token>`` beside ``out`` that a dermogaze run made: they hold the marker, or (staging
+    folders) are empty and named with a token of :func:`prepare`'s form, left by a run killed between creating and
+    marking one. Called under ``out``'s lock, so no running prepare owns one."""
     if not out.parent.is_dir():
         return []
     start = f".{out.name}{prefix}"
+
+    def ours(p: Path) -> bool:
+        if (p / MARKER_FILE).exists():
+            return True
+        token = p.name[len(start):]
+        hexed = re.fullmatch(r"[0-9a-f]{16}", token) is not None  # secrets.token_hex(8), as prepare() draws it
+        return prefix == TMP_PREFIX and hexed and not any(p.iterdir())
+
     return sorted(
-        (p for p in out.parent.iterdir() if p.name.startswith(start) and p.is_dir() and (p / MARKER_FILE).exists()),
+        (p for p in out.parent.iterdir() if p.name.startswith(start) and p.is_dir() and ours(p)),
         key=lambda p: p.stat().st_mtime_ns,
     )
 
@@ -348,6 +390,27 @@ def _clean_up(out: Path) -> None:
     for stale in [*_leftovers(out, TMP_PREFIX), *old, *inside]:
         log.info("removing %s left by an interrupted run", stale)
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+def _lock(out: Path, shown: Path) -> PidLock:
+    """Hold ``out`` (resolved; ``shown`` as the user gave it) for this :func:`prepare` (see the module docstring).
+
+    Raises:
+        DataError: another prepare holds it (the message gives its pid).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = PidLock(out.parent / f".{out.name}{LOCK_SUFFIX}")
+    try:
+        holder = lock.acquire()
+    except OSError:  # a parent folder that is not writable: lock inside out, where the cache is built in place
+        if not out.is_dir():
+            raise
+        lock = PidLock(out / INSIDE_LOCK)
+        holder = lock.acquire()
+    if holder is not None:
+        raise DataError(f"{shown}: another dermogaze data prepare (pid {holder}) is writing this cache; wait for it to "
+                        "end, or choose another --out")
+    return lock
 
 
 def _staging_folder(out: Path, token: str) -> Path:
@@ -445,7 +508,8 @@ def prepare(
 
     Raises:
         DataError: a bad sample (without ``skip_bad``), a missing folder or CSV, no training split,
-        no usable training sample, or an ``out_dir`` that is not a cache.
+        no usable training sample, an ``out_dir`` that is not a cache, or another prepare writing it.
+        OSError: a failed write (a full disk); the previous cache, if any, is untouched.
     """
     isic_dir, out = Path(isic_dir), Path(out_dir)
     if size < 1:
@@ -455,37 +519,46 @@ def prepare(
         raise DataError(f"{isic_dir}: no Training split (the normalisation statistics come from it)")
     _claim_folder(out)
     target = out.resolve()  # a symlinked cache folder is swapped where it lives
-    _clean_up(target)
-    fingerprint = _fingerprint(collection, labels)
-    options = {"size": size, "skip_bad": skip_bad, "draft": draft, "layout": collection.layout,
-               "labels": None if labels is None else str(Path(labels).resolve()), "split": list(split), "seed": seed}
-    if not force:
-        with contextlib.suppress(DataError):
-            info = load_info(out)
-            if info.get("fingerprint") == fingerprint and info.get("options") == options:
-                log.info("%s is up to date with %s; nothing to do", out, isic_dir)
-                return info
-
-    token = secrets.token_hex(8)
-    started = time.perf_counter()
-    staged = _staging_folder(target, token)
-    committed = False
+    lock = _lock(target, shown=out)
     try:
-        info = _build(collection, staged, token, size=size, workers=workers, skip_bad=skip_bad, progress=progress,
-                      draft=draft)
-        info.update(source=str(isic_dir.resolve()), fingerprint=fingerprint, options=options)
-        write_json(info, staged / INFO_FILE)
-        _commit(staged, target, token)
-        committed = True
+        _clean_up(target)
+        fingerprint = _fingerprint(collection, labels)
+        options = {"size": size, "skip_bad": skip_bad, "draft": draft, "layout": collection.layout,
+                   "labels": None if labels is None else str(Path(labels).resolve()), "split": list(split),
+                   "seed": seed}
+        if not force:
+            with contextlib.suppress(DataError):
+                info = load_info(out)
+                if info.get("fingerprint") == fingerprint and info.get("options") == options:
+                    log.info("%s is up to date with %s; nothing to do", out, isic_dir)
+                    return info
+
+        token = secrets.token_hex(8)
+        started = time.perf_counter()
+        staged = _staging_folder(target, token)
+        committed = False
+        try:
+            info = _build(collection, staged, token, size=size, workers=workers, skip_bad=skip_bad, progress=progress,
+                          draft=draft)
+            info.update(source=str(isic_dir.resolve()), fingerprint=fingerprint, options=options)
+            write_json(info, staged / INFO_FILE)
+            _commit(staged, target, token)
+            committed = True
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # named by the cache, not its hidden staging
+                raise OSError(exc.errno, exc.strerror, str(out)) from None
+            raise
+        finally:
+            if not committed:  # the old cache, if any, is untouched
+                shutil.rmtree(staged, ignore_errors=True)
+        log.info(
+            "prepared %s in %.1f s: %s%s",
+            out, time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in info["counts"].items()),
+            f"; {len(info['skipped'])} bad samples skipped" if info["skipped"] else "",
+        )
+        return info
     finally:
-        if not committed:  # the old cache, if any, is untouched
-            shutil.rmtree(staged, ignore_errors=True)
-    log.info(
-        "prepared %s in %.1f s: %s%s",
-        out, time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in info["counts"].items()),
-        f"; {len(info['skipped'])} bad samples skipped" if info["skipped"] else "",
-    )
-    return info
+        lock.release()
 
 
 def read_collection(

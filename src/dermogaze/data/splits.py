@@ -143,8 +143,10 @@ def split_ids(
     if k > 1:
         what = "lesions and images without a lesion id" if groups is not None else "images"
         if n_groups < k:
-            raise DermogazeError(f"split: {n_groups} {what} cannot be dealt into the {k} folds that fractions "
-                                 f"{tuple(fractions)} need")
+            shares = ",".join(f"{f:g}" for f in fractions)
+            raise DermogazeError(f"{n_groups} {what} are too few to divide into train, val and test in the fractions "
+                                 f"{shares}: that takes at least {k}; add images, or give fractions such as 1,0,0 "
+                                 "(every image in train)")
         _, per_stratum = np.unique(group_strata, return_counts=True)
         stratify = per_stratum.max() >= k
         folds = (StratifiedKFold if stratify else KFold)(n_splits=k, shuffle=True, random_state=seed)

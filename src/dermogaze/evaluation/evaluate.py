@@ -28,8 +28,8 @@ come from the same evaluation pass as validation during training
 
 from __future__ import annotations
 
-import csv
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from ..data.cache import load_info, load_split
 from ..data.dataset import DermoscopyDataset
 from ..data.metadata import group_labels
 from ..errors import DataError, DermogazeError
-from ..files import write_csv, write_json
+from ..files import parse_csv_file, write_csv, write_json
 from ..metrics.accumulator import EvaluationAccumulator
 from ..metrics.clinical import (
     bootstrap_intervals,
@@ -138,7 +138,8 @@ def evaluate_checkpoint(
 
     Raises:
         DermogazeError / DataError: unreadable checkpoint, missing cache or split, a cache the
-            model cannot run on, a model whose predictions are NaN or infinite (refused before
+            model cannot run on, a malformed ``compare`` file (:func:`read_predictions_csv`, before the model
+            runs), a model whose predictions are NaN or infinite (refused before
             the clinical statistics and before any file is written).
     """
     checkpoint = Path(checkpoint)
@@ -161,6 +162,8 @@ def evaluate_checkpoint(
                 f"--by {field} needs it"
             )
         group_labels(arrays.metadata, field)  # an unknown field fails before the model runs
+    if compare is not None:
+        read_predictions_csv(compare)  # so does a malformed --compare file
     model = model_from_checkpoint(ckpt)
     dev = resolve_device(device)
     model.to(dev)
@@ -347,15 +350,45 @@ def _subgroups(
     return rows
 
 
+def read_predictions_csv(path: str | Path) -> dict[str, float]:
+    """Another model's ``predictions.csv`` (``image_id,melanoma``, as :func:`write_predictions_csv` writes it).
+
+    Returns:
+        image id → melanoma probability.
+
+    Raises:
+        DataError: a missing or unreadable file (:func:`~dermogaze.files.parse_csv_file`: a byte-order mark is
+            fine), no ``image_id``/``melanoma`` column, no row, a repeated or empty id, a probability that is
+            not a number in [0, 1] (NaN included); the message names the file and the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such predictions file (--compare takes another run's predictions.csv)")
+    table = parse_csv_file(path, "predictions file", key="image_id")
+    missing = [c for c in ("image_id", "melanoma") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: not a predictions file: no {' or '.join(missing)} column (expected the "
+                        f"image_id,melanoma of an evaluation's predictions.csv, found {', '.join(table.columns)})")
+    if not table.rows:
+        raise DataError(f"{path}: no predictions (only a header)")
+    out: dict[str, float] = {}
+    for line, row in table.rows:
+        image_id, raw = row["image_id"].strip(), row["melanoma"].strip()
+        if not image_id:
+            raise DataError(f"{path}: line {line}: empty image_id")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise DataError(f"{path}: line {line}: melanoma {raw!r} of {image_id} is not a probability in [0, 1]")
+        out[image_id] = value
+    return out
+
+
 def _compare(path: Path, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """DeLong's test of this model's AUC against the model whose ``predictions.csv`` is ``path``."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such predictions file (--compare takes another run's predictions.csv)")
-    try:
-        with path.open(newline="") as fh:
-            other = {row["image_id"]: float(row["melanoma"]) for row in csv.DictReader(fh)}
-    except (KeyError, ValueError, csv.Error) as exc:
-        raise DataError(f"{path}: not a predictions file with image_id,melanoma columns ({exc})") from None
+    other = read_predictions_csv(path)
     missing = [i for i in ids if i not in other]
     if missing:
         raise DataError(

@@ -260,9 +260,11 @@ def run_table3(
         "runs": {preset: run folder}}``.
 
     Raises:
-        DermogazeError: an unknown preset, a configuration that cannot train, a missing cache or split,
+        DermogazeError: no preset or an unknown one, a configuration that cannot train, a missing cache or split,
             a run folder of another configuration, a failed training.
     """
+    if not presets:
+        raise DermogazeError(f"no preset to run: name some of {', '.join(TABLE3_PRESETS)} (comma-separated)")
     unknown = [p for p in presets if p not in TABLE3_PRESETS]
     if unknown:
         raise DermogazeError(f"not a Table 3 preset: {', '.join(unknown)} (they are {', '.join(TABLE3_PRESETS)})")

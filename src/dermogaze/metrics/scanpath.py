@@ -36,7 +36,7 @@ steps, not a unit.
 
 **Human fixations** (:func:`read_fixations_csv`): a CSV with columns ``x, y, duration_ms`` in the
 image's own pixels (column ``x``, row ``y``, origin top-left), one fixation per row in viewing
-order, as eye trackers export; other columns are ignored.
+order, as eye trackers export; other columns are ignored; at most :data:`MAX_FIXATIONS` rows.
 
 **Stability** (:func:`view_stability`, docs/design.md §6b): the network sees an image and its 7 other
 flips/rotations (the dihedral group of the square, :data:`dermogaze.data.transforms.DIHEDRAL`, the
@@ -50,7 +50,6 @@ whose diagnosis is invariant under the group scores 1, 1 and 0.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -85,6 +84,11 @@ FIXATION_DTYPE = np.dtype([("start_x", "f8"), ("start_y", "f8"), ("duration", "f
 
 #: Columns of a human fixations CSV.
 CSV_COLUMNS = ("x", "y", "duration_ms")
+
+#: The most fixations a human scanpath may hold. Ten minutes on one image at three fixations a second is under
+#: 2000; MultiMatch's alignment costs grow with the square of the length (seconds at this bound, hours at a
+#: file of raw gaze samples), so a longer file is refused before it is compared.
+MAX_FIXATIONS = 5_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +142,10 @@ def read_record(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not an explanation record of 'dermogaze explain' (not JSON: {exc.msg} at line "
+                        f"{exc.lineno}, column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"{path}: unreadable explanation record ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(record, dict) or not isinstance(record.get("steps"), list) or not isinstance(
         record.get("image_size"), dict
@@ -180,7 +187,8 @@ def read_fixations_csv(path: str | Path, image_size: tuple[int, int] | None = No
     """A human scanpath: a CSV with columns ``x, y, duration_ms`` (image pixels, viewing order).
 
     The header is required; column names are matched without regard to case or surrounding spaces;
-    other columns are ignored; values may carry spaces; blank lines are skipped.
+    other columns are ignored; values may carry spaces; blank lines are skipped; at most :data:`MAX_FIXATIONS`
+    rows.
 
     Args:
         path: the CSV file.
@@ -191,35 +199,31 @@ def read_fixations_csv(path: str | Path, image_size: tuple[int, int] | None = No
         ``(n,)`` array of :data:`FIXATION_DTYPE` (durations in seconds).
 
     Raises:
-        DataError: unreadable file, missing column, a value that is not a finite number, a duration
-            that is not positive, a fixation outside the image; the message names the file and line.
+        DataError: unreadable file (:func:`~dermogaze.files.parse_csv_file`), missing column, more than
+            :data:`MAX_FIXATIONS` rows, a value that is not a finite number, a duration that is not positive, a
+            fixation outside the image; the message names the file and line.
     """
     path = Path(path)
-    return parse_csv_file(path, "fixations CSV", lambda text: _parse_fixations(path, text, image_size))
-
-
-def _parse_fixations(path: Path, text: str, image_size: tuple[int, int] | None) -> np.ndarray:
-    rows = csv.reader(text.splitlines())
-    header = next(rows, None)
-    columns = [c.strip().lower() for c in header or []]
-    missing = [c for c in CSV_COLUMNS if c not in columns]
+    table = parse_csv_file(path, "fixations CSV")
+    missing = [c for c in CSV_COLUMNS if c not in table.columns]
     if missing:
-        found = ", ".join(_brief(c) for c in columns[:8]) or "nothing"
+        found = ", ".join(_brief(c) for c in table.columns[:8]) or "nothing"
         raise DataError(
             f"{path}: line 1: expected a header with columns {', '.join(CSV_COLUMNS)} (comma-separated), "
             f"found {found}; missing {', '.join(missing)}"
         )
-    index = [columns.index(c) for c in CSV_COLUMNS]
+    if len(table.rows) > MAX_FIXATIONS:
+        raise DataError(
+            f"{path}: {len(table.rows)} fixations, more than the {MAX_FIXATIONS} MultiMatch compares (its alignment "
+            "grows with the square of the length): give the fixations of one viewing of the image, not raw gaze "
+            "samples"
+        )
     values: list[tuple[float, float, float]] = []
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
+    for line, row in table.rows:
         where = f"{path}: line {line}"
-        if len(row) < len(columns):
-            raise DataError(f"{where}: {len(row)} values, the header has {len(columns)} columns")
         fields = []
-        for name, i in zip(CSV_COLUMNS, index, strict=True):
-            cell = row[i].strip()
+        for name in CSV_COLUMNS:
+            cell = row[name].strip()
             try:
                 v = float(cell)
             except ValueError:

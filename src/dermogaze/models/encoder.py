@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..config import BATCH_NORM_MODES
 from ..errors import DermogazeError
+from ..files import check_file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def _download_imagenet(dst: Path) -> None:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
+    if not check_file_kind(path, "weights file", "give a vgg16_bn state dict (.pth)").is_file():
         raise DermogazeError(f"weights file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

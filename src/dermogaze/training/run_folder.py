@@ -6,7 +6,7 @@ Its files (:class:`RunWriter`; only rank 0 writes, holding the folder's lock)::
     RUN/metrics.jsonl    one JSON line per epoch
     RUN/last.pt          the checkpoint after the latest epoch (``--resume RUN`` continues from it)
     RUN/best.pt          the checkpoint of the epoch with the lowest validation loss
-    RUN/.lock            exists while a run writes here: an exclusive ``flock`` and the writer's pid
+    RUN/.lock            exists while a run writes here: the writer's pid, locked (:class:`~dermogaze.files.PidLock`)
 
 Every file is replaced atomically (:func:`~dermogaze.files.atomic_write`). After an epoch ``e`` the
 writes come in this order::
@@ -36,20 +36,14 @@ from __future__ import annotations
 
 import filecmp
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, save_config
 from ..errors import DermogazeError
-from ..files import copy_file, read_jsonl, remove_temporaries, write_jsonl
+from ..files import PidLock, copy_file, read_jsonl, remove_temporaries, write_jsonl
 from .checkpoint import load_checkpoint, save_checkpoint
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, the run folder is not locked
-    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +64,7 @@ class RunWriter:
         self.last = self.run / "last.pt"
         self.best = self.run / "best.pt"
         self.lock_file = self.run / ".lock"
-        self._lock_fd: int | None = None
+        self._lock = PidLock(self.lock_file)
         self._created = False
 
     @property
@@ -83,46 +77,27 @@ class RunWriter:
         return [p for p in self.files if p.exists()]
 
     def lock(self) -> None:
-        """Hold the folder for this process until :meth:`unlock` or its death (``RUN/.lock``, ``flock``).
+        """Hold the folder for this process until :meth:`unlock` or its death (``RUN/.lock``).
 
         Raises:
             DermogazeError: the folder is a file, or another process holds it (the message gives its pid).
         """
         if self.run.exists() and not self.run.is_dir():
             raise DermogazeError(f"{self.run} is a file, not a run folder; choose another --out")
-        if fcntl is None:
-            return
         self._created = not self.run.exists()
         self.run.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise DermogazeError(
-                    f"{self.run} is in use by another dermogaze train (pid {holder}); wait for it to end, "
-                    "or choose another --out"
-                ) from None
-            try:
-                same = os.stat(self.lock_file).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the previous holder removed the file between our open and our lock: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        holder = self._lock.acquire()
+        if holder is not None:
+            raise DermogazeError(
+                f"{self.run} is in use by another dermogaze train (pid {holder}); wait for it to end, or choose "
+                "another --out"
+            )
 
     def unlock(self) -> None:
         """Release :meth:`lock` (no-op if not held); a folder the lock created and nothing filled is removed."""
-        if self._lock_fd is None:
+        if not self._lock.held:
             return
-        self.lock_file.unlink(missing_ok=True)  # while still locked: a process waiting on this file retries
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        self._lock.release()
         if self._created and self.run.is_dir() and not any(self.run.iterdir()):
             self.run.rmdir()
 
@@ -153,7 +128,7 @@ class RunWriter:
                 f"{self.run} holds no completed epoch (no {self.last.name}): nothing to resume; start it again "
                 "with --overwrite"
             )
-        ckpt = load_checkpoint(self.last)
+        ckpt = load_checkpoint(self.last, resume=True)
         if ckpt["config"]["model"] != cfg.to_dict()["model"]:
             raise DermogazeError(
                 f"cannot resume {self.last}: its model configuration {ckpt['config']['model']} differs from the "

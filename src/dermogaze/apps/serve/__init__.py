@@ -5,6 +5,8 @@ The package, by concern::
     session.py   the model side: the checkpoint loaded once (Viewer), one analysed image (Analysis)
     drawing.py   the pictures: gaze path, attention, masks, ground truth over the image
     page.py      the HTML/Markdown fragments, the Gradio page (build_app) and launch
+    guard.py     the HTTP boundary: request size limits, unknown functions answered with a 404
+    workspace.py the server's own temporary folder, removed when it stops
 
 A Gradio app over one trained checkpoint. The page, top to bottom:
 
@@ -47,9 +49,11 @@ Decisions:
   project's own reader (:func:`dermogaze.data.images.load_user_image`: pixel budget, one mode
   conversion), and a bad file gets that reader's message in the page.
 * Refused (a message in the page, nothing analysed): unreadable files, decompression bombs (the
-  pixel budget), images whose shorter side is below :data:`.session.MIN_IMAGE_SIDE`, and grayscale images
-  (the diagnosis depends on colour, which they lack). Analysed with a warning: images with
-  transparency (composited on white by the reader).
+  pixel budget), images above :data:`.session.MAX_UPLOAD_PIXELS` or whose shorter side is below
+  :data:`.session.MIN_IMAGE_SIDE` (both from the header), and grayscale images (the diagnosis depends on
+  colour, which they lack). Analysed with a warning: images with transparency (composited on white by the
+  reader). Refused with an HTTP error or a ``gr.Error``: what is not a request of the page (too large, an
+  unknown function, values the endpoint does not take): :mod:`.page` lists where each is caught.
 * The attention colour scale is shared by all gazes of the image (as in ``explain``'s figure): a
   diffuse gaze looks faint, a focused one bright.
 * Offline: ``GRADIO_ANALYTICS_ENABLED=False`` is set before Gradio is imported (Gradio is imported

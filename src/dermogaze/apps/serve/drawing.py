@@ -40,7 +40,7 @@ def _region_box(analysis: Analysis) -> tuple[int, int, int, int]:
 
 def _to_display(analysis: Analysis, x: int, y: int) -> tuple[float, float]:
     """A pixel of the original image → the centre of its spot in the display copy."""
-    h0, w0 = analysis.explanation.image.shape[:2]
+    h0, w0 = analysis.image_hw
     h, w = analysis.display.shape[:2]
     return (x + 0.5) * w / w0 - 0.5, (y + 0.5) * h / h0 - 0.5
 

@@ -5,24 +5,58 @@ with the first render as HTML panels, one per gaze, pictures inlined as JPEG dat
 (:func:`gazes_html`, :func:`path_html`). A step change is then no request at all: the slider's
 change event runs a line of JavaScript in the browser that shows gaze ``t``'s panels and hides the
 others (:data:`_SHOW_STEP_JS`). Gradio is imported only by :func:`build_app`.
+
+What a request may do, and what the server keeps, is bounded at four places:
+
+* **the HTTP boundary** (:mod:`.guard`): bodies above :data:`MAX_UPLOAD_BYTES` (an upload) or
+  :data:`MAX_REQUEST_BYTES` (the API's JSON) are refused with 413 before they are read; an unknown
+  ``fn_index`` or API name is a 404 listing the endpoints;
+* **from a request to a handler's arguments** (:func:`build_app`'s page class): a request whose values do not
+  fit an endpoint's inputs (their number, an upload that is not an uploaded file) is one ``gr.Error`` naming
+  the endpoint and what it takes; the values a user chooses (gaze numbers, split names, gallery indices) reach
+  the handlers unconverted (``preprocess=False``) and are checked there, every
+  :class:`~dermogaze.errors.DermogazeError` becoming a ``gr.Error`` with its message (an upload's own
+  problems, a file that is not an image..., are shown in the page's status line instead);
+* **what the server holds**: the analyses of the :data:`MAX_SESSIONS` most recently used sessions (Gradio's
+  ``state_session_capacity``; a dropped session is told to upload again), their full-size images within
+  :data:`~.session.ORIGINALS_BYTES` (:class:`~.session._Originals`), one network request at a time
+  (``default_concurrency_limit=1``) with at most :data:`MAX_QUEUED` waiting (then 503), uploads and served
+  files deleted :data:`FILE_LIFETIME_S` seconds after they were written (Gradio's ``delete_cache``);
+* **its files**: all in the viewer's folder (:class:`~.workspace.ServerFolder`, Gradio's through
+  ``GRADIO_TEMP_DIR``), which is removed when the server stops: Ctrl-C, and SIGTERM or SIGHUP, which
+  :func:`launch` turns into Ctrl-C.
 """
 
 import base64
+import contextlib
 import html
 import os
 import re
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ...errors import DermogazeError
 from .drawing import render_path, render_step
-from .session import GALLERY_SIZE, Analysis, Viewer, jpeg_bytes
+from .guard import RequestLimit, request_error_handlers
+from .session import GALLERY_SIZE, Analysis, Viewer, gaze_numbers, jpeg_bytes
 
 #: Default address: this machine only.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+#: Bytes of one uploaded file (Gradio's ``max_file_size``; a 30-megapixel dermoscopy JPEG is well under it).
+MAX_UPLOAD_BYTES = 64 << 20
+#: Bytes of any other request's body (the API's JSON: gaze numbers, a split name, an uploaded file's path).
+MAX_REQUEST_BYTES = 1 << 20
+#: Sessions (browser tabs, API clients) whose state the server keeps; the least recently used goes beyond it.
+MAX_SESSIONS = 128
+#: Requests waiting for the network beyond which a new one is refused (HTTP 503, "Queue is full").
+MAX_QUEUED = 64
+#: Seconds an uploaded file, or a copy of a file the page serves, is kept (checked every minute).
+FILE_LIFETIME_S = 600
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +265,7 @@ one region (bright = where it looked), outlines a dermoscopic structure there an
 diagnosis is computed from what the gazes saw. Walk through the gazes with the slider, and untick
 gazes to see how the diagnosis changes without them. *Research software, not a medical device.*
 
-Model: `{variant}`, {size}×{size} px input, checkpoint `{checkpoint}`.
+Model: `{variant}`, {size}×{size} px input, checkpoint `{checkpoint}`, computed in {precision} on {device}.
 """
 
 
@@ -260,8 +294,8 @@ def build_app(viewer: Viewer):
 
     steps = viewer.steps
     intro = _INTRO.format(steps=steps or "no", variant=viewer.variant, size=viewer.image_size,
-                          checkpoint=viewer.checkpoint)
-    with gr.Blocks(title="dermogaze viewer", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+                          checkpoint=viewer.checkpoint, precision=viewer.precision, device=viewer.device)
+    with _page_class(gr)(title="dermogaze viewer", analytics_enabled=False, delete_cache=(60, FILE_LIFETIME_S)) as app:
         analysis_state = gr.State(None)
         gr.Markdown(intro)
         with gr.Row(equal_height=False):
@@ -338,66 +372,164 @@ def build_app(viewer: Viewer):
             except DermogazeError as exc:  # DataError included: a bad file, named
                 return *refuse(str(exc)), None
 
-        def analyse_pick(split_name: str, evt: gr.SelectData):
+        def analyse_pick(split_name: Any, evt: gr.EventData):
+            index = evt._data.get("index") if isinstance(evt._data, dict) else None  # the gallery image clicked
             try:
-                return show(viewer.analyse_cached(split_name, int(evt.index)))
+                return show(viewer.analyse_cached(split_name, index))
             except DermogazeError as exc:
                 return refuse(str(exc))
 
-        def intervene(analysis: Analysis | None, ticked: list[int]):
-            if analysis is None or not analysis.has_gazes:
-                return None, ""
-            ticked = sorted(int(t) for t in ticked or [])
-            p = viewer.intervene(analysis, ticked)
-            return p, intervention_markdown(analysis, ticked, p)
+        @contextlib.contextmanager
+        def refusals() -> Iterator[None]:
+            """A DermogazeError of the block becomes a ``gr.Error`` with its message (no traceback in the log)."""
+            try:
+                yield
+            except DermogazeError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+
+        def analysed(analysis: Analysis | None) -> Analysis:
+            if analysis is None:
+                raise DermogazeError(_NO_ANALYSIS)
+            return analysis
+
+        def intervene(analysis: Analysis | None, ticked: Any):
+            with refusals():
+                analysis = analysed(analysis)
+                keep = gaze_numbers(ticked, analysis.steps)
+                p = viewer.intervene(analysis, keep)
+            return p, intervention_markdown(analysis, keep, p)
 
         def prepare_files(analysis: Analysis | None):
-            if analysis is None:
-                return gr.update(value=None, visible=False)
-            return gr.update(value=[str(p) for p in viewer.save_files(analysis)], visible=True)
+            with refusals():
+                files = viewer.save_files(analysed(analysis))
+            return gr.update(value=[str(p) for p in files], visible=True)
+
+        def pictures(split_name: Any):
+            with refusals():
+                return viewer.gallery(split_name)
 
         upload.upload(analyse_upload, upload, [*analysis_outputs, upload], api_name="analyse_upload",
                       concurrency_id="model", concurrency_limit=1)
         if viewer.splits:
-            gallery.select(analyse_pick, split, analysis_outputs, api_visibility="private",
+            gallery.select(analyse_pick, split, analysis_outputs, api_visibility="private", preprocess=False,
                            concurrency_id="model", concurrency_limit=1)
-            split.change(lambda s: viewer.gallery(s), split, gallery, api_visibility="private")
+            split.change(pictures, split, gallery, api_visibility="private", preprocess=False)
         step.change(None, step, None, js=_SHOW_STEP_JS, api_visibility="private", show_progress="hidden")
         keep.input(intervene, [analysis_state, keep], [p_keep, effect], api_name="intervene", queue=False,
-                   show_progress="hidden", trigger_mode="always_last")
+                   preprocess=False, show_progress="hidden", trigger_mode="always_last")
         download.click(prepare_files, analysis_state, files, api_name="downloads", concurrency_id="files",
                        concurrency_limit=1)
+    app.queue(default_concurrency_limit=1, max_size=MAX_QUEUED)
     return app
+
+
+#: The answer to an intervention or a download in a session without an analysed image.
+_NO_ANALYSIS = (
+    "no analysed image in this session: upload an image first (the server keeps the analyses of its "
+    f"{MAX_SESSIONS} most recently used sessions)"
+)
+
+
+def _page_class(gr):
+    """``gr.Blocks`` whose requests are fitted to, or refused by, each endpoint's inputs before its handler runs.
+
+    The values of a request go to the handler one per input; a request sending only the API's values (no
+    value for a ``gr.State``) has them placed, as Gradio's ``/call`` routes do. A request with another number
+    of values, or one Gradio cannot turn into an input's value (an upload that is not an uploaded file...), is
+    refused with one ``gr.Error`` naming the endpoint and what it takes (Gradio's own answer is a 500 without a
+    message and a traceback in the server's log).
+    """
+
+    class Page(gr.Blocks):
+        async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+            name = f"/{block_fn.api_name}" if block_fn.api_name else f"function {block_fn._id}"
+            api = [block for block in block_fn.inputs if not block.skip_api]
+            takes = ", ".join(f"{type(b).__name__} {b.label!r}" if b.label else type(b).__name__ for b in api)
+            takes = f"{len(api)} value{'s' if len(api) != 1 else ''}" + (f" ({takes})" if takes else "")
+            inputs = list(inputs)
+            if len(inputs) == len(api) < len(block_fn.inputs):
+                values = iter(inputs)
+                inputs = [None if block.skip_api else next(values) for block in block_fn.inputs]
+            if len(inputs) != len(block_fn.inputs):
+                raise gr.Error(f"{name} takes {takes}; the request has {len(inputs)}", print_exception=False)
+            try:
+                return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+            except gr.Error:
+                raise
+            except Exception as exc:  # whatever Gradio raises for a value that is not an input's
+                reason = " ".join(str(exc).split())
+                if hasattr(exc, "errors"):  # pydantic: the first problem, not its multi-line report
+                    first = exc.errors()[0]
+                    reason = f"{first.get('msg')} (got {first.get('input')!r})"
+                raise gr.Error(f"{name} takes {takes}; {reason}", print_exception=False) from None
+
+    return Page
 
 
 def launch(
     viewer: Viewer, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, prevent_thread_lock: bool = False,
     quiet: bool = False,
 ):
-    """Build the page and serve it (offline: see the module docstring).
+    """Build the page and serve it (offline, bounded: see the module docstring) until Ctrl-C, SIGTERM or SIGHUP.
+
+    Gradio's temporary folder is set to the viewer's (``GRADIO_TEMP_DIR``, for the whole process: Gradio
+    reads it whenever it checks a file), so that the viewer's folder holds every file the server writes.
 
     Args:
         viewer: the loaded checkpoint.
         host: address to bind (``127.0.0.1``: this machine only).
         port: TCP port.
-        prevent_thread_lock: return once the server runs (tests, benchmarks) instead of blocking.
+        prevent_thread_lock: return once the server runs (tests, benchmarks) instead of serving until stopped.
         quiet: no start-up message from Gradio.
 
     Returns:
-        The launched ``gr.Blocks`` (``close()`` stops it).
+        The launched ``gr.Blocks`` (``close()`` stops it); stopped already unless ``prevent_thread_lock``.
 
     Raises:
         DermogazeError: the port is taken.
     """
     if not 1 <= port <= 65535:
         raise DermogazeError(f"--port {port}: a TCP port is a number from 1 to 65535")
+    os.environ["GRADIO_TEMP_DIR"] = str(viewer.folder.gradio)  # before the page's components read it
     app = build_app(viewer)
-    try:
-        app.launch(
-            server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=prevent_thread_lock,
-            quiet=quiet, show_error=False, footer_links=["api"], run_history=False, enable_monitoring=False,
-            mcp_server=False, ssr_mode=False, pwa=False, theme="default", css=_CSS,
-        )
-    except OSError as exc:
-        raise DermogazeError(f"cannot serve on {host}:{port}: {exc} (choose another --port)") from None
+    from starlette.middleware import Middleware
+
+    limit = Middleware(RequestLimit, upload_bytes=MAX_UPLOAD_BYTES, other_bytes=MAX_REQUEST_BYTES)
+    with contextlib.nullcontext() if prevent_thread_lock else _signals_as_interrupt():
+        try:
+            app.launch(
+                server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
+                quiet=quiet, show_error=False, footer_links=["api"], run_history=False, enable_monitoring=False,
+                mcp_server=False, ssr_mode=False, pwa=False, theme="default", css=_CSS,
+                max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS,
+                num_workers=0,  # no static file workers (GRADIO_NUM_WORKERS): every upload passes the limits here
+                app_kwargs={"middleware": [limit],
+                            "exception_handlers": request_error_handlers(lambda: app.fns.values())},
+            )
+            if not prevent_thread_lock:
+                app.block_thread()  # until Ctrl-C (KeyboardInterrupt), which it catches
+        except OSError as exc:
+            raise DermogazeError(f"cannot serve on {host}:{port}: {exc} (choose another --port)") from None
+        finally:
+            if not prevent_thread_lock:
+                app.close()  # an interruption while starting included
     return app
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread (Ctrl-C's way out, which cleans up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {sig: signal.signal(sig, _interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

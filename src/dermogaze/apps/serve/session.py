@@ -9,14 +9,23 @@
   keeps the network state, so that an intervention (:meth:`Viewer.intervene`) runs the diagnosis
   branch alone (:meth:`~dermogaze.models.GazeNet.diagnose`), no new encoder or ConvLSTM pass.
 * The gallery's pictures are JPEG files named by their content (:class:`_Pictures`).
+
+What one server holds is bounded: everything it writes lies in its own folder
+(:class:`~.workspace.ServerFolder`, removed when it stops); an upload is refused above
+:data:`MAX_UPLOAD_PIXELS` from its header, before a pixel is decoded; the full-size images of the analyses,
+which only their downloads need, are held for the newest analyses within :data:`ORIGINALS_BYTES`
+(:class:`_Originals`; what the page and the interventions use stays with each session); the gallery's pictures
+are at most :data:`GALLERY_SIZE` per split (named by content); only the newest :data:`DOWNLOADS_KEPT` download
+folders are kept. Every refusal is a :class:`~dermogaze.errors.DermogazeError` whose message names the file by
+the name it was given, never by the server's folders.
 """
 
-import contextlib
 import hashlib
 import io
+import shutil
 import tempfile
 import threading
-import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,15 +38,16 @@ from torch import Tensor, nn
 
 from ...config import Config
 from ...data.cache import load_info, load_split
-from ...data.images import load_user_image, normalise
+from ...data.images import check_image_file, load_user_image, normalise
 from ...data.transforms import center_crop_slices
 from ...errors import DataError, DermogazeError
 from ...explain.record import Explanation, cache_region, explain_image
 from ...explain.run import safe_name, save_explanation
 from ...files import atomic_write
 from ...models import GazeNet, GazeState
-from ...runtime import resolve_device
+from ...runtime import autocast_factory, default_amp, effective_amp, precision_name, resolve_device
 from ...training.checkpoint import load_checkpoint, model_from_checkpoint
+from .workspace import ServerFolder
 
 #: Shorter side, in pixels, below which an upload is refused: the smallest network input (five VGG pools).
 MIN_IMAGE_SIDE = 32
@@ -45,8 +55,14 @@ MIN_IMAGE_SIDE = 32
 DISPLAY_SIDE = 384
 #: Images of a split shown in the gallery (the first ones, in the cache's order).
 GALLERY_SIZE = 48
-#: Seconds a drawn picture's file is kept (Gradio copies it into its own cache when the request ends).
-PICTURE_LIFETIME_S = 600
+#: Pixels (width × height) of the largest upload analysed: above the largest ISIC images (about 30 million), and
+#: a bound on what each analysis holds (its image, about 3 bytes a pixel) and on one analysis's peak memory.
+MAX_UPLOAD_PIXELS = 40_000_000
+#: Download folders kept (each request writes one; Gradio has copied its files by the next request).
+DOWNLOADS_KEPT = 4
+#: Bytes of the full-size images held for downloads (:class:`_Originals`): a few of the largest uploads, dozens of
+#: ISIC-sized ones.
+ORIGINALS_BYTES = 256 << 20
 
 
 @dataclass
@@ -54,7 +70,8 @@ class Analysis:
     """One analysed image: what a tab keeps between its requests.
 
     Attributes:
-        explanation: :func:`~dermogaze.explain.record.explain_image` output (record and arrays).
+        explanation: :func:`~dermogaze.explain.record.explain_image` output (record and arrays); its full-size
+            ``image`` is None once the viewer has let go of it (:class:`_Originals`).
         state: the network state the diagnosis is recomputed from (:meth:`GazeNet.diagnose`).
         display: ``(h, w, 3)`` uint8, the image at :data:`DISPLAY_SIDE` (longest side).
         ablation: ``(T,)`` P(melanoma) without each gaze alone, or None (a variant without gazes).
@@ -78,6 +95,12 @@ class Analysis:
     @property
     def has_gazes(self) -> bool:
         return self.explanation.attention is not None
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the image, in its own pixels."""
+        size = self.record["image_size"]
+        return int(size["height"]), int(size["width"])
 
 
 class _KeepState(nn.Module):
@@ -117,14 +140,11 @@ class _Pictures:
     """The page's pictures as JPEG files for Gradio to serve (:func:`jpeg_bytes`).
 
     Gradio's own encoders (PNG, WebP) are much slower than JPEG. Files are named by their content (the
-    same picture is one file) and removed :data:`PICTURE_LIFETIME_S` seconds after they were written
-    (Gradio serves its own copy by then).
+    same picture is one file), so the folder holds at most the gallery's images of every split.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self._written = 0
-        self._lock = threading.Lock()
 
     def __call__(self, array: np.ndarray | None) -> str | None:
         if array is None:
@@ -134,16 +154,61 @@ class _Pictures:
         if not path.exists():
             with atomic_write(path, "wb", fsync=False) as fh:  # transient: never read half-written, not kept
                 fh.write(data)
-        with self._lock:
-            self._written += 1
-            prune = self._written % 256 == 0
-        if prune:
-            cutoff = time.time() - PICTURE_LIFETIME_S
-            for old in self.folder.glob("*.jpg"):
-                with contextlib.suppress(OSError):
-                    if old.stat().st_mtime < cutoff:
-                        old.unlink()
         return str(path)
+
+
+class _Originals:
+    """The full-size images of the analyses, held for their downloads while they fit in a byte budget.
+
+    :meth:`hold` registers a new analysis; the oldest analyses whose images no longer fit in ``budget`` (the
+    newest is always kept) let go of theirs (``explanation.image = None``), so that however many sessions keep an
+    analysis, their full-size images take at most ``budget`` bytes beyond the newest. Analyses are held weakly:
+    one whose session is gone frees its image with it.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._held: list[tuple[weakref.ref, int]] = []  # oldest first: (analysis, bytes of its image)
+        self._lock = threading.Lock()
+
+    def hold(self, analysis: "Analysis") -> None:
+        with self._lock:
+            self._held.append((weakref.ref(analysis), analysis.explanation.image.nbytes))
+            self._held = [(ref, n) for ref, n in self._held if ref() is not None]
+            total = sum(n for _, n in self._held)
+            while len(self._held) > 1 and total > self.budget:
+                ref, n = self._held.pop(0)
+                if (old := ref()) is not None:
+                    old.explanation.image = None
+                total -= n
+
+
+def gaze_numbers(values: Any, steps: int) -> list[int]:
+    """``values`` checked as the gazes of an intervention: a list of distinct whole numbers from 1 to ``steps``.
+
+    A number may come as its decimal digits (``"2"``): Gradio's API description gives the choices as strings.
+
+    Raises:
+        DermogazeError: naming the first value that is not one (or the model's lack of gazes).
+    """
+    if steps == 0:
+        raise DermogazeError("this model has no gazes to switch off")
+    if not isinstance(values, (list, tuple)):
+        raise DermogazeError(
+            f"the gazes to keep are a list of gaze numbers from 1 to {steps} (e.g. [1, 2]), not {values!r}"
+        )
+    seen: list[int] = []
+    for value in values:
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DermogazeError(f"gaze {value!r} is not a gaze number: the gazes are numbered 1 to {steps}")
+        if not 1 <= value <= steps:
+            raise DermogazeError(f"there is no gaze {value}: this model makes {steps} gazes, numbered 1 to {steps}")
+        if value in seen:
+            raise DermogazeError(f"gaze {value} is listed twice: list each gaze to keep once")
+        seen.append(value)
+    return seen
 
 
 def _display_copy(image: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
@@ -161,15 +226,27 @@ class Viewer:
         checkpoint: ``RUN/best.pt``.
         data: a prepared cache whose splits the gallery offers (their ground truth is shown), or None.
         device: ``cpu``, ``cuda`` or ``auto``.
+        amp: ``off``, ``bf16`` or ``fp16``: the precision of the network's passes
+            (:func:`dermogaze.runtime.effective_amp`); None: :func:`dermogaze.runtime.default_amp` (bf16 on a CPU
+            with native bf16, else float32). ``precision`` names the one that runs.
+
+    Attributes:
+        folder: the server's temporary folder (:class:`~.workspace.ServerFolder`), removed by :meth:`close`, at
+            the end of a ``with`` block, or when the process exits.
 
     Raises:
         DermogazeError / DataError: unreadable checkpoint or cache.
     """
 
-    def __init__(self, checkpoint: str | Path, data: str | Path | None = None, *, device: str = "auto"):
+    def __init__(
+        self, checkpoint: str | Path, data: str | Path | None = None, *, device: str = "auto", amp: str | None = None
+    ):
         self.checkpoint = Path(checkpoint)
         ckpt = load_checkpoint(self.checkpoint)
         self.device = resolve_device(device)
+        self.amp = effective_amp(self.device, default_amp(self.device) if amp is None else amp)
+        self.autocast = autocast_factory(self.device, self.amp)
+        self.precision = precision_name(self.amp)
         self.model = model_from_checkpoint(ckpt).to(self.device).eval()
         self.image_size = int(ckpt["image_size"])
         self.mean, self.std = list(ckpt["mean"]), list(ckpt["std"])
@@ -188,9 +265,20 @@ class Viewer:
             )
         self._splits: dict[str, Any] = {}
         self._splits_lock = threading.Lock()
-        self._work = tempfile.TemporaryDirectory(prefix="dermogaze-serve-")  # removed with the viewer
-        (Path(self._work.name) / "pictures").mkdir()
-        self.pictures = _Pictures(Path(self._work.name) / "pictures")
+        self.folder = ServerFolder()  # last: a viewer that fails to load leaves nothing behind
+        self.pictures = _Pictures(self.folder.pictures)
+        self.originals = _Originals(ORIGINALS_BYTES)
+        self._downloads_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Remove the viewer's folder (:class:`~.workspace.ServerFolder`); the model stays usable for analyses."""
+        self.folder.close()
+
+    def __enter__(self) -> "Viewer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def steps(self) -> int:
@@ -209,10 +297,10 @@ class Viewer:
         """The arrays of a split of the cache (read once, memory-mapped by :func:`load_split`)."""
         if self.data is None:
             raise DermogazeError("no prepared data: start the viewer with --data CACHE to pick images of a split")
+        if not isinstance(name, str) or name not in self.splits:
+            raise DataError(f"cache {self.data} has no split {name!r} (it holds {', '.join(self.splits)})")
         with self._splits_lock:
             if name not in self._splits:
-                if name not in self.splits:
-                    raise DataError(f"cache {self.data} has no split {name!r} (it holds {', '.join(self.splits)})")
                 self._splits[name] = load_split(self.data, name)
             return self._splits[name]
 
@@ -223,32 +311,52 @@ class Viewer:
         keeper = _KeepState(self.model)
         expl = explain_image(
             keeper, tensor, original, structures=self.structures, threshold=self.threshold,
-            temperature=self.temperature, model_source=str(self.checkpoint), loss=self.loss, **explain,
+            temperature=self.temperature, model_source=str(self.checkpoint), loss=self.loss, autocast=self.autocast,
+            **explain,
         )
         state = keeper.state
         ablation = None
         t_steps = int(expl.record["n_steps"])
         if expl.attention is not None and t_steps > 0:
             keep = ~torch.eye(t_steps, dtype=torch.bool)  # (T, T): row t removes gaze t alone
-            probs = self.model.diagnose(_expand_state(state, t_steps), keep, temperature=self.temperature)  # (T,)
+            with self.autocast():  # the state is in the forward pass's precision
+                probs = self.model.diagnose(_expand_state(state, t_steps), keep, temperature=self.temperature)  # (T,)
             ablation = probs.float().cpu().numpy()
-        return Analysis(explanation=expl, state=state, display=_display_copy(expl.image), ablation=ablation,
-                        notes=tuple(notes))
+        analysis = Analysis(explanation=expl, state=state, display=_display_copy(expl.image), ablation=ablation,
+                            notes=tuple(notes))
+        self.originals.hold(analysis)
+        return analysis
 
     def analyse_file(self, path: str | Path) -> Analysis:
         """Analyse a user's image file (refusing what the module docstring lists).
 
+        Its size is checked from the header (:func:`~dermogaze.data.images.check_image_file`: the pixel budget,
+        then :data:`MAX_UPLOAD_PIXELS` and :data:`MIN_IMAGE_SIDE`) before any pixel is decoded.
+
         Raises:
-            DataError: the file is unreadable, over the pixel budget, too small or grayscale (names it).
+            DataError: the file is unreadable, over the pixel budget or :data:`MAX_UPLOAD_PIXELS`, too small or
+                grayscale (named by its file name, without the folder it lies in).
         """
         path = Path(path)
-        tensor, original = load_user_image(path, self.image_size, self.mean, self.std)
-        height, width = original.shape[:2]
+        try:
+            return self._analyse_file(path)
+        except DataError as exc:  # the reader names the full path: the user knows the file by its name
+            raise DataError(str(exc).replace(str(path), path.name)) from None
+
+    def _analyse_file(self, path: Path) -> Analysis:
+        width, height = check_image_file(path)
+        if width * height > MAX_UPLOAD_PIXELS:
+            raise DataError(
+                f"{path.name}: the image is {width}×{height} = {width * height:,} pixels; the viewer analyses images "
+                f"of at most {MAX_UPLOAD_PIXELS:,} pixels: give a reduced copy"
+            )
         if min(height, width) < MIN_IMAGE_SIDE:
             raise DataError(
                 f"{path.name}: the image is {width}×{height} pixels; a dermoscopic image of at least "
                 f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE} pixels is needed"
             )
+        tensor, original = load_user_image(path, self.image_size, self.mean, self.std)
+        height, width = original.shape[:2]
         step = max(1, max(height, width) // 512)
         sample = original[::step, ::step]  # (≤ 1024, ≤ 1024, 3) view: enough to tell colour from grey
         if (sample[..., 0] == sample[..., 1]).all() and (sample[..., 1] == sample[..., 2]).all():
@@ -268,8 +376,8 @@ class Viewer:
     def analyse_cached(self, split: str, index: int) -> Analysis:
         """Analyse image ``index`` of a split of the cache, with its ground truth (as ``dermogaze explain --data``)."""
         arrays = self.split(split)
-        if not 0 <= index < len(arrays):
-            raise DataError(f"split {split} of {self.data} has {len(arrays)} images, not an image number {index}")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(arrays):
+            raise DataError(f"split {split} of {self.data} has {len(arrays)} images, not an image number {index!r}")
         cache_size = int(self.info["size"])
         rows, cols = center_crop_slices(cache_size, self.image_size)  # the crop the dataset applies
         image = np.asarray(arrays.images[index])  # (C, C, 3) cache image
@@ -285,10 +393,16 @@ class Viewer:
 
     @torch.no_grad()
     def intervene(self, analysis: Analysis, keep: Sequence[int]) -> float:
-        """P(melanoma) with only the gazes ``keep`` (1-based step numbers), from the kept network state."""
+        """P(melanoma) with only the gazes ``keep`` (1-based step numbers), from the kept network state.
+
+        Raises:
+            DermogazeError: ``keep`` is not a list of distinct gaze numbers of the analysis
+                (:func:`gaze_numbers`), or the model has no gazes.
+        """
         mask = torch.zeros(analysis.steps, dtype=torch.bool)
-        mask[[int(t) - 1 for t in keep]] = True
-        return float(self.model.diagnose(analysis.state, mask, temperature=self.temperature)[0])
+        mask[[t - 1 for t in gaze_numbers(keep, analysis.steps)]] = True
+        with self.autocast():
+            return float(self.model.diagnose(analysis.state, mask, temperature=self.temperature)[0])
 
     def gallery(self, split: str) -> list[tuple[str, str]]:
         """``(picture file, caption)`` of the first :data:`GALLERY_SIZE` images of a split."""
@@ -298,8 +412,23 @@ class Viewer:
                 for k in range(min(GALLERY_SIZE, len(arrays)))]
 
     def save_files(self, analysis: Analysis) -> list[Path]:
-        """Write the JSON record and figures of ``dermogaze explain`` for the image into a fresh folder."""
-        out = Path(tempfile.mkdtemp(dir=self._work.name))
+        """Write the JSON record and figures of ``dermogaze explain`` for the image into a fresh folder.
+
+        The folders of earlier calls beyond the newest :data:`DOWNLOADS_KEPT` are removed.
+
+        Raises:
+            DermogazeError: the analysis's full-size image was let go (:class:`_Originals`).
+        """
+        if analysis.explanation.image is None:
+            raise DermogazeError(
+                f"the full-size copy of {analysis.record['image_id']} is no longer held (the server keeps those of "
+                f"its latest analyses, {ORIGINALS_BYTES >> 20} MB): analyse the image again to download its files"
+            )
+        with self._downloads_lock:
+            out = Path(tempfile.mkdtemp(dir=self.folder.downloads))
+            folders = sorted(self.folder.downloads.iterdir(), key=lambda f: f.stat().st_mtime_ns)
+            for old in folders[:-DOWNLOADS_KEPT]:
+                shutil.rmtree(old, ignore_errors=True)
         expl = replace(analysis.explanation, record=dict(analysis.record))  # the tab's record stays as it was
         files = save_explanation(expl, out, safe_name(analysis.record["image_id"]))
         return list(files.values())

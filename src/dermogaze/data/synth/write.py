@@ -73,9 +73,16 @@ LAYOUT_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 _ID_BASE = {"Training": 0, "Validation": 1_000_000, "Test_v2": 2_000_000, "Test": 2_000_000}
-_MAX_PER_SPLIT = 1_000_000
 _JPEG_QUALITY = 92
-_MIN_SIZE = 32
+#: The smallest side of a synthetic picture (the network's smallest input).
+MIN_SIDE = 32
+#: The largest side of a synthetic picture: the size of a small ISIC image. Rendering costs grow with the
+#: pixels: a 2048×2048 picture takes seconds and under a gigabyte, one of 100 000 px a side could not be
+#: rendered on any machine.
+MAX_SIDE = 2048
+#: The most images of one split: five times ISIC 2017's 2000 training images (synthetic data exercises the
+#: pipeline; a count of millions would render for days). Below the million ids of a split's range.
+MAX_COUNT = 10_000
 
 
 def image_id(split: str, index: int) -> str:
@@ -123,8 +130,8 @@ def _check_args(counts: Mapping[str, int], image_size) -> tuple[dict[str, int], 
     for split, n in counts.items():
         if split not in _ID_BASE:
             raise DermogazeError(f"unknown split {split!r}: expected some of Training, Validation, Test_v2 (or Test)")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= _MAX_PER_SPLIT:
-            raise DermogazeError(f"count for {split} must be an integer in [0, {_MAX_PER_SPLIT}], got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_COUNT:
+            raise DermogazeError(f"count for {split} must be an integer in [0, {MAX_COUNT}], got {n!r}")
         out[split] = int(n)
     if "Test" in out and "Test_v2" in out:
         raise DermogazeError("give either Test_v2 or Test, not both (they share the test id range)")
@@ -132,8 +139,8 @@ def _check_args(counts: Mapping[str, int], image_size) -> tuple[dict[str, int], 
         w, h = (int(v) for v in image_size)
     except (TypeError, ValueError):
         raise DermogazeError(f"image_size must be (width, height), got {image_size!r}") from None
-    if w < _MIN_SIZE or h < _MIN_SIZE:
-        raise DermogazeError(f"image_size must be at least {_MIN_SIZE}×{_MIN_SIZE}, got {w}×{h}")
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise DermogazeError(f"image_size must be from {MIN_SIDE} to {MAX_SIDE} px a side, got {w}×{h}")
     return out, (w, h)
 
 
@@ -284,8 +291,8 @@ def write_synthetic_isic(
             an earlier run that this run does not write are removed, so the folder holds one
             dataset. Other files are left alone.
         counts: images per official split name (``Training``, ``Validation``, ``Test_v2`` or
-            ``Test``); default :data:`DEFAULT_COUNTS`. A count of 0 skips the split.
-        image_size: ``(width, height)`` of every picture, at least 32×32.
+            ``Test``); default :data:`DEFAULT_COUNTS`. A count of 0 skips the split; at most :data:`MAX_COUNT`.
+        image_size: ``(width, height)`` of every picture, :data:`MIN_SIDE` to :data:`MAX_SIDE` px a side.
         seed: the dataset seed; same seed → same bytes.
         prevalences: overrides of :data:`DEFAULT_PREVALENCES`: fractions in [0, 1] for any of the
             four features and ``"melanoma"``.
