@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dermogaze-installed
 
-.PHONY: demo serve test test-fast test-robustness bench lint clean
+.PHONY: demo serve test test-fast test-realdata test-robustness bench lint clean
 
 # torch/torchvision: the exact pair this machine installs from its disk (pyproject.toml allows the 2.14 series).
 $(STAMP): pyproject.toml
@@ -29,12 +29,16 @@ define run_pytest
 	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 endef
 
-# The suite (unit, integration and the slow end-to-end tests); the robustness tier has its own target.
+# The suite (unit, integration and the slow end-to-end tests); the real-data and robustness tiers have their own targets.
 test: $(STAMP)
-	$(call run_pytest,-m "not robustness")
+	$(call run_pytest,-m "not robustness and not realdata")
 
 test-fast: $(STAMP)
-	$(call run_pytest,-m "not slow and not robustness")
+	$(call run_pytest,-m "not slow and not robustness and not realdata")
+
+# The command line on the real ISIC images of ../shared/realdata/isic2018-dev (tests/realdata/; skipped when absent).
+test-realdata: $(STAMP)
+	$(call run_pytest,-m realdata)
 
 # The command line against crafted inputs and faults, in subprocesses (tests/robustness/; CI runs it too).
 test-robustness: $(STAMP)

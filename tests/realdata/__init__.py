@@ -1,0 +1,1 @@
+"""The real-data tier (see conftest.py)."""
