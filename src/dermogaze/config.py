@@ -53,6 +53,24 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Mixed-precision modes (``dermogaze.runtime.autocast_factory``).
 AMP_MODES = ("off", "bf16", "fp16")
 
+# The vocabularies and defaults of the commands: the command line builds its parsers from these names, and the
+# modules that implement each one (which import torch, numpy...) import it from here.
+
+#: The presets of Table 3 (``dermogaze table3``, ``dermogaze.experiments.table3``), in the paper's order: each
+#: variant's shipped preset (``configs/NAME.yaml``) is named after it.
+TABLE3_PRESETS: tuple[str, ...] = MODEL_NAMES
+#: Images that get the costly explanation measures (deletion, insertion, stability) unless told otherwise
+#: (``dermogaze.evaluation.evaluate``; ``--faithfulness`` of ``evaluate``, ``compare`` and ``table3``).
+DEFAULT_FAITHFULNESS = 100
+#: Challenge submission formats (``dermogaze.apps.predict``, ``dermogaze predict --format``).
+SUBMISSION_FORMATS = ("isic2018-task2", "isic2017-part3")
+#: Values of ``prepare(layout=...)`` (``dermogaze.data.prepare``, ``dermogaze data prepare --layout``); a cache's
+#: ``info["layout"]`` is one of them other than ``"auto"``.
+LAYOUTS = ("auto", "isic2017", "isic2018", "images")
+#: Default address of the viewer (``dermogaze.apps.serve``, ``dermogaze serve``): this machine only.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
 _RULE_HELP = "expected 'sensitivity@S' or 'specificity@S' (0 < S <= 1), 'youden', or a number in [0, 1]"
 
 
@@ -256,6 +274,17 @@ MAX_WIDTH = 4.0
 MAX_WORKERS = 64
 #: The largest seed (``train.seed``, every ``--seed``): NumPy's and scikit-learn's seeds are 32-bit.
 MAX_SEED = 2**32 - 1
+#: The smallest side of a synthetic picture (``dermogaze.data.synth``, ``data synth --width/--height``): the
+#: network's smallest input.
+SYNTH_MIN_SIDE = 32
+#: The largest side of a synthetic picture: the size of a small ISIC image. Rendering costs grow with the
+#: pixels: a 2048×2048 picture takes seconds and under a gigabyte, one of 100 000 px a side could not be
+#: rendered on any machine.
+SYNTH_MAX_SIDE = 2048
+#: The most synthetic images of one split (``data synth --train/--val/--test``): five times ISIC 2017's 2000
+#: training images (synthetic data exercises the pipeline; a count of millions would render for days), below the
+#: million ids of a split's range (``dermogaze.data.synth.write.image_id``).
+SYNTH_MAX_COUNT = 10_000
 
 
 def _range(test: Callable[[Any], bool], allowed: str, *, optional: bool = False) -> tuple:

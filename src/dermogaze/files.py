@@ -43,8 +43,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from .errors import DataError
 
 try:
@@ -269,22 +267,27 @@ def copy_file(src: str | Path, dst: str | Path) -> Path:
 def to_jsonable(obj: Any) -> Any:
     """Plain Python values only: numpy scalars and arrays become numbers and lists, paths strings,
     tuples lists, and NaN or infinite floats ``None`` (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    import numpy as np  # here, not at the top: the command line's start-up imports this module (via config)
+
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, Mapping):
+            return {str(k): convert(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [convert(v) for v in obj]
+        if isinstance(obj, np.ndarray):
+            return convert(obj.tolist())
+        if isinstance(obj, (bool, np.bool_)):
+            return bool(obj)
+        if isinstance(obj, (int, np.integer)):
+            return int(obj)
+        if isinstance(obj, (float, np.floating)):
+            f = float(obj)
+            return f if math.isfinite(f) else None
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    return convert(obj)
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -131,3 +131,23 @@ def test_a_2018_model_refuses_a_2017_cache(pipeline_2018, tiny_isic_dir, tmp_pat
         evaluate_checkpoint(ckpt, cache17, "test", tmp_path / "eval", progress=False)
     with pytest.raises(DermogazeError, match="trained on the structures"):
         predict(ckpt, cache17, "test", tmp_path / "p", progress=False)
+
+
+def test_predict_says_what_the_model_was_trained_on(pipeline_tiny_run, pipeline_cache, tiny_isic_dir, tmp_path,
+                                                    caplog):
+    from dermogaze.data.provenance import DEMONSTRATION_NOTE
+    from dermogaze.training.checkpoint import load_checkpoint
+
+    best = pipeline_tiny_run / "best.pt"
+    trained_on = load_checkpoint(best)["training_data"]
+    caplog.set_level("INFO", logger="dermogaze.apps.predict")
+    own = predict(best, pipeline_cache, "test", tmp_path / "own.csv", fmt="isic2017-part3", device="cpu",
+                  progress=False)
+    assert own["training_data"] == trained_on and trained_on["kind"] == "synthetic" and own["notes"] == []
+    assert f"was trained on synthetic collection '{pipeline_cache.name}'" in caplog.text
+    assert DEMONSTRATION_NOTE not in caplog.text
+    real = tmp_path / "real"  # a collection not written by the synthetic generator (the hand-made one)
+    prepare(tiny_isic_dir, real, size=40, progress=False)
+    result = predict(best, real, "test", tmp_path / "real.csv", fmt="isic2017-part3", device="cpu", progress=False)
+    assert result["notes"] == [DEMONSTRATION_NOTE] and result["n_images"] == 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [DEMONSTRATION_NOTE]

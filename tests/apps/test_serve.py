@@ -9,6 +9,7 @@ import json
 import math
 import re
 import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +327,37 @@ def test_launch_on_a_taken_port_is_one_clear_error(viewer):
             launch(viewer, port=port, prevent_thread_lock=True, quiet=True)
 
 
+@pytest.mark.parametrize("failures", [1, 3])
+def test_a_server_too_slow_to_start_is_tried_again_then_one_clear_error(viewer, monkeypatch, failures):
+    """Gradio gives its server thread 5 s: a busy machine's miss is retried, up to START_ATTEMPTS starts in all."""
+    import gradio
+    from gradio.exceptions import ServerFailedToStartError
+
+    from dermogaze.apps.serve.page import START_ATTEMPTS
+
+    real, calls = gradio.Blocks.launch, []
+
+    def slow_start(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise ServerFailedToStartError("Server failed to start. Please check that the port is available.")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gradio.Blocks, "launch", slow_start)
+    port = free_port()
+    if failures < START_ATTEMPTS:
+        app = launch(viewer, port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            assert len(calls) == failures + 1
+            with urllib.request.urlopen(app.local_url, timeout=60) as response:
+                assert response.status == 200
+        finally:
+            app.close()
+    else:
+        with pytest.raises(DermogazeError, match=f"on 127.0.0.1:{port} did not start within Gradio's 5 s, 3 times"):
+            launch(viewer, port=port, prevent_thread_lock=True, quiet=True)
+        assert len(calls) == START_ATTEMPTS
+
 def test_cli_serve_refuses_a_missing_checkpoint(tmp_path, capsys):
     from dermogaze.cli import main
 
@@ -438,3 +470,54 @@ def test_stale_server_folders_are_removed_and_others_left(tmp_path):
     finally:
         live.close()
 
+
+
+@pytest.fixture(scope="module")
+def synthetic_checkpoint(crafted_gaze_checkpoint, pipeline_cache, tmp_path_factory) -> Path:
+    """:func:`crafted_gaze_checkpoint` as a model of :func:`pipeline_cache` (synthetic) with its fitted
+    out-of-distribution score (no training: the session's trained run is left to the modules that train alike)."""
+    from dermogaze.data.cache import load_info
+    from dermogaze.data.provenance import training_collection
+    from dermogaze.training.checkpoint import load_checkpoint, save_checkpoint
+    from dermogaze.training.ood import fit_checkpoint_ood
+
+    ckpt = {k: v for k, v in load_checkpoint(crafted_gaze_checkpoint).items() if k != "path"}
+    ckpt["training_data"] = training_collection(pipeline_cache, load_info(pipeline_cache))
+    path = save_checkpoint(tmp_path_factory.mktemp("synthetic") / "best.pt", ckpt)
+    fit_checkpoint_ood(path, pipeline_cache, device="cpu", progress=False)
+    return path
+
+
+def test_the_page_says_what_the_model_was_trained_on_and_how_far_an_image_lies(synthetic_checkpoint, pipeline_cache,
+                                                                               realdata_dir, lesion_jpg):
+    from dermogaze.apps.serve.page import diagnosis_html, intro_markdown
+    from dermogaze.data.provenance import DEMONSTRATION_NOTE, describe
+
+    with Viewer(synthetic_checkpoint, pipeline_cache, device="cpu", amp="off") as viewer:
+        assert viewer.training_data["kind"] == "synthetic" and viewer.ood is not None
+        intro = intro_markdown(viewer)
+        assert f"Trained on: {describe(viewer.training_data)}." in intro
+        assert ("**Trained on synthetic images: this diagnosis is a demonstration** when it is given a "
+                "photograph") in intro
+        photo = viewer.analyse_file(realdata_dir / "ISIC_0000000_thumbnail.jpg")  # a real photograph
+        text = diagnosis_html(photo)
+        assert f'<div class="dg-note"><b>{DEMONSTRATION_NOTE}</b></div>' in text
+        ood = photo.record["ood"]
+        assert ood["threshold"] == viewer.ood.threshold
+        assert (f"distance {ood['distance']:.2f} to the training images' features, threshold "
+                f"{ood['threshold']:.2f}") in text
+        verdict = "out of distribution" if ood["out_of_distribution"] else "within the training images' distribution"
+        assert verdict in text
+        for analysis in (viewer.analyse_cached("test", 0), viewer.analyse_file(lesion_jpg)):  # synthetic images
+            assert analysis.record["ood"] is not None
+        assert DEMONSTRATION_NOTE not in diagnosis_html(viewer.analyse_cached("test", 0))  # its own collection
+
+
+def test_a_checkpoint_without_a_score_says_so_on_the_page(viewer, lesion_jpg):
+    from dermogaze.apps.serve.page import diagnosis_html, intro_markdown
+
+    assert viewer.ood is None and viewer.training_data["kind"] == "unknown"  # the crafted checkpoint
+    assert "Trained on: unknown (a checkpoint written before dermogaze recorded its training data)." in (
+        intro_markdown(viewer))
+    text = diagnosis_html(viewer.analyse_file(lesion_jpg))
+    assert "Out-of-distribution score: not available" in text and "dg-note" not in text

@@ -1,16 +1,20 @@
-"""``dermogaze --help`` and ``--version`` start at once: they import no library code and no heavy dependency.
+"""``dermogaze --help`` and ``--version`` start at once: they import no library code and no heavy dependency; nor
+does ``dermogaze COMMAND --help`` (``ACTION --help`` of a command group), for any command.
 
 The parser lists every command by its help line and adds only the arguments of the command that ``argv`` names
-(its module under ``dermogaze.cli``); each command imports the library code it uses when it runs. The checks look
-at ``sys.modules`` of a fresh interpreter, not at a clock.
+(its module under ``dermogaze.cli``); each command imports the library code it uses when it runs. The choices and
+defaults a command's parser shows come from :mod:`dermogaze.config` (``bench``'s from
+``benchmarks/bench_train_options.py``). The checks look at ``sys.modules`` of a fresh interpreter, not at a clock.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,8 @@ from dermogaze.cli import COMMANDS, build_parser, main
 
 #: Dependencies that a start-up must not import.
 HEAVY = ("torch", "numpy", "matplotlib", "sklearn", "pandas", "gradio", "optuna", "scipy", "skimage", "PIL")
+#: The checkout, where ``dermogaze bench`` finds its script.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Run in a fresh interpreter: import the package and the command line, build the parser, run ``--version``
 #: and ``--help``, and print the heavy modules loaded.
@@ -38,12 +44,45 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {H
 """
 
 
+#: Run in a fresh interpreter: ``dermogaze ARGV... --help``, and print the heavy modules loaded.
+_HELP_PROBE = f"""
+import contextlib, io, json, sys
+from dermogaze.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main([*sys.argv[1:], "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0, exc.code
+assert out.getvalue().startswith("usage: "), out.getvalue()
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r})))
+"""
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+def _help_targets() -> list[tuple[str, ...]]:
+    """Every command, and every action of a command group (``data synth``, ``sweep show``...)."""
+    targets = []
+    for name in COMMANDS:
+        targets.append((name,))
+        command = next(a for a in build_parser(name)._actions if a.dest == "command").choices[name]
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                targets.extend((name, sub) for sub in action.choices)
+    return targets
 
 
 def test_start_up_imports_no_heavy_dependency():
     proc = _run("-c", _PROBE)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("argv", _help_targets(), ids=" ".join)
+def test_command_help_imports_no_heavy_dependency(argv):
+    proc = _run("-c", _HELP_PROBE, *argv)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == []
 

@@ -17,6 +17,8 @@ from dermogaze.errors import DataError, DermogazeError
 from dermogaze.metrics.clinical import choose_threshold, fit_temperature
 from dermogaze.models import GazeOutput
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # as pipeline_tiny_run was trained: results compared at 1e-6
+
 
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]

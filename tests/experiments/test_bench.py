@@ -41,8 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def benchmark_script(name: str) -> ModuleType:
-    """``benchmarks/NAME.py`` as the module ``NAME`` (registered first: ``bench_train`` imports ``baseline`` by
-    that name, as it does when run from its folder)."""
+    """``benchmarks/NAME.py`` as the module ``NAME`` (registered first: ``bench_train`` imports ``baseline`` and
+    ``bench_train_options`` by those names, as it does when run from its folder)."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -52,6 +52,7 @@ def benchmark_script(name: str) -> ModuleType:
 
 
 Baseline = benchmark_script("baseline").Baseline
+benchmark_script("bench_train_options")
 bench = benchmark_script("bench_train")
 
 

@@ -77,6 +77,30 @@ def test_report_links_every_figure(pipeline_cache, pipeline_tiny_run, tmp_path):
     assert "specificity at sensitivity 89%" in text and "before temperature scaling" in text
     for rec in records:
         assert rec["image_id"] in text
+    from dermogaze.data.provenance import describe
+    from dermogaze.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(best)
+    assert f"- trained on: {describe(ckpt['training_data'])}; out-of-distribution threshold " in text
+    assert f"threshold {ckpt['ood']['threshold']:.2f} (the validation images' 95th percentile" in text
+
+
+def test_the_report_line_on_the_training_data():
+    from dermogaze.data.provenance import unknown_training_data
+    from dermogaze.experiments.demo.report import provenance_markdown
+
+    data = {**unknown_training_data(["lesion", "skin"]), "name": "cache", "kind": "synthetic",
+            "size": {"train": 320, "val": 80, "test": 160}, "fingerprint": "0123456789abcdef"}
+    scores = [{"distance": 3.0, "threshold": 5.0, "out_of_distribution": False},
+              {"distance": 6.0, "threshold": 5.0, "out_of_distribution": True}]
+    records = [{"training_data": data, "ood": s} for s in scores]
+    line = provenance_markdown(None, records)  # from the records
+    assert line == ("- trained on: synthetic collection 'cache' (custom structures; 320 train / 80 val / 160 test "
+                    "images; fingerprint 0123456789abcdef); out-of-distribution threshold 5.00 (the validation images' "
+                    "95th percentile of the Mahalanobis distance of the pooled encoder features), exceeded by 1 of the "
+                    "2 explained test images")
+    assert provenance_markdown(None, []) == (
+        "- trained on: unknown (a checkpoint written before dermogaze recorded its training data)")
 
 
 def test_report_names_the_options_beyond_the_paper():

@@ -15,7 +15,7 @@ from dermogaze.data.images import load_user_image, read_image_file
 from dermogaze.data.prepare import prepare
 from dermogaze.errors import DataError
 from dermogaze.explain.record import FULL_REGION, cache_region, explain_image, explain_record
-from dermogaze.explain.run import output_stems, safe_name, save_explanation
+from dermogaze.explain.run import output_stems, run_explain, safe_name, save_explanation, summary_line
 from dermogaze.metrics.explanation import gaze_points
 from dermogaze.models import build_model
 from dermogaze.structures import STRUCTURES
@@ -62,6 +62,11 @@ RECORD_SCHEMA = {
             "relevance_mass": OPT_NUM,
         }
     ],
+    "training_data": (type(None), {"name": str, "source": OPT_STR, "kind": str, "structure_set": OPT_STR,
+                                   "structures": (list, type(None)), "size": (dict, type(None)),
+                                   "fingerprint": OPT_STR}),
+    "ood": (type(None), {"distance": NUM, "threshold": NUM, "out_of_distribution": bool}),
+    "notes": [str],
 }
 
 
@@ -500,3 +505,65 @@ def test_cli_explain_a_split_named_twice_writes_every_image(tmp_path, trained_ru
     assert sorted(p.name for p in out.glob("*.json")) == [
         "ISIC_0000011.json", "ISIC_0000011_2.json", "ISIC_0000012.json", "ISIC_0000012_2.json"]
     assert json.loads((out / "ISIC_0000011_2.json").read_text())["image_id"] == "ISIC_0000011"
+
+
+# ----------------------------------------------------------------------------------------------
+# What the model was trained on, and how far an image lies from it
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_model_trained_on_synthetic_images_says_so_on_a_real_photograph(pipeline_tiny_run, realdata_dir, tmp_path,
+                                                                          capsys):
+    from dermogaze.data.provenance import DEMONSTRATION_NOTE
+    from dermogaze.metrics.ood import FeatureDistribution, pooled_features
+    from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    photo = realdata_dir / "ISIC_0000000_thumbnail.jpg"  # a real dermoscopic JPEG
+    best = pipeline_tiny_run / "best.pt"
+    out = tmp_path / "photo"
+    assert main(["explain", "--checkpoint", str(best), str(photo), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((out / f"{photo.stem}.json").read_text())
+    validate_record(rec)
+    ckpt = load_checkpoint(best)
+    assert rec["training_data"] == ckpt["training_data"] and rec["training_data"]["kind"] == "synthetic"
+    assert rec["notes"][0] == DEMONSTRATION_NOTE
+    assert f"\n  note: {DEMONSTRATION_NOTE}\n" in printed  # one plain line of its own
+    # the score: the Mahalanobis distance of the pooled encoder output, against the checkpoint's threshold
+    ood = FeatureDistribution.from_state(ckpt["ood"])
+    x, _ = load_user_image(photo, 32, ckpt["mean"], ckpt["std"])
+    with torch.no_grad():
+        _, state = model_from_checkpoint(ckpt).forward_with_state(x[None])
+    distance = float(ood.distance(pooled_features(state.x_prime))[0])
+    assert rec["ood"]["distance"] == pytest.approx(distance, rel=1e-5)
+    assert rec["ood"]["threshold"] == ood.threshold
+    assert rec["ood"]["out_of_distribution"] == (distance > ood.threshold)
+    assert f"OOD distance {rec['ood']['distance']:.2f}" in printed
+    if rec["ood"]["out_of_distribution"]:
+        assert rec["notes"][1].startswith("out of distribution") and "(out of distribution)" in printed
+
+
+def test_a_synthetic_model_on_its_own_collection_is_no_demonstration(pipeline_tiny_run, pipeline_cache, tmp_path):
+    records = run_explain(pipeline_tiny_run / "best.pt", ["test"], tmp_path / "split", data=pipeline_cache,
+                          progress=False)
+    assert len(records) == 8
+    for rec in records:
+        validate_record(rec)
+        assert not any(n.startswith("trained on synthetic") for n in rec["notes"])
+        assert rec["ood"] is not None and rec["ood"]["out_of_distribution"] == (
+            rec["ood"]["distance"] > rec["ood"]["threshold"])
+        assert len(rec["notes"]) == int(rec["ood"]["out_of_distribution"])  # only the out-of-distribution line
+
+
+def test_a_checkpoint_without_training_data_explains_with_it_unknown(pipeline_tiny_run, tmp_path, capsys):
+    from dermogaze.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(pipeline_tiny_run / "best.pt")
+    old = save_checkpoint(tmp_path / "old.pt", {k: v for k, v in ckpt.items()
+                                                 if k not in ("training_data", "ood", "path")})
+    records = run_explain(old, [_odd_jpeg(tmp_path)], tmp_path / "out", progress=False)
+    rec = records[0]
+    validate_record(rec)
+    assert rec["training_data"]["kind"] == "unknown" and rec["training_data"]["name"] == "unknown"
+    assert rec["ood"] is None and rec["notes"] == []
+    assert "OOD" not in summary_line(rec) and "note:" not in summary_line(rec)

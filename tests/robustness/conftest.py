@@ -36,6 +36,7 @@ Cases that train beyond the shared tiny run are marked ``slow``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -67,10 +68,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def probe_session(tmp_path_factory: pytest.TempPathFactory) -> Probe:
-    """One :class:`~.cli_probe.Probe` per session: the scratch folder and the shared inputs (built on first use)."""
+    """One :class:`~.cli_probe.Probe` per session: the scratch folder and the shared inputs (built on first use).
+
+    The package under test is this checkout's, or the one in the folder ``$DERMOGAZE_PROBE_SRC`` names (the
+    ``src`` of another checkout: how many cases an older version passes, for a before/after count per class).
+    """
     import dermogaze
 
-    return Probe(sys.executable, Path(dermogaze.__file__).resolve().parents[1], tmp_path_factory.mktemp("robustness"))
+    src = os.environ.get("DERMOGAZE_PROBE_SRC") or Path(dermogaze.__file__).resolve().parents[1]
+    return Probe(sys.executable, Path(src), tmp_path_factory.mktemp("robustness"))
 
 
 @pytest.fixture

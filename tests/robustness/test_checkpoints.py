@@ -2,10 +2,11 @@
 
 Each case writes a copy of the shared run's checkpoint with one field wrong (a calibration that cannot calibrate,
 structures or weights that do not fit the network, a normalisation that divides by zero, an input size the network
-was not built for, progress counters of the wrong type, resume state that cannot be restored) or a file that is not
-a checkpoint at all, and gives it to one reader: ``evaluate``, ``explain``, ``predict``, ``export``, ``serve`` or
-``train --resume``. Clean: one ``dermogaze: error:`` line that names the file and, for a field, the field; nothing
-written (no metrics, records, CSV or ONNX file; a resumed run's files unchanged).
+was not built for, progress counters of the wrong type, resume state that cannot be restored, a malformed record of
+the training data or out-of-distribution score) or a file that is not a checkpoint at all, and gives it to one
+reader: ``evaluate``, ``explain``, ``predict``, ``export``, ``serve`` or ``train --resume``. Clean: one
+``dermogaze: error:`` line that names the file and, for a field, the field; nothing written (no metrics, records,
+CSV or ONNX file; a resumed run's files unchanged).
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ FIELDS: dict[str, tuple[str, Edit, str]] = {
     "ck-epoch-negative-resume": ("resume", _set("epoch", value=-3), "epoch"),
     "ck-best-epoch-after-epoch-resume": ("resume", _set("best_epoch", value=5), "best_epoch"),
     "ck-best-val-loss-text-resume": ("resume", _set("best_val_loss", value="low"), "best_val_loss"),
+    # what the model was trained on, and its out-of-distribution score
+    "ck-training-data-kind-explain": ("explain", _set("training_data", "kind", value="photo"), "training_data"),
+    "ck-training-data-text-predict": ("predict", _set("training_data", value="isic2017"), "training_data"),
+    "ck-ood-covariance-negative-serve": ("serve", _with("ood", lambda o: {**o, "covariance": -o["covariance"]}),
+                                         "ood"),
+    "ck-ood-threshold-text-evaluate": ("evaluate", _set("ood", "threshold", value="high"), "ood"),
     # what resuming restores
     "ck-rng-empty-resume": ("resume", _set("rng", value=[]), "rng"),
     "ck-rng-torch-state-short-resume": ("resume", _short_torch_rng, "rng"),

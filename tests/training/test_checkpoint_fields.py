@@ -108,7 +108,25 @@ BAD_FIELDS = {
     "weights-not-tensor": (lambda c: c["model"].update({_weight(c): 0.5}), "not a tensor"),
     "weights-integer": (lambda c: c["model"].update({_weight(c): c["model"][_weight(c)].long()}), "integer tensor"),
     "weights-nan": (lambda c: c["model"][_weight(c)].view(-1).__setitem__(0, math.nan), "non-finite weights"),
+    "training-data-kind": (lambda c: c["training_data"].update(kind="photo"), "training_data kind must be one of"),
+    "training-data-not-a-mapping": (lambda c: c.update(training_data="isic"), "training_data must be a mapping"),
+    "training-data-other-structures": (lambda c: c["training_data"].update(structures=["lesion", "skin"]),
+                                       "training_data names the structures lesion, skin"),
+    "ood-other-channels": (lambda c: c.update(ood=_ood(16)), "ood mean must be a floating tensor of shape (32,)"),
+    "ood-indefinite": (lambda c: c.update(ood={**_ood(), "covariance": -_ood()["covariance"]}),
+                       "ood covariance must be symmetric positive definite"),
+    "ood-threshold-nan": (lambda c: c.update(ood={**_ood(), "threshold": math.nan}), "ood threshold"),
+    "ood-incomplete": (lambda c: c.update(ood={"mean": _ood()["mean"]}), "ood must be a mapping"),
 }
+
+
+def _ood(channels: int = 32) -> dict:
+    """The ``ood`` field of a distribution of ``channels`` features (the tiny preset's encoder has 32)."""
+    from dermogaze.metrics.ood import FeatureDistribution
+
+    generator = torch.Generator().manual_seed(channels)
+    train, val = torch.randn(40, channels, generator=generator), torch.randn(10, channels, generator=generator)
+    return FeatureDistribution.fit(train, val).to_state()
 
 
 @pytest.mark.parametrize(("edit", "message"), list(BAD_FIELDS.values()), ids=list(BAD_FIELDS))
@@ -163,6 +181,27 @@ def test_a_format_1_checkpoint_gets_the_calibration_it_was_used_with(state):
     ckpt["format_version"] = 1
     assert validate_checkpoint(ckpt, "old.pt")["calibration"] == {"temperature": 1.0, "threshold": 0.5,
                                                                   "threshold_rule": "0.5"}
+
+
+def test_a_checkpoint_written_before_the_training_data_and_the_ood_score_loads_as_unknown(state, tmp_path):
+    old = {k: v for k, v in _copy(state).items() if k not in ("training_data", "ood")}
+    path = tmp_path / "old.pt"
+    torch.save(old, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["ood"] is None
+    assert ckpt["training_data"]["kind"] == "unknown" and ckpt["training_data"]["name"] == "unknown"
+    assert ckpt["training_data"]["structures"] == INFO["structures"]
+
+
+def test_a_checkpoint_with_its_training_data_and_ood_score_round_trips(state, tmp_path):
+    data = {"name": "synth-40", "source": "/data/synth", "kind": "synthetic", "structure_set": "isic2017",
+            "structures": INFO["structures"], "size": {"train": 24, "val": 8, "test": 8},
+            "fingerprint": "0123456789abcdef"}
+    ckpt = {**_copy(state), "training_data": data, "ood": _ood()}
+    path = save_checkpoint(tmp_path / "best.pt", ckpt)
+    loaded = load_checkpoint(path, resume=True)
+    assert loaded["training_data"] == data and loaded["ood"]["threshold"] == ckpt["ood"]["threshold"]
+    torch.testing.assert_close(loaded["ood"]["covariance"], ckpt["ood"]["covariance"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "link-to-dev-null"])

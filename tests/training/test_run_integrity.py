@@ -24,10 +24,13 @@ import torch
 from dermogaze.config import Config, load_config
 from dermogaze.errors import DataError, DermogazeError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # as pipeline_tiny_run was trained: results compared at 1e-6
+
 RUN_FILES = ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
 #: The order in which messages list them (RunWriter.files).
 WRITER_ORDER = ["last.pt", "best.pt", "metrics.jsonl", "config.yaml"]
-#: The writes of a fresh 2-epoch run of the ``tiny`` preset (both of its epochs improve), in order.
+#: The writes of a fresh 2-epoch run of the ``tiny`` preset (both of its epochs improve), in order; at the end, the
+#: out-of-distribution score goes into last.pt, then best.pt (a copy: the same epoch).
 WRITES = [
     ("start", "config.yaml"),
     ("start", "metrics.jsonl"),
@@ -37,6 +40,8 @@ WRITES = [
     ("epoch 2", "metrics.jsonl"),
     ("epoch 2", "last.pt"),
     ("epoch 2", "best.pt"),
+    ("end", "last.pt"),
+    ("end", "best.pt"),
 ]
 #: Kill points: just before write k is renamed into place (its temporary file complete), or just after.
 KILLS = [(k, when) for k in range(len(WRITES)) for when in ("before", "after")]
@@ -56,8 +61,10 @@ def _assert_same_checkpoint(got: Path, expected: Path) -> None:
     from dermogaze.training.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(expected), load_checkpoint(got)
-    for key in ("epoch", "best_epoch", "best_val_loss", "calibration", "config"):
+    for key in ("epoch", "best_epoch", "best_val_loss", "calibration", "config", "training_data"):
         assert b[key] == a[key], (got, key)
+    assert a["ood"] is not None and b["ood"] is not None, got  # fitted when the run ends, also a resumed one
+    assert b["ood"]["threshold"] == pytest.approx(a["ood"]["threshold"], rel=1e-4), got
     assert {k: v for k, v in b["metrics"].items() if k != "time_s"} == {
         k: v for k, v in a["metrics"].items() if k != "time_s"
     }

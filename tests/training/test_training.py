@@ -18,6 +18,8 @@ from dermogaze.config import load_config
 from dermogaze.errors import DataError, DermogazeError
 from dermogaze.structures import STRUCTURES
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # as pipeline_tiny_run was trained: results compared at 1e-6
+
 
 def _rows(run: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock time."""

@@ -21,6 +21,10 @@ Formats:
 
 The images are the cached ones (normalised with the checkpoint's training statistics), so the
 inputs are those of ``evaluate``; their original sizes are recorded in the cache at ``prepare``.
+
+What the model was trained on is logged (:func:`~dermogaze.data.provenance.describe`) and returned; a model
+trained on synthetic images predicting a real collection logs, and returns in ``notes``,
+:data:`~dermogaze.data.provenance.DEMONSTRATION_NOTE`.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..config import SUBMISSION_FORMATS
 from ..data.cache import load_info, load_split
 from ..data.dataset import DermoscopyDataset
+from ..data.provenance import collection_kind, demonstration_note, describe
 from ..data.transforms import center_crop_slices
 from ..errors import DataError, DermogazeError
 from ..files import atomic_write, write_csv
@@ -46,9 +52,6 @@ from ..structures import ISIC2018_STRUCTURES, dermoscopic
 from ..training.checkpoint import check_structure_set, load_checkpoint, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
-
-#: Values of ``--format``.
-FORMATS = ("isic2018-task2", "isic2017-part3")
 
 
 def attribute_file(image_id: str, attribute: str) -> str:
@@ -116,22 +119,23 @@ def predict(
         cache: a prepared cache.
         split: its split to predict.
         out: output folder (``isic2018-task2``) or CSV file (``isic2017-part3``).
-        fmt: one of :data:`FORMATS` (see the module docstring).
+        fmt: one of :data:`~dermogaze.config.SUBMISSION_FORMATS` (see the module docstring).
         device: ``auto``, ``cpu`` or ``cuda``.
         amp: ``off``, ``bf16`` or ``fp16``: the forward pass's precision (:func:`dermogaze.runtime.effective_amp`).
         batch_size: images per forward pass.
         progress: show a progress bar.
 
     Returns:
-        ``{"format", "n_images", "files"}`` (``files``: how many files, or the CSV path).
+        ``{"format", "n_images", "files", "training_data", "notes"}`` (``files``: how many files, or the CSV path;
+        ``training_data``: the checkpoint's; ``notes``: lines for the reader).
 
     Raises:
         DermogazeError / DataError: unknown format, unreadable checkpoint or cache, a cache of
             another structure set, a model without a decoder or not trained on ISIC 2018 for
             ``isic2018-task2``, a cache without original sizes, non-finite model outputs.
     """
-    if fmt not in FORMATS:
-        raise DermogazeError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt not in SUBMISSION_FORMATS:
+        raise DermogazeError(f"unknown format {fmt!r}: expected one of {', '.join(SUBMISSION_FORMATS)}")
     ckpt = load_checkpoint(checkpoint)
     cache = Path(cache)
     info = load_info(cache)
@@ -139,6 +143,11 @@ def predict(
         raise DataError(f"cache {cache} has no split {split!r} (it holds {', '.join(info['splits'])})")
     check_structure_set(ckpt, info, cache)
     structures = tuple(ckpt["structures"])
+    provenance = {"training_data": ckpt["training_data"],
+                  "notes": [n for n in [demonstration_note(ckpt["training_data"], collection_kind(info))] if n]}
+    logger.info("%s was trained on %s", checkpoint, describe(ckpt["training_data"]))
+    for note in provenance["notes"]:
+        logger.warning("%s", note)
     model = model_from_checkpoint(ckpt)
     if fmt == "isic2018-task2":
         if structures != ISIC2018_STRUCTURES:
@@ -185,6 +194,6 @@ def predict(
         path = write_csv(["image_id", "melanoma", "seborrheic_keratosis"],
                          ([i, f"{p:.6f}", "0.0"] for i, p in zip(dataset.ids, probs, strict=True)), out)
         logger.info("wrote %s (%d images)", path, len(probs))
-        return {"format": fmt, "n_images": len(probs), "files": str(path)}
+        return {"format": fmt, "n_images": len(probs), "files": str(path), **provenance}
     logger.info("wrote %d attribute masks of %d images to %s", n_files, len(probs), out)
-    return {"format": fmt, "n_images": len(probs), "files": n_files}
+    return {"format": fmt, "n_images": len(probs), "files": n_files, **provenance}

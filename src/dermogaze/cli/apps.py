@@ -82,8 +82,9 @@ def add_export(sub: argparse._SubParsersAction, help_line: str) -> None:
 # serve (the gaze viewer in the browser)
 # ----------------------------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ..apps.serve.page import DEFAULT_HOST, launch
+    from ..apps.serve.page import launch
     from ..apps.serve.session import Viewer
+    from ..config import DEFAULT_HOST
 
     viewer = Viewer(args.checkpoint, args.data, device=args.device, amp=args.amp)
     if args.host not in (DEFAULT_HOST, "localhost", "::1"):
@@ -96,7 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``serve`` to ``sub``."""
-    from ..apps.serve.page import DEFAULT_HOST, DEFAULT_PORT
+    from ..config import DEFAULT_HOST, DEFAULT_PORT
 
     p = sub.add_parser(
         "serve",
@@ -136,7 +137,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def add_predict(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``predict`` to ``sub``."""
-    from ..apps.predict import FORMATS
+    from ..config import SUBMISSION_FORMATS
 
     p = sub.add_parser(
         "predict",
@@ -149,7 +150,7 @@ def add_predict(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PT", help="RUN/best.pt or RUN/last.pt")
     p.add_argument("--data", required=True, metavar="CACHE", help="prepared cache (dermogaze data prepare)")
     p.add_argument("--split", default="test", help="cache split: train, val or test (default: test)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="submission format")
+    p.add_argument("--format", required=True, choices=SUBMISSION_FORMATS, help="submission format")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (isic2018-task2) or CSV file (isic2017-part3)")
     p.add_argument("--batch-size", type=batch_size_int, default=8, metavar="N", help="images per batch (default: 8)")

@@ -68,23 +68,22 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def add_data(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``data`` and its actions ``synth``, ``prepare`` and ``stats`` to ``sub``."""
-    from ..config import MAX_CACHE_SIZE, MAX_IMAGE_SIZE
-    from ..data.cache import LAYOUTS
-    from ..data.synth.write import MAX_COUNT, MAX_SIDE, MIN_SIDE
+    from ..config import LAYOUTS, MAX_CACHE_SIZE, MAX_IMAGE_SIZE, SYNTH_MAX_COUNT, SYNTH_MAX_SIDE, SYNTH_MIN_SIDE
 
-    count = int_in(0, MAX_COUNT, "synthetic data exercises the pipeline: five times ISIC 2017's training set at most")
-    side = int_in(MIN_SIDE, MAX_SIDE, (f"the network's smallest input is {MIN_SIDE} px",
-                                       "larger pictures take minutes and gigabytes each to draw"))
+    count = int_in(0, SYNTH_MAX_COUNT,
+                   "synthetic data exercises the pipeline: five times ISIC 2017's training set at most")
+    side = int_in(SYNTH_MIN_SIDE, SYNTH_MAX_SIDE, (f"the network's smallest input is {SYNTH_MIN_SIDE} px",
+                                                   "larger pictures take minutes and gigabytes each to draw"))
     data = sub.add_parser("data", help=help_line)
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     p = actions.add_parser("synth", help="write the synthetic dataset in the ISIC 2017 layout (docs/design.md §8)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
-    p.add_argument("--train", type=count, default=200, help=f"training images (default 200, at most {MAX_COUNT})")
+    p.add_argument("--train", type=count, default=200, help=f"training images (default 200, at most {SYNTH_MAX_COUNT})")
     p.add_argument("--val", type=count, default=50, help="validation images (default 50)")
     p.add_argument("--test", type=count, default=100, help="test images (default 100)")
     p.add_argument("--width", type=side, default=320,
-                   help=f"image width in pixels, {MIN_SIDE} to {MAX_SIDE} (default 320)")
+                   help=f"image width in pixels, {SYNTH_MIN_SIDE} to {SYNTH_MAX_SIDE} (default 320)")
     p.add_argument("--height", type=side, default=240, help="image height in pixels (default 240)")
     p.add_argument("--seed", type=seed_int, default=0, help="dataset seed (default 0)")
     p.add_argument(

@@ -14,6 +14,8 @@ from .common import add_runtime_arguments, bootstrap_int, check_output_folder, i
 
 #: Where ``dermogaze bench`` finds the benchmark, relative to a repository checkout.
 BENCH_SCRIPT = Path("benchmarks") / "bench_train.py"
+#: The module beside it that holds its options and parser, and imports no torch.
+BENCH_OPTIONS_MODULE = "bench_train_options"
 #: The most trials a sweep may ask for: each is a training run, so 10 000 is years of a GPU.
 MAX_TRIALS = 10_000
 #: The longest heartbeat of a sweep trial (seconds): a dead trial is noticed after two, so an hour is as late
@@ -53,7 +55,7 @@ def _cmd_table3(args: argparse.Namespace) -> int:
 
 def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """``--bootstrap`` and ``--faithfulness`` of the evaluations that ``compare`` and ``table3`` run."""
-    from ..evaluation.evaluate import DEFAULT_FAITHFULNESS
+    from ..config import DEFAULT_FAITHFULNESS
 
     p.add_argument("--bootstrap", type=bootstrap_int, default=2000, metavar="N",
                    help="resamples of the 95%% bootstrap intervals, 100 to 100000 (default: 2000)")
@@ -84,8 +86,7 @@ def add_compare(sub: argparse._SubParsersAction, help_line: str) -> None:
 
 def add_table3(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``table3`` to ``sub``."""
-    from ..config import MAX_EPOCHS
-    from ..experiments.table3 import TABLE3_PRESETS
+    from ..config import MAX_EPOCHS, TABLE3_PRESETS
 
     p = sub.add_parser(
         "table3",
@@ -239,8 +240,10 @@ def find_bench_script(start: Path | None = None) -> Path:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     script = find_bench_script()
-    sys.path.insert(0, str(script.parent))  # the script imports its baseline from the same folder
+    sys.path.insert(0, str(script.parent))  # the script imports its options and its baseline from the same folder
     try:
+        # the options first, without torch: --help and a usage error answer before the benchmark is imported
+        importlib.import_module(BENCH_OPTIONS_MODULE).build_parser().parse_args(args.extra)
         return int(importlib.import_module(script.stem).main(args.extra) or 0)
     finally:
         sys.path.remove(str(script.parent))

@@ -114,7 +114,7 @@ def add_train(sub: argparse._SubParsersAction, help_line: str) -> None:
 
 def add_evaluate(sub: argparse._SubParsersAction, help_line: str) -> None:
     """Add ``evaluate`` to ``sub``."""
-    from ..evaluation.evaluate import DEFAULT_FAITHFULNESS
+    from ..config import DEFAULT_FAITHFULNESS
 
     p = sub.add_parser(
         "evaluate",

@@ -41,10 +41,6 @@ from ..structures import presence_weights, short_names
 CACHE_VERSION = 3  # the layout above; a cache of another version is rebuilt by prepare, refused by load_info
 INFO_FILE = "info.json"
 
-#: Values of ``prepare(layout=...)`` (``dermogaze data prepare --layout``); ``info["layout"]`` is one
-#: of them other than ``"auto"``.
-LAYOUTS = ("auto", "isic2017", "isic2018", "images")
-
 
 @dataclass
 class SplitArrays:

@@ -50,6 +50,9 @@ Decisions where docs/design.md and the paper are silent:
 * Patient metadata (:mod:`dermogaze.data.metadata`) is stored for the splits whose Data folder holds
   a metadata CSV, aligned with ``ids`` (skipped samples dropped alike), ``None`` where unknown;
   ``info["metadata"]`` lists the fields any split holds (``[]`` when none does).
+* ``info["kind"]`` is ``"synthetic"`` for a collection written by :mod:`dermogaze.data.synth` (its sidecar
+  files) and ``"real"`` otherwise; with the cache's name, size and fingerprint it becomes the
+  ``training_data`` of the models trained on it (:mod:`dermogaze.data.provenance`).
 """
 
 from __future__ import annotations
@@ -74,11 +77,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..config import LAYOUTS
 from ..errors import DataError
 from ..files import PidLock, write_json
 from ..structures import DERMOSCOPIC_FEATURES
 from . import isic2017, isic2018
-from .cache import CACHE_VERSION, INFO_FILE, LAYOUTS, load_info
+from .cache import CACHE_VERSION, INFO_FILE, load_info
 from .images import check_image_file, read_image_file, resize_image, resize_nearest
 from .isic2017 import BadSample, IsicCollection, IsicSample
 from .metadata import FIELDS
@@ -351,6 +355,14 @@ def _fingerprint(collection: IsicCollection, labels: str | Path | None = None) -
     return h.hexdigest()
 
 
+def _kind(isic_dir: Path) -> str:
+    """``info["kind"]``: ``"synthetic"`` for a collection written by :mod:`dermogaze.data.synth`, else ``"real"``
+    (:mod:`dermogaze.data.provenance`)."""
+    from .synth.write import is_synthetic_collection
+
+    return "synthetic" if is_synthetic_collection(isic_dir) else "real"
+
+
 def _claim_folder(out: Path) -> None:
     """Check that ``out`` is missing, empty or a dermogaze cache (never write into someone else's folder)."""
     if out.exists() and not out.is_dir():
@@ -540,7 +552,7 @@ def prepare(
         try:
             info = _build(collection, staged, token, size=size, workers=workers, skip_bad=skip_bad, progress=progress,
                           draft=draft)
-            info.update(source=str(isic_dir.resolve()), fingerprint=fingerprint, options=options)
+            info.update(source=str(isic_dir.resolve()), kind=_kind(isic_dir), fingerprint=fingerprint, options=options)
             write_json(info, staged / INFO_FILE)
             _commit(staged, target, token)
             committed = True

@@ -33,11 +33,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_FAITHFULNESS
 from ..errors import DermogazeError
 from ..files import write_csv, write_text
 from ..metrics.clinical import OPERATING_SENSITIVITIES
 from ..training.checkpoint import load_checkpoint
-from .evaluate import DEFAULT_FAITHFULNESS, evaluate_checkpoint
+from .evaluate import evaluate_checkpoint
 from .tables import format_interval, format_value
 
 #: Explanation metrics shown (``metrics.json``'s ``explanation`` section): key → column header.

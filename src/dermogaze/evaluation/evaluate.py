@@ -38,7 +38,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import DEFAULT_FAITHFULNESS, Config
 from ..data.cache import load_info, load_split
 from ..data.dataset import DermoscopyDataset
 from ..data.metadata import group_labels
@@ -61,9 +61,6 @@ from ..version import __version__
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 logger = logging.getLogger(__name__)
-
-#: Images that get the costly explanation measures (deletion, insertion, stability) unless told otherwise.
-DEFAULT_FAITHFULNESS = 100
 
 
 def check_checkpoint_data(ckpt: Mapping[str, Any], info: Mapping[str, Any], cache: str | Path) -> None:

@@ -41,11 +41,10 @@ from typing import Any
 
 import torch
 
-from ..config import Config, load_config, save_config
+from ..config import DEFAULT_FAITHFULNESS, TABLE3_PRESETS, Config, load_config, save_config
 from ..data.cache import load_info
 from ..errors import DermogazeError
 from ..evaluation.compare import compare_runs
-from ..evaluation.evaluate import DEFAULT_FAITHFULNESS
 from ..evaluation.tables import format_interval, format_value
 from ..files import read_jsonl, write_csv, write_text
 from ..models import build_model
@@ -66,8 +65,6 @@ PAPER_TABLE3: dict[str, tuple[str, float, float]] = {
     "deco_gap_5": ("VGG_AttentiveConvLSTM_Deco_GAP_5", 0.8256, 0.5576),
     "deco_gap_17": ("VGG_AttentiveConvLSTM_Deco_GAP_17", 0.8473, 0.5947),
 }
-#: The presets of Table 3, in the paper's order.
-TABLE3_PRESETS: tuple[str, ...] = tuple(PAPER_TABLE3)
 #: Configuration keys that change how a run is executed, not what it computes (ignored when a
 #: run folder's configuration is checked against the command's).
 RUNTIME_KEYS = (("data", "workers"), ("data", "pin_memory"), ("train", "device"))

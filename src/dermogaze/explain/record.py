@@ -30,12 +30,19 @@ Geometry (decisions where the paper is silent):
 A model whose outputs are NaN or infinite (corrupt weights, a diverged run) is refused with one
 line naming the checkpoint and the image (:func:`dermogaze.metrics.diagnosis.check_finite_outputs`),
 before a record is made of them.
+
+What the model was trained on and how far the image lies from it: the record carries the checkpoint's
+``training_data`` (:mod:`dermogaze.data.provenance`), the image's out-of-distribution score ``ood``
+(:mod:`dermogaze.metrics.ood`, from the same forward pass: the pooled encoder output ``X'``) and ``notes``, plain
+lines for the reader: :data:`~dermogaze.data.provenance.DEMONSTRATION_NOTE` when a model trained on synthetic
+images is shown an image that is not synthetic, and :func:`~dermogaze.metrics.ood.ood_note` when the image is
+out of distribution.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +51,7 @@ import torch
 from torch import nn
 
 from ..config import LossConfig
+from ..data.provenance import demonstration_note
 from ..data.transforms import center_crop_box
 from ..errors import DermogazeError
 from ..evaluation.plots import FULL_REGION
@@ -51,6 +59,7 @@ from ..files import to_jsonable
 from ..losses import area_fraction, pairwise_soft_iou_loss
 from ..metrics.diagnosis import BINARY_THRESHOLD, check_finite_outputs
 from ..metrics.explanation import gaze_points, hungarian_steps, pointing_and_relevance
+from ..metrics.ood import FeatureDistribution, ood_note, pooled_features
 from ..metrics.structures import pair_with_ground_truth
 from ..runtime import Autocast, to_numpy
 from ..structures import STRUCTURES
@@ -95,6 +104,9 @@ def explain_record(
     structures: Sequence[str] = STRUCTURES,
     threshold: float = BINARY_THRESHOLD,
     loss: LossConfig | None = None,
+    training_data: Mapping[str, Any] | None = None,
+    ood: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The JSON record of one image (docs/design.md §7).
 
@@ -111,7 +123,10 @@ def explain_record(
     (:mod:`dermogaze.metrics.explanation`): ``matched_structure`` (the loss's Hungarian matching, ``loss``'s,
     which may differ from ``gt_structure``'s highest-IoU pairing), ``pointing_hit`` (the attention peak lies on
     that structure, one cell of tolerance) and ``relevance_mass`` (``Σ A_t·m_s``). Values a variant
-    cannot produce (no attention, no decoder, no ground truth, an unmatched step) are ``None``.
+    cannot produce (no attention, no decoder, no ground truth, an unmatched step) are ``None``. Then
+    ``training_data`` (the checkpoint's, :mod:`dermogaze.data.provenance`; None when not given), ``ood``
+    (``{distance, threshold, out_of_distribution}``, :mod:`dermogaze.metrics.ood`; None without a fitted score)
+    and ``notes`` (plain lines, the module docstring says which).
 
     Args:
         image_id: image identifier.
@@ -129,6 +144,9 @@ def explain_record(
         threshold: decision threshold on the melanoma probability.
         loss: the model's loss section (its checkpoint's), whose Hungarian matching gives
             ``matched_structure``; ``None``: the paper's matching (masks only).
+        training_data: the checkpoint's ``training_data``, or None.
+        ood: the image's out-of-distribution score (:meth:`FeatureDistribution.score`), or None.
+        notes: lines for the reader.
 
     Returns:
         A dict of JSON types only.
@@ -201,6 +219,9 @@ def explain_record(
         "ground_truth": ground_truth,
         "n_steps": n_steps,
         "steps": steps,
+        "training_data": None if training_data is None else dict(training_data),
+        "ood": None if ood is None else dict(ood),
+        "notes": [str(n) for n in notes],
     }
     return to_jsonable(record)
 
@@ -277,12 +298,17 @@ def explain_image(
     model_source: str | None = None,
     loss: LossConfig | None = None,
     autocast: Autocast = contextlib.nullcontext,
+    training_data: Mapping[str, Any] | None = None,
+    ood: FeatureDistribution | None = None,
+    image_kind: str | None = None,
 ) -> Explanation:
     """Run ``model`` on one normalised image and build its explanation.
 
     Args:
-        model: a gaze network (returns :class:`~dermogaze.models.output.GazeOutput`); it is put in
-            eval mode and run on the device of its parameters.
+        model: a gaze network: its ``forward_with_state`` returns the
+            :class:`~dermogaze.models.output.GazeOutput` and the :class:`~dermogaze.models.GazeState` (whose
+            encoder output ``X'`` gives the out-of-distribution features); it is put in eval mode and run on the
+            device of its parameters.
         image_tensor: ``(3, S, S)`` normalised input.
         original_image: ``(H, W, 3)`` uint8, the image in whose pixels gazes are reported.
         image_id: identifier (file stem or ISIC id).
@@ -298,6 +324,10 @@ def explain_image(
         loss: the checkpoint's loss section (the matching of :func:`explain_record`), or None.
         autocast: the precision of the forward pass (:func:`dermogaze.runtime.autocast_factory`); the record
             is made from its outputs cast to float32.
+        training_data: the checkpoint's ``training_data`` (recorded, and whether the demonstration note applies).
+        ood: the checkpoint's feature distribution, or None (no score).
+        image_kind: the kind of collection the image comes from (``"synthetic"``, ``"real"``, ``"unknown"``: its
+            cache's, :func:`~dermogaze.data.provenance.collection_kind`), or None for a user's image file.
 
     Returns:
         An :class:`Explanation`.
@@ -309,7 +339,7 @@ def explain_image(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     with autocast():
-        out = model(image_tensor.unsqueeze(0).to(device))  # batch of one
+        out, state = model.forward_with_state(image_tensor.unsqueeze(0).to(device))  # batch of one
     out = out.float()
     prob = float(out.calibrated_melanoma_prob(temperature)[0])
     attention = to_numpy(out.attention[0]) if out.attention is not None else None
@@ -322,10 +352,14 @@ def explain_image(
         "the model" + (f" in {model_source}" if model_source else ""),
     )
     image = np.ascontiguousarray(original_image, dtype=np.uint8)
+    score = ood.score(pooled_features(state.x_prime))[0] if ood is not None else None  # X' (1, C, h, w)
+    notes = [demonstration_note(training_data, image_kind), ood_note(score, ood.quantile) if ood else None]
+    notes = [n for n in notes if n]
     record = explain_record(
         image_id=image_id, melanoma_prob=prob, image_hw=image.shape[:2], attention=attention, masks=masks,
         structure_probs=sprobs, region=region, gt_masks=gt_masks, present=present, label=label,
-        image_path=image_path, structures=structures, threshold=threshold, loss=loss,
+        image_path=image_path, structures=structures, threshold=threshold, loss=loss, training_data=training_data,
+        ood=score, notes=notes,
     )
     return Explanation(
         record=record, image=image, region=tuple(float(v) for v in region), attention=attention, masks=masks,

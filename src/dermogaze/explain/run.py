@@ -11,6 +11,11 @@ are kept apart, as on a case-sensitive file system.)
 
 A model whose outputs are NaN or infinite is refused before that image's files are written
 (:func:`~dermogaze.explain.record.explain_image`).
+
+What the model was trained on is logged once (:func:`~dermogaze.data.provenance.describe`) and recorded in every
+record with the image's out-of-distribution score; :func:`summary_line` prints the score and the record's notes
+(e.g. "trained on synthetic images: this diagnosis is a demonstration" for a photograph given to a model trained on
+the synthetic data).
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.cache import load_info, load_split
 from ..data.images import check_image_file, load_user_image, normalise
+from ..data.provenance import collection_kind, describe
 from ..data.transforms import center_crop_slices
 from ..errors import DataError, DermogazeError
 from ..evaluation import plots
 from ..files import write_json
+from ..metrics.ood import FeatureDistribution
 from ..runtime import autocast_factory, resolve_device
 from ..structures import SHORT_NAME
 from ..training.checkpoint import check_structure_set, load_checkpoint, model_from_checkpoint
@@ -195,10 +202,15 @@ def run_explain(
     structures = tuple(ckpt["structures"])
     calibration = {k: float(ckpt["calibration"][k]) for k in ("threshold", "temperature")}
     loss = Config.from_dict(ckpt["config"], source=f"{checkpoint_path} config").loss  # its matching
+    provenance = {"training_data": ckpt["training_data"],
+                  "ood": None if ckpt["ood"] is None else FeatureDistribution.from_state(ckpt["ood"])}
+    log.info("explain: %s was trained on %s%s", checkpoint_path, describe(ckpt["training_data"]),
+             "" if ckpt["ood"] is not None else "; it has no out-of-distribution score")
     out = Path(out_dir)
     records: list[dict[str, Any]] = []
 
     jobs: list[tuple] = []  # (kind, payload)
+    image_kind = None  # a user's image file
     if data is None:
         paths = [Path(p) for p in inputs]
         for p in paths:
@@ -209,6 +221,7 @@ def run_explain(
     else:
         info = load_info(data)
         check_structure_set(ckpt, info, data)
+        image_kind = collection_kind(info)
         splits = [str(s) for s in inputs] + ([split] if split else [])
         for name in splits or ["test"]:
             if name not in info["splits"]:
@@ -232,7 +245,7 @@ def run_explain(
             tensor, original = load_user_image(path, image_size, mean, std)
             expl = explain_image(
                 model, tensor, original, image_id=image_id, image_path=str(path), structures=structures,
-                model_source=str(checkpoint_path), loss=loss, autocast=autocast, **calibration,
+                model_source=str(checkpoint_path), loss=loss, autocast=autocast, **calibration, **provenance,
             )
         else:
             arrays, k, name, cache_size = payload
@@ -247,8 +260,8 @@ def run_explain(
             expl = explain_image(
                 model, normalise(crop, mean, std), image, image_id=arrays.ids[k], image_path=f"{data}:{name}",
                 region=region, gt_masks=gt, present=present, label=_known_label(arrays.labels[k]),
-                structures=structures,
-                model_source=str(checkpoint_path), loss=loss, autocast=autocast, **calibration,
+                structures=structures, model_source=str(checkpoint_path), loss=loss, autocast=autocast,
+                image_kind=image_kind, **calibration, **provenance,
             )
         files = save_explanation(expl, out, stem)
         records.append(expl.record)
@@ -262,7 +275,8 @@ def run_explain(
 
 
 def summary_line(rec: Mapping[str, Any]) -> str:
-    """One line for the terminal: id, P(melanoma), ground truth and the gaze path."""
+    """For the terminal: one line with the id, P(melanoma), ground truth, the out-of-distribution distance and the
+    gaze path, then each of the record's notes on a line of its own."""
     gazes = " → ".join(
         f"({s['gaze']['x']},{s['gaze']['y']})" + (f" {s['structure']}" if s["structure"] else "")
         for s in rec["steps"]
@@ -271,4 +285,9 @@ def summary_line(rec: Mapping[str, Any]) -> str:
     gt = rec.get("ground_truth")
     truth = f" [GT {gt['diagnosis']}]" if gt and gt["diagnosis"] is not None else ""
     line = f"{rec['image_id']}: P(melanoma) {rec['melanoma_probability']:.3f}{truth}"
-    return line + (f"  gazes {gazes}" if gazes else "")
+    ood = rec.get("ood")
+    if ood:
+        line += (f"  OOD distance {ood['distance']:.2f} " + ("> " if ood["out_of_distribution"] else "<= ")
+                 + f"{ood['threshold']:.2f}" + (" (out of distribution)" if ood["out_of_distribution"] else ""))
+    line += f"  gazes {gazes}" if gazes else ""
+    return "\n".join([line, *(f"  note: {n}" for n in rec.get("notes") or ())])

@@ -17,6 +17,8 @@ needs neither torch nor a model)::
                   deletion/insertion; the gaze of a step; ExplanationAccumulator
     scanpath      gaze sequences as scanpaths: MultiMatch against human eye           design §6b (§5: future work)
                   tracking, stability under the 8 flips/rotations
+    ood           out-of-distribution score: Mahalanobis distance of the pooled       beyond the paper
+                  encoder features to the training split's, validation threshold
 
 Report tables of these numbers are in :mod:`dermogaze.evaluation.tables`.
 """

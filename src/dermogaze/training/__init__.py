@@ -2,7 +2,8 @@
 
 :mod:`.distributed` (torchrun processes), :mod:`.seeding` (reproducibility), :mod:`.optim` (the
 paper's Adam recipe and schedules), :mod:`.loop` (training step, epoch, evaluation pass),
-:mod:`.checkpoint` (the checkpoint format), :mod:`.run_folder` (the run folder's files), :mod:`.train` (the run).
+:mod:`.checkpoint` (the checkpoint format), :mod:`.run_folder` (the run folder's files), :mod:`.ood` (the
+out-of-distribution score fitted when a run ends), :mod:`.train` (the run).
 """
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint

@@ -15,9 +15,18 @@ A checkpoint is a dict of tensors and plain Python values (read with
     calibration                          {"temperature", "threshold", "threshold_rule"}: fitted on the
                                          validation predictions of the checkpoint's own epoch
     rng                                  every rank's generator states (exact resume)
+    training_data                        what the model was trained on: the cache's name, kind (synthetic or
+                                         real), structure set, images per split and fingerprint
+                                         (:mod:`dermogaze.data.provenance`)
+    ood                                  the training split's feature distribution and the validation threshold
+                                         of the out-of-distribution score (:mod:`dermogaze.metrics.ood`), fitted
+                                         when training ends (:mod:`dermogaze.training.ood`); None before
 
 Format 2 added ``calibration``; a format-1 checkpoint loads with the network's own probabilities
-(temperature 1) and the threshold 0.5, which is what it was used with.
+(temperature 1) and the threshold 0.5, which is what it was used with. ``training_data`` and ``ood``
+are optional (:data:`OPTIONAL_KEYS`): a checkpoint written before them loads with the training data
+``"unknown"`` (:func:`~dermogaze.data.provenance.unknown_training_data`) and no out-of-distribution
+score (:func:`dermogaze.training.ood.fit_checkpoint_ood` fits one).
 
 Every field is checked when the file is loaded (:func:`validate_checkpoint`, called by
 :func:`load_checkpoint`, which every reader goes through: evaluate, explain, predict, export, serve,
@@ -41,6 +50,11 @@ calibration               ``temperature`` finite and > 0, ``threshold`` in [0, 1
                           ``train.threshold`` (:func:`~dermogaze.config.parse_threshold_rule`)
 epoch, best_epoch         integers, 0 <= best_epoch <= epoch; ``best_val_loss`` finite or None
 metrics                   a mapping (the epoch's row)
+training_data             the fields of :mod:`dermogaze.data.provenance` with their types, a known ``kind``, and
+                          ``structures`` (when known) those of the field ``structures``
+ood                       None, or ``mean`` and ``covariance`` finite float tensors of the encoder's ``C`` and
+                          ``(C, C)``, the covariance symmetric positive definite; ``threshold`` >= 0; ``quantile``
+                          in (0, 1); ``n_train`` >= 2, ``n_val`` >= 1 (:func:`dermogaze.metrics.ood.check_state`)
 optimizer, scaler, rng    mappings and a list; with ``resume``, also what resuming restores from them: Adam's
                           groups and moments against the network's parameters, the gradient scaler's state, and
                           random-generator states that restore; and a ``config.model`` that builds this network
@@ -60,8 +74,10 @@ from typing import Any, NoReturn
 import torch
 
 from ..config import Config, parse_threshold_rule
+from ..data.provenance import check_training_data, unknown_training_data
 from ..errors import DermogazeError
 from ..files import atomic_write, check_file_kind, to_jsonable
+from ..metrics.ood import check_state as check_ood_state
 from ..models import GazeNet, build_model, list_models
 from ..version import __version__
 from .seeding import get_rng_state, set_rng_state
@@ -95,6 +111,8 @@ CHECKPOINT_KEYS = (
     "calibration",
     "rng",
 )
+#: Keys a checkpoint may lack (written before they existed): what it loads with is in the module docstring.
+OPTIONAL_KEYS = ("training_data", "ood")
 #: What to do about a checkpoint refused for a bad field.
 _FIX = "the file is damaged or was edited; use another checkpoint (RUN/best.pt, RUN/last.pt or an earlier run)"
 #: The moments Adam keeps per parameter, each of the parameter's shape.
@@ -176,7 +194,8 @@ def validate_checkpoint(ckpt: Any, path: str | Path, *, resume: bool = False) ->
             builds the stored network (what ``train --resume`` restores).
 
     Returns:
-        ``ckpt``; a format-1 checkpoint gets the calibration it was used with (:data:`UNCALIBRATED`).
+        ``ckpt``; a format-1 checkpoint gets the calibration it was used with (:data:`UNCALIBRATED`), one without
+        :data:`OPTIONAL_KEYS` the training data ``"unknown"`` and ``ood`` None.
 
     Raises:
         DermogazeError: naming ``path``, the field and what it should be.
@@ -309,6 +328,19 @@ def _check_fields(
         bad("best_epoch", f"must be an integer from 0 to epoch {epoch}, got {best_epoch!r}")
     if best_val is not None and not _is_finite_number(best_val):
         bad("best_val_loss", f"must be a finite number (or empty), got {best_val!r}")
+    if ckpt.get("training_data") is None:
+        ckpt["training_data"] = unknown_training_data(structures)
+    problem = check_training_data(ckpt["training_data"])
+    known = ckpt["training_data"]["structures"] if problem is None else None
+    if problem is None and known is not None and known != structures:
+        problem = f"names the structures {', '.join(known)}, the checkpoint {', '.join(structures)}"
+    if problem is not None:
+        bad("training_data", problem)
+    ood = ckpt.setdefault("ood", None)
+    if ood is not None:
+        problem = check_ood_state(ood, model.encoder.out_channels)
+        if problem is not None:
+            bad("ood", problem)
 
 
 def _check_resume_state(
@@ -447,6 +479,7 @@ def checkpoint_state(
     rngs: list[dict[str, Any]],
     metrics: Mapping[str, Any],
     calibration: Mapping[str, Any],
+    training_data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of a training run after ``epoch`` (every key of :data:`CHECKPOINT_KEYS`).
 
@@ -460,6 +493,10 @@ def checkpoint_state(
         rngs: every rank's :func:`~dermogaze.training.seeding.get_rng_state`.
         metrics: the epoch's row of ``metrics.jsonl``.
         calibration: ``temperature``, ``threshold`` and ``threshold_rule`` fitted on this epoch's validation.
+        training_data: :func:`~dermogaze.data.provenance.training_collection` of the training cache (None:
+            ``"unknown"``).
+
+    The ``ood`` field is None: :func:`dermogaze.training.ood.fit_run_ood` fills it when training ends.
     """
     model_kwargs = {k: v for k, v in model.init_kwargs.items() if k != "name"}
     return {
@@ -483,4 +520,7 @@ def checkpoint_state(
         "cache_size": int(info["size"]),
         "calibration": to_jsonable(dict(calibration)),
         "rng": rngs,
+        "training_data": to_jsonable(dict(training_data)) if training_data is not None
+        else unknown_training_data(info["structures"]),
+        "ood": None,
     }

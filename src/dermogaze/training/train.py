@@ -43,6 +43,12 @@ Decisions where the paper and docs/design.md are silent:
 - **Refused before any work**: an empty training or validation split. **Stopped**: a run whose
   training or validation loss, or weights, become NaN or infinite ("training diverged"); ``last.pt``
   keeps the previous epoch.
+- **What it was trained on**: every checkpoint records the training cache's name, kind (synthetic or real),
+  structure set, size and fingerprint (``training_data``, :mod:`dermogaze.data.provenance`).
+- **When the run ends** (also a resumed run that had nothing left to train), rank 0 fits the out-of-distribution
+  score of ``last.pt`` and ``best.pt`` on the training split, its threshold on the validation split, and stores it
+  in their ``ood`` field (:func:`~.ood.fit_run_ood`, :mod:`dermogaze.metrics.ood`); a fit that cannot be made is a
+  warning, not a failed run.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from torch.utils.data.distributed import DistributedSampler
 from ..config import Config
 from ..data.cache import load_info
 from ..data.dataset import DermoscopyDataset
+from ..data.provenance import describe, training_collection
 from ..errors import DataError, DermogazeError
 from ..losses import GazeLoss, attention_weight
 from ..metrics.accumulator import EvaluationAccumulator
@@ -73,6 +80,7 @@ from ..runtime import autocast_factory
 from .checkpoint import check_structure_set, checkpoint_state, first_nonfinite, load_checkpoint
 from .distributed import DistInfo, ShardSampler, all_gather, barrier, cleanup_distributed, setup_distributed
 from .loop import run_inference, train_one_epoch
+from .ood import fit_run_ood
 from .optim import apply_hyperparameters, build_optimizer, lr_schedule
 from .run_folder import RunWriter
 from .sampling import RepeatFactorSampler, repeat_factors
@@ -150,6 +158,7 @@ def _train(
     cache = Path(cfg.data.cache)
     info = load_info(cache)
     _check_data(info, cache, cfg)
+    training_data = training_collection(cache, info)
     ckpt = _open_run(cfg, run, resume=resume, overwrite=overwrite, dist=dist)
     seed_everything(t.seed)
     kwargs = _model_kwargs(cfg)
@@ -201,6 +210,8 @@ def _train(
         cfg.model.name, device, len(loaders.train_set), len(loaders.val.dataset), t.batch_size,
         t.batch_size // dist.world_size, dist.world_size, start_epoch + 1, t.epochs,
     )
+    if dist.is_main:
+        logger.info("training data: %s", describe(training_data))
 
     for epoch in range(start_epoch + 1, t.epochs + 1):
         tic = time.perf_counter()
@@ -238,7 +249,7 @@ def _train(
             history.append(row)
             state = checkpoint_state(
                 cfg, model, optimizer, scaler, info, epoch=epoch, best_val=_finite_or_none(best_val),
-                best_epoch=best_epoch, rngs=rngs, metrics=row, calibration=calibration,
+                best_epoch=best_epoch, rngs=rngs, metrics=row, calibration=calibration, training_data=training_data,
             )
             run.save_epoch(state, history, best=improved)
             auc = "n/a" if row["val_auc"] is None else f"{row['val_auc']:.4f}"
@@ -249,6 +260,10 @@ def _train(
         barrier(dist)
         if on_epoch is not None:
             on_epoch(epoch, row)
+    if dist.is_main and run.last.is_file():
+        fit_run_ood(run.last, run.best, cache, device=device, autocast=autocast, workers=cfg.data.workers,
+                    progress=progress)
+    barrier(dist)
     return {
         "run": run.run,
         "is_main": dist.is_main,

@@ -62,7 +62,8 @@ Decisions:
   share link, no run history, no monitoring endpoint; bound to 127.0.0.1 unless told otherwise.
 """
 
-from .page import DEFAULT_HOST, DEFAULT_PORT, build_app, launch
+from ...config import DEFAULT_HOST, DEFAULT_PORT
+from .page import build_app, launch
 from .session import Analysis, Viewer
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Analysis", "Viewer", "build_app", "launch"]

@@ -30,6 +30,7 @@ What a request may do, and what the server keeps, is bounded at four places:
 import base64
 import contextlib
 import html
+import logging
 import os
 import re
 import signal
@@ -39,14 +40,15 @@ from typing import Any
 
 import numpy as np
 
+from ...config import DEFAULT_HOST, DEFAULT_PORT
+from ...data.provenance import DEMONSTRATION_NOTE
 from ...errors import DermogazeError
 from .drawing import render_path, render_step
 from .guard import RequestLimit, request_error_handlers
 from .session import GALLERY_SIZE, Analysis, Viewer, gaze_numbers, jpeg_bytes
 
-#: Default address: this machine only.
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
+logger = logging.getLogger(__name__)
+
 #: Bytes of one uploaded file (Gradio's ``max_file_size``; a 30-megapixel dermoscopy JPEG is well under it).
 MAX_UPLOAD_BYTES = 64 << 20
 #: Bytes of any other request's body (the API's JSON: gaze numbers, a split name, an uploaded file's path).
@@ -57,6 +59,8 @@ MAX_SESSIONS = 128
 MAX_QUEUED = 64
 #: Seconds an uploaded file, or a copy of a file the page serves, is kept (checked every minute).
 FILE_LIFETIME_S = 600
+#: Starts of the web server tried before giving up: Gradio gives its server thread 5 s, which a busy machine misses.
+START_ATTEMPTS = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,7 +101,19 @@ def diagnosis_html(analysis: Analysis, rule: str = "") -> str:
         lines.append('<div class="dg-gt dg-small">Ground truth: not known for an uploaded image</div>')
     lines.append(f'<div class="dg-small">Image: {html.escape(rec["image_id"])} ({rec["image_size"]["width"]}×'
                  f'{rec["image_size"]["height"]} px)</div>')
+    lines.append(f'<div class="dg-ood dg-small">{html.escape(ood_text(rec.get("ood")), quote=False)}</div>')
+    lines += [f'<div class="dg-note"><b>{html.escape(note, quote=False)}</b></div>' for note in rec.get("notes") or ()]
     return f'<div class="dg-diagnosis dg-{decision}">' + "".join(lines) + "</div>"
+
+
+def ood_text(ood: dict[str, Any] | None) -> str:
+    """The out-of-distribution score of an analysis in words (the record's ``ood``, :mod:`dermogaze.metrics.ood`)."""
+    if ood is None:
+        return "Out-of-distribution score: not available (this checkpoint has no fitted feature distribution)."
+    verdict = ("out of distribution: unlike the training images" if ood["out_of_distribution"]
+               else "within the training images' distribution")
+    return (f"Out-of-distribution score: distance {ood['distance']:.2f} to the training images' features, threshold "
+            f"{ood['threshold']:.2f} (95% of the validation images lie within it): {verdict}.")
 
 
 def step_markdown(analysis: Analysis, t: int) -> str:
@@ -247,6 +263,7 @@ _CSS = """
 #dg-status p {margin: 0}
 .dg-error {color: #b00020; font-weight: 600}
 .dg-warn {color: #8a5a00}
+.dg-note {color: #8a5a00; margin-top: 6px}
 .dg-panel[hidden] {display: none !important}
 .dg-figs {display: flex; flex-wrap: wrap; gap: 12px}
 .dg-fig {margin: 0; flex: 1 1 280px; max-width: 384px}
@@ -266,7 +283,18 @@ diagnosis is computed from what the gazes saw. Walk through the gazes with the s
 gazes to see how the diagnosis changes without them. *Research software, not a medical device.*
 
 Model: `{variant}`, {size}×{size} px input, checkpoint `{checkpoint}`, computed in {precision} on {device}.
+Trained on: {trained_on}.{demonstration}
 """
+
+
+def intro_markdown(viewer: Viewer) -> str:
+    """The page's introduction: what the page shows, the model, and what it was trained on."""
+    demonstration = ""
+    if viewer.training_data.get("kind") == "synthetic":  # the line each result of a photograph shows
+        demonstration = f" **{DEMONSTRATION_NOTE[0].upper()}{DEMONSTRATION_NOTE[1:]}** when it is given a photograph."
+    return _INTRO.format(steps=viewer.steps or "no", variant=viewer.variant, size=viewer.image_size,
+                         checkpoint=viewer.checkpoint, precision=viewer.precision, device=viewer.device,
+                         trained_on=viewer.trained_on, demonstration=demonstration)
 
 
 _STEP_LEGEND = (
@@ -293,8 +321,7 @@ def build_app(viewer: Viewer):
         ) from None
 
     steps = viewer.steps
-    intro = _INTRO.format(steps=steps or "no", variant=viewer.variant, size=viewer.image_size,
-                          checkpoint=viewer.checkpoint, precision=viewer.precision, device=viewer.device)
+    intro = intro_markdown(viewer)
     with _page_class(gr)(title="dermogaze viewer", analytics_enabled=False, delete_cache=(60, FILE_LIFETIME_S)) as app:
         analysis_state = gr.State(None)
         gr.Markdown(intro)
@@ -486,7 +513,7 @@ def launch(
         The launched ``gr.Blocks`` (``close()`` stops it); stopped already unless ``prevent_thread_lock``.
 
     Raises:
-        DermogazeError: the port is taken.
+        DermogazeError: the port is taken, or the server did not start in :data:`START_ATTEMPTS` tries.
     """
     if not 1 <= port <= 65535:
         raise DermogazeError(f"--port {port}: a TCP port is a number from 1 to 65535")
@@ -495,17 +522,30 @@ def launch(
     from starlette.middleware import Middleware
 
     limit = Middleware(RequestLimit, upload_bytes=MAX_UPLOAD_BYTES, other_bytes=MAX_REQUEST_BYTES)
+    from gradio.exceptions import ServerFailedToStartError
+
     with contextlib.nullcontext() if prevent_thread_lock else _signals_as_interrupt():
         try:
-            app.launch(
-                server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
-                quiet=quiet, show_error=False, footer_links=["api"], run_history=False, enable_monitoring=False,
-                mcp_server=False, ssr_mode=False, pwa=False, theme="default", css=_CSS,
-                max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS,
-                num_workers=0,  # no static file workers (GRADIO_NUM_WORKERS): every upload passes the limits here
-                app_kwargs={"middleware": [limit],
-                            "exception_handlers": request_error_handlers(lambda: app.fns.values())},
-            )
+            for attempt in range(1, START_ATTEMPTS + 1):
+                try:
+                    app.launch(
+                        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
+                        quiet=quiet, show_error=False, footer_links=["api"], run_history=False,
+                        enable_monitoring=False, mcp_server=False, ssr_mode=False, pwa=False, theme="default",
+                        css=_CSS, max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS,
+                        num_workers=0,  # no static file workers (GRADIO_NUM_WORKERS): every upload passes the limits
+                        app_kwargs={"middleware": [limit],
+                                    "exception_handlers": request_error_handlers(lambda: app.fns.values())},
+                    )
+                    break
+                except ServerFailedToStartError:  # Gradio waits 5 s for its server thread: a busy machine misses it
+                    app.close()
+                    if attempt == START_ATTEMPTS:
+                        raise DermogazeError(
+                            f"the web server on {host}:{port} did not start within Gradio's 5 s, {START_ATTEMPTS} "
+                            "times: the machine is too busy (or the port is in use); try again"
+                        ) from None
+                    logger.warning("the web server did not start within 5 s (a busy machine?): trying again")
             if not prevent_thread_lock:
                 app.block_thread()  # until Ctrl-C (KeyboardInterrupt), which it catches
         except OSError as exc:

@@ -39,11 +39,13 @@ from torch import Tensor, nn
 from ...config import Config
 from ...data.cache import load_info, load_split
 from ...data.images import check_image_file, load_user_image, normalise
+from ...data.provenance import collection_kind, describe
 from ...data.transforms import center_crop_slices
 from ...errors import DataError, DermogazeError
 from ...explain.record import Explanation, cache_region, explain_image
 from ...explain.run import safe_name, save_explanation
 from ...files import atomic_write
+from ...metrics.ood import FeatureDistribution
 from ...models import GazeNet, GazeState
 from ...runtime import autocast_factory, default_amp, effective_amp, precision_name, resolve_device
 from ...training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -104,10 +106,10 @@ class Analysis:
 
 
 class _KeepState(nn.Module):
-    """``net`` whose forward returns the :class:`GazeOutput` and keeps the :class:`GazeState` beside it.
+    """``net`` whose forward keeps the :class:`GazeState` it returns beside the :class:`GazeOutput`.
 
-    Lets :func:`~dermogaze.explain.record.explain_image` (which calls ``model(images)``) run the one forward
-    pass whose state the interventions reuse. One instance per request.
+    Lets :func:`~dermogaze.explain.record.explain_image` (which calls ``model.forward_with_state(images)``) run
+    the one forward pass whose state the interventions reuse. One instance per request.
     """
 
     def __init__(self, net: GazeNet):
@@ -115,9 +117,12 @@ class _KeepState(nn.Module):
         self.net = net
         self.state: GazeState | None = None
 
-    def forward(self, images: Tensor):
+    def forward_with_state(self, images: Tensor):
         out, self.state = self.net.forward_with_state(images)
-        return out
+        return out, self.state
+
+    def forward(self, images: Tensor):
+        return self.forward_with_state(images)[0]
 
 
 def _expand_state(state: GazeState, batch: int) -> GazeState:
@@ -233,6 +238,8 @@ class Viewer:
     Attributes:
         folder: the server's temporary folder (:class:`~.workspace.ServerFolder`), removed by :meth:`close`, at
             the end of a ``with`` block, or when the process exits.
+        training_data: the checkpoint's (:mod:`dermogaze.data.provenance`); ``trained_on`` says it in a line.
+        ood: the checkpoint's out-of-distribution score (:mod:`dermogaze.metrics.ood`), or None.
 
     Raises:
         DermogazeError / DataError: unreadable checkpoint or cache.
@@ -256,8 +263,12 @@ class Viewer:
         self.threshold_rule = str(ckpt["calibration"].get("threshold_rule", ""))
         self.variant = str(ckpt["variant"])
         self.loss = Config.from_dict(ckpt["config"], source=f"{self.checkpoint} config").loss  # its matching
+        self.training_data = ckpt["training_data"]
+        self.trained_on = describe(self.training_data)
+        self.ood = None if ckpt["ood"] is None else FeatureDistribution.from_state(ckpt["ood"])
         self.data = Path(data) if data is not None else None
         self.info = load_info(self.data) if self.data is not None else None
+        self.data_kind = collection_kind(self.info) if self.info is not None else None
         if self.info is not None and tuple(self.info["structures"]) != self.structures:
             raise DataError(
                 f"cache {self.data} holds the structures {', '.join(self.info['structures'])}, the checkpoint "
@@ -312,7 +323,7 @@ class Viewer:
         expl = explain_image(
             keeper, tensor, original, structures=self.structures, threshold=self.threshold,
             temperature=self.temperature, model_source=str(self.checkpoint), loss=self.loss, autocast=self.autocast,
-            **explain,
+            training_data=self.training_data, ood=self.ood, **explain,
         )
         state = keeper.state
         ablation = None
@@ -388,7 +399,7 @@ class Viewer:
         return self._analyse(
             normalise(image[rows, cols], self.mean, self.std), image, image_id=arrays.ids[index],
             image_path=f"{self.data}:{split}", region=cache_region(cache_size, self.image_size), gt_masks=gt,
-            present=present, label=int(arrays.labels[index]),
+            present=present, label=int(arrays.labels[index]), image_kind=self.data_kind,
         )
 
     @torch.no_grad()

@@ -17,12 +17,12 @@ handles both. One image goes through the modules in order:
 ==================  ==========================================================================
 
 The entry points are re-exported here: :func:`write_synthetic_isic`, :func:`labels_path` (the
-diagnosis CSV of a synthetic ISIC 2018 collection) and :func:`truth_path` (a split's sidecar of
-drawn cues).
+diagnosis CSV of a synthetic ISIC 2018 collection), :func:`truth_path` (a split's sidecar of
+drawn cues) and :func:`is_synthetic_collection` (a folder this generator wrote).
 """
 
 from __future__ import annotations
 
-from .write import labels_path, truth_path, write_synthetic_isic
+from .write import is_synthetic_collection, labels_path, truth_path, write_synthetic_isic
 
-__all__ = ["labels_path", "truth_path", "write_synthetic_isic"]
+__all__ = ["is_synthetic_collection", "labels_path", "truth_path", "write_synthetic_isic"]

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ...config import SYNTH_MAX_COUNT, SYNTH_MAX_SIDE, SYNTH_MIN_SIDE
 from ...errors import DermogazeError
 from ...files import write_csv
 from ...structures import DERMOSCOPIC_FEATURES
@@ -74,15 +75,6 @@ LAYOUT_SPLITS: dict[str, tuple[str, ...]] = {
 
 _ID_BASE = {"Training": 0, "Validation": 1_000_000, "Test_v2": 2_000_000, "Test": 2_000_000}
 _JPEG_QUALITY = 92
-#: The smallest side of a synthetic picture (the network's smallest input).
-MIN_SIDE = 32
-#: The largest side of a synthetic picture: the size of a small ISIC image. Rendering costs grow with the
-#: pixels: a 2048×2048 picture takes seconds and under a gigabyte, one of 100 000 px a side could not be
-#: rendered on any machine.
-MAX_SIDE = 2048
-#: The most images of one split: five times ISIC 2017's 2000 training images (synthetic data exercises the
-#: pipeline; a count of millions would render for days). Below the million ids of a split's range.
-MAX_COUNT = 10_000
 
 
 def image_id(split: str, index: int) -> str:
@@ -95,6 +87,13 @@ def truth_path(root: str | os.PathLike, split: str, layout: str = "isic2017") ->
     ``ISIC2018_<split>_synth_truth.json``)."""
     return Path(root) / (f"ISIC2018_{split}_synth_truth.json" if layout == "isic2018"
                          else f"ISIC-2017_{split}_synth_truth.json")
+
+
+def is_synthetic_collection(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a split written by :func:`write_synthetic_isic` (the sidecar of any split, either
+    layout): how ``prepare`` tells the built-in synthetic data from a real collection."""
+    return any(truth_path(root, split, layout).is_file()
+               for layout, splits in LAYOUT_SPLITS.items() for split in splits)
 
 
 def labels_path(root: str | os.PathLike) -> Path:
@@ -130,8 +129,8 @@ def _check_args(counts: Mapping[str, int], image_size) -> tuple[dict[str, int], 
     for split, n in counts.items():
         if split not in _ID_BASE:
             raise DermogazeError(f"unknown split {split!r}: expected some of Training, Validation, Test_v2 (or Test)")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_COUNT:
-            raise DermogazeError(f"count for {split} must be an integer in [0, {MAX_COUNT}], got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= SYNTH_MAX_COUNT:
+            raise DermogazeError(f"count for {split} must be an integer in [0, {SYNTH_MAX_COUNT}], got {n!r}")
         out[split] = int(n)
     if "Test" in out and "Test_v2" in out:
         raise DermogazeError("give either Test_v2 or Test, not both (they share the test id range)")
@@ -139,8 +138,8 @@ def _check_args(counts: Mapping[str, int], image_size) -> tuple[dict[str, int], 
         w, h = (int(v) for v in image_size)
     except (TypeError, ValueError):
         raise DermogazeError(f"image_size must be (width, height), got {image_size!r}") from None
-    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
-        raise DermogazeError(f"image_size must be from {MIN_SIDE} to {MAX_SIDE} px a side, got {w}×{h}")
+    if not (SYNTH_MIN_SIDE <= w <= SYNTH_MAX_SIDE and SYNTH_MIN_SIDE <= h <= SYNTH_MAX_SIDE):
+        raise DermogazeError(f"image_size must be from {SYNTH_MIN_SIDE} to {SYNTH_MAX_SIDE} px a side, got {w}×{h}")
     return out, (w, h)
 
 
@@ -291,8 +290,10 @@ def write_synthetic_isic(
             an earlier run that this run does not write are removed, so the folder holds one
             dataset. Other files are left alone.
         counts: images per official split name (``Training``, ``Validation``, ``Test_v2`` or
-            ``Test``); default :data:`DEFAULT_COUNTS`. A count of 0 skips the split; at most :data:`MAX_COUNT`.
-        image_size: ``(width, height)`` of every picture, :data:`MIN_SIDE` to :data:`MAX_SIDE` px a side.
+            ``Test``); default :data:`DEFAULT_COUNTS`. A count of 0 skips the split; at most
+            :data:`~dermogaze.config.SYNTH_MAX_COUNT`.
+        image_size: ``(width, height)`` of every picture, :data:`~dermogaze.config.SYNTH_MIN_SIDE` to
+            :data:`~dermogaze.config.SYNTH_MAX_SIDE` px a side.
         seed: the dataset seed; same seed → same bytes.
         prevalences: overrides of :data:`DEFAULT_PREVALENCES`: fractions in [0, 1] for any of the
             four features and ``"melanoma"``.

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...data.provenance import describe
 from ...evaluation.tables import format_interval, format_value
 from ...files import write_text
 from ...runtime import precision_name
@@ -297,6 +298,25 @@ def _supervision_text(config: Mapping[str, Any]) -> str:
     return "".join(f"{p}, " for p in parts)
 
 
+def provenance_markdown(training_data: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]) -> str:
+    """The report's line on what the model was trained on and the out-of-distribution score of the explained images.
+
+    Args:
+        training_data: the checkpoint's ``training_data``, or None: that of the first record that has one.
+        records: the explanation records (their ``ood``).
+    """
+    if training_data is None:
+        training_data = next((r["training_data"] for r in records if r.get("training_data")), None)
+    line = f"- trained on: {describe(training_data)}"
+    scores = [r["ood"] for r in records if r.get("ood")]
+    if scores:
+        out = sum(bool(s["out_of_distribution"]) for s in scores)
+        line += (f"; out-of-distribution threshold {scores[0]['threshold']:.2f} (the validation images' 95th "
+                 f"percentile of the Mahalanobis distance of the pooled encoder features), exceeded by {out} of the "
+                 f"{len(scores)} explained test images")
+    return line
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -309,6 +329,7 @@ def write_report(
     files: Mapping[str, Path],
     fast: bool = False,
     explanation_runs: Mapping[str, Mapping[str, Any]] | None = None,
+    training_data: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``OUT/report.md``: timings, configuration, metrics, curves, Fig. 6, ROC and gaze figures.
 
@@ -326,6 +347,8 @@ def write_report(
             ``predictions``, ``explain_dir`` and ``run`` (those present are linked).
         fast: the run was a ``--fast`` smoke run.
         explanation_runs: the runs the explanation section compares (default: :func:`compared_explanations`).
+        training_data: the checkpoint's ``training_data`` (:mod:`dermogaze.data.provenance`); default: that of the
+            records.
 
     Returns:
         The report's path.
@@ -359,6 +382,7 @@ def write_report(
         "`dermogaze demo --amp off|bf16` chooses, the default is bf16 on a CPU with native bf16)",
         "- kept checkpoint: epoch "
         + (f"{best[-1]['epoch']} (validation loss {format_value(best[-1].get('val_loss'), 4)})" if best else "n/a"),
+        provenance_markdown(training_data, records),
         "",
         "## Result on the synthetic test split",
         "",

@@ -49,7 +49,7 @@ from ...evaluation.plots import plot_explanation_bars, plot_training_curves
 from ...explain.run import run_explain
 from ...files import write_json
 from ...runtime import default_amp, effective_amp, precision_name, resolve_device
-from ...training import train
+from ...training import load_checkpoint, train
 from ...version import __version__
 from .report import SUPERVISION_RESULTS, compared_explanations, write_report
 
@@ -71,7 +71,7 @@ EXPLAIN_COUNT = 4
 #: Test images that get the costly explanation measures (deletion, insertion, stability): the first
 #: ``DEMO_FAITHFULNESS`` of the test split in the demo, a few in the ``--fast`` smoke run (the other
 #: measures run on every test image; ``dermogaze evaluate`` keeps its own default,
-#: :data:`~dermogaze.evaluation.evaluate.DEFAULT_FAITHFULNESS`).
+#: :data:`~dermogaze.config.DEFAULT_FAITHFULNESS`).
 DEMO_FAITHFULNESS = 32
 FAST_FAITHFULNESS = 8
 
@@ -204,6 +204,7 @@ def run_demo(
         },
         fast=fast,
         explanation_runs=explanation_runs,
+        training_data=load_checkpoint(best)["training_data"],
     )
     logger.info("demo finished in %.1f s", timings["total"])
     return report

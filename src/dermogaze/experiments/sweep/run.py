@@ -234,7 +234,14 @@ def _objective(
 ) -> float:
     """Train the trial's configuration; report every epoch's objective to the pruner; return the kept epoch's."""
     import optuna
+    from optuna.storages._heartbeat import is_heartbeat_enabled
 
+    storage = trial.study._storage
+    if is_heartbeat_enabled(storage):
+        # Optuna's heartbeat thread records its first beat concurrently with this function; a process killed before
+        # that beat leaves a RUNNING trial that is never stale (no heartbeat at all), and a resumed sweep would wait
+        # for it for ever. One beat now, before any folder of the trial exists, closes that window.
+        storage.record_heartbeat(trial._trial_id)
     ahead = [
         t for t in trial.study.get_trials(deepcopy=False, states=_live_states())
         if t.number < trial.number and not t.user_attrs.get("surplus")
