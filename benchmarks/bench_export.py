@@ -83,6 +83,12 @@ from dermogaze.training.checkpoint import (
 DEMO_CHECKPOINT = Path("runs") / "demo" / "train" / "best.pt"
 
 
+def load_lines(before: str, after: str) -> list[str]:
+    """The report's lines on the machine's load (``uptime``) before and after the measurement."""
+    return ["Machine: shared with other engineers' jobs while this ran; load (`uptime`):", "",
+            f"- before: `{before}`", f"- after: `{after}`"]
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
@@ -253,10 +259,7 @@ def int8_report(args: argparse.Namespace, argv: list[str] | None) -> str:
         f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_flags()}). Threads: {args.threads[0]} per engine "
         "(`torch.set_num_threads`, onnxruntime `intra_op_num_threads`, one inter-op thread).",
         "",
-        "Machine: shared with other engineers' jobs while this ran; load (`uptime`):",
-        "",
-        f"- before: `{load_before}`",
-        f"- after: `{load_after}`",
+        *load_lines(load_before, load_after),
         "",
         "## Latency",
         "",
@@ -442,10 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Versions: torch {torch.__version__}, onnxruntime {ort.__version__}, Python {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs.",
         "",
-        "Machine: shared with other engineers' jobs while this ran; load (`uptime`):",
-        "",
-        f"- before: `{load_before}`",
-        f"- after: `{load_after}`",
+        *load_lines(load_before, load_after),
         "",
         *rows,
         "",
