@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import randomise_batch_norm
+from dermogaze.models import fused_decoder
 from dermogaze.models.decoder import StructureDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -72,11 +73,13 @@ def test_the_fast_path_is_one_switch_and_keeps_the_state_dict():
 
 @pytest.mark.parametrize("skip", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_decoder_trains_like_the_plain_one(skip, dtype):
+def test_fused_decoder_trains_like_the_plain_one(skip, dtype, monkeypatch):
     """Training mode, T = 3: the same mask and structure logits, gradients and running statistics.
 
-    float32 runs the low-memory autograd function (checked), float64 the fused convolutions alone.
+    float32 runs the low-memory autograd function (checked; its size threshold lowered to these small maps),
+    float64 the fused convolutions alone.
     """
+    monkeypatch.setattr(fused_decoder, "LOW_MEMORY_MIN_ELEMENTS", 0)
     fused, plain = decoders(skip, dtype)
     fused.train(), plain.train()
     hidden, skips = inputs(dtype)
@@ -98,6 +101,20 @@ def test_fused_decoder_trains_like_the_plain_one(skip, dtype):
     for k, v in stats_plain.items():
         torch.testing.assert_close(stats_fused[k], v, atol=eps, rtol=eps, msg=lambda m, k=k: f"{k}: {m}")
     assert all(v == STEPS for k, v in stats_plain.items() if "num_batches" in k)  # one update per step
+
+
+def test_small_maps_are_stored_not_recomputed(monkeypatch):
+    """Below LOW_MEMORY_MIN_ELEMENTS values a block's input takes the fused convolutions without recomputation."""
+    fused, plain = decoders(skip=True, dtype=torch.float32)
+    fused.train(), plain.train()
+    hidden, skips = inputs(torch.float32)
+    monkeypatch.setattr(fused_decoder, "LOW_MEMORY_MIN_ELEMENTS", 1 << 40)  # above every block's input
+    got, want = run(fused, hidden, skips), run(plain, hidden, skips)
+    assert "_BatchNormReLUConvBackward" not in backward_nodes(got[0])
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    for g_fused, g_plain in zip(got[2], want[2], strict=True):
+        if g_plain is not None:
+            torch.testing.assert_close(g_fused, g_plain, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("skip", [True, False])

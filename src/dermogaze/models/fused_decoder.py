@@ -22,7 +22,10 @@ differs, and it computes the same function, up to float rounding, forward and ba
   ``nn.BatchNorm2d``'s (biased variance to normalise, unbiased for the running variance, once per
   step in step order), the backward passes are PyTorch's own kernels
   (``aten.native_batch_norm_backward``, ``aten.convolution_backward``), and the recomputed maps are
-  bit for bit the forward's (same operations on the same inputs).
+  bit for bit the forward's (same operations on the same inputs). The recomputation costs time (about
+  10% of a training step at the demo's size), so it runs only where the block's input holds at least
+  :data:`LOW_MEMORY_MIN_ELEMENTS` values (every block of the paper's 224-px decoder at batch 8); the
+  smaller maps of the demo's network are stored as autograd stores them.
 
 Outside training (or in float64, under autocast, without batch norm) the two convolution tricks
 apply and every other layer runs as its module.
@@ -38,6 +41,11 @@ from torch import Tensor, nn
 #: transposed filter of 4 taps: input cell ``m`` reaches outputs ``2m-1 .. 2m+2`` with weights
 #: ``(w2, w1+w2, w0+w1, w0)``. Row ``k`` of this matrix gives tap ``k`` from ``(w0, w1, w2)``.
 _UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+#: The training path that recomputes instead of storing (:func:`_forward_low_memory`) runs for a block whose
+#: input ``(T·B, C, h, w)`` holds at least this many values (4 Mi: 16 MB of float32; the demo's largest
+#: input holds 1 Mi, the paper configuration's 7.7-31 Mi at batch 8).
+LOW_MEMORY_MIN_ELEMENTS = 1 << 22
 
 
 def make_upsample_taps() -> Tensor:
@@ -309,8 +317,11 @@ def _units(block: nn.Sequential) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]
 
 
 def _low_memory(block: nn.Sequential, x: Tensor) -> bool:
-    """Whether :func:`_forward_low_memory` applies: training, gradients, float32, affine batch norms."""
+    """Whether :func:`_forward_low_memory` applies: training, gradients, float32, affine batch norms, and an
+    input of at least :data:`LOW_MEMORY_MIN_ELEMENTS` values."""
     if not (block.training and torch.is_grad_enabled() and x.dtype == torch.float32):
+        return False
+    if x.numel() < LOW_MEMORY_MIN_ELEMENTS:
         return False
     try:
         if torch.is_autocast_enabled(x.device.type):
