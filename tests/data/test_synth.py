@@ -155,6 +155,34 @@ def test_same_seed_same_bytes_other_seed_other_content(dataset, tmp_path):
     assert all(other[k] != first[k] for k in jpgs)
 
 
+@pytest.mark.parametrize("layout", ["isic2017", "isic2018"])
+def test_the_files_do_not_depend_on_the_number_of_render_processes(layout, tmp_path, monkeypatch):
+    monkeypatch.setattr(synth_write, "PARALLEL_MIN_IMAGES", 0)  # a pool even for these few images
+    counts = {"Training": 5, "Validation": 3}
+    one, two = (tree(write_synthetic_isic(tmp_path / f"w{w}", counts=counts, image_size=SIZE, seed=SEED,
+                                          progress=False, layout=layout, workers=w)) for w in (1, 2))
+    assert len(one) > 16 and one == two
+
+
+def test_a_worker_that_fails_fails_the_run_and_leaves_no_split(tmp_path, monkeypatch):
+    """An error in a render process reaches the caller; the split's temporary folder is removed."""
+    monkeypatch.setattr(synth_write, "PARALLEL_MIN_IMAGES", 0)
+    monkeypatch.setattr(synth_write, "_render_2017", broken_render)  # forked: the workers see the patch
+    with pytest.raises(ValueError, match="image 3"):
+        write_synthetic_isic(tmp_path / "out", counts={"Training": 6}, image_size=SIZE, seed=SEED, progress=False,
+                             workers=2)
+    assert not any((tmp_path / "out").iterdir())
+
+
+def broken_render(split, i, **kwargs):
+    if i == 3:
+        raise ValueError(f"image {i}")
+    return ORIGINAL_RENDER(split, i, **kwargs)
+
+
+ORIGINAL_RENDER = synth_write._render_2017
+
+
 def test_split_content_does_not_depend_on_other_counts(dataset, tmp_path):
     alone = write_synthetic_isic(tmp_path / "alone", counts={"Validation": COUNTS["Validation"]},
                                  image_size=SIZE, seed=SEED, progress=False)

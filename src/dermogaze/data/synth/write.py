@@ -29,15 +29,20 @@ splits of an earlier run that the new run does not write are removed (one folder
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -143,28 +148,99 @@ def _check_args(counts: Mapping[str, int], image_size) -> tuple[dict[str, int], 
     return out, (w, h)
 
 
+#: Rendering runs in this many processes at most (each image is drawn from its own seeded generators, so the
+#: bytes do not depend on the number), and in one when fewer than :data:`PARALLEL_MIN_IMAGES` are written.
+MAX_WORKERS = 8
+PARALLEL_MIN_IMAGES = 64
+
+
+def _render_2017(split: str, i: int, image_size: tuple[int, int], seed: int,
+                 prevalences: dict[str, float]) -> tuple[dict[str, bytes], tuple, tuple, dict]:
+    """Image ``i`` of a 2017 split: its files by folder role (``data``, ``superpixels``, ``part1``, ``part2``),
+    its Part 3 row, its metadata row and its sidecar record."""
+    rng = image_rng(seed, split, i)
+    params = sample_params(rng, prevalences)
+    sample = make_sample(params, image_size, rng)
+    iid = image_id(split, i)
+    files = {
+        "data": _jpeg_bytes(sample.image),
+        "superpixels": _png_bytes(encode_superpixels(sample.superpixels)),
+        "part1": _png_bytes(sample.lesion.astype(np.uint8) * 255),
+        "part2": json.dumps(sample.features).encode(),
+    }
+    age, sex = sample_patient(patient_rng(seed, split, i))
+    record = {k: v for k, v in asdict(params).items() if k not in ("globules", "globule_seed")}  # 2018 only
+    record["n_superpixels"] = int(sample.superpixels.max()) + 1
+    label = (iid, float(params.melanoma), float(params.seborrheic_keratosis))
+    meta = (iid, UNKNOWN if age is None else age, UNKNOWN if sex is None else sex)
+    return files, label, meta, record
+
+
+def _render_2018(split: str, i: int, image_size: tuple[int, int], seed: int,
+                 prevalences: dict[str, float]) -> tuple[dict[str, bytes], dict]:
+    """Image ``i`` of a 2018 split: its files (``data``, ``part1``, then one per attribute) and sidecar record."""
+    from ..isic2018 import ATTRIBUTES
+
+    rng = image_rng(seed, split, i)
+    params = sample_params(rng, {k: v for k, v in prevalences.items() if k != "globules"})
+    grng = globule_rng(seed, split, i)
+    params = dataclasses.replace(params, globules=bool(grng.random() < prevalences["globules"]),
+                                 globule_seed=int(grng.integers(2**32)))
+    sample = make_sample(params, image_size, rng)
+    order = DERMOSCOPIC_FEATURES + ("globules",)  # the channels of SynthSample.structures
+    files = {"data": _jpeg_bytes(sample.image), "part1": _png_bytes(sample.lesion.astype(np.uint8) * 255)}
+    for name in ATTRIBUTES:
+        files[name] = _png_bytes(sample.structures[order.index(name)].astype(np.uint8) * 255)
+    return files, asdict(params)
+
+
+def _rendered(render, split: str, n: int, pool: concurrent.futures.Executor | None, **kwargs):
+    """``render(split, i, **kwargs)`` for ``i`` in ``range(n)``, in order: in this process, or over ``pool``."""
+    if pool is None:
+        return (render(split, i, **kwargs) for i in range(n))
+    return pool.map(functools.partial(render, split, **kwargs), range(n), chunksize=8)
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
+    """A pool of ``workers`` forked processes, as torch's data loader forks its workers (spawned ones would run
+    the caller's main script again), or ``None`` for one or where processes cannot fork. The workers ignore
+    Ctrl-C: the parent alone stops, cancels what is left and says so once."""
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_interrupt
+    )
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _ignore_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _write_split(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], seed: int,
-                 prevalences: dict[str, float], bar: tqdm) -> None:
+                 prevalences: dict[str, float], bar: tqdm, pool: concurrent.futures.Executor | None = None) -> None:
     data = tmp / f"ISIC-2017_{split}_Data"
     part1 = tmp / f"ISIC-2017_{split}_Part1_GroundTruth"
     part2 = tmp / f"ISIC-2017_{split}_Part2_GroundTruth"
     for folder in (data, part1, part2):
         folder.mkdir()
     labels, meta, truth = [], [], {}
-    for i in range(n):
-        rng = image_rng(seed, split, i)
-        params = sample_params(rng, prevalences)
-        sample = make_sample(params, image_size, rng)
+    images = _rendered(_render_2017, split, n, pool, image_size=image_size, seed=seed, prevalences=prevalences)
+    for i, (files, label, row, record) in enumerate(images):
         iid = image_id(split, i)
-        (data / f"{iid}.jpg").write_bytes(_jpeg_bytes(sample.image))
-        (data / f"{iid}_superpixels.png").write_bytes(_png_bytes(encode_superpixels(sample.superpixels)))
-        (part1 / f"{iid}_segmentation.png").write_bytes(_png_bytes(sample.lesion.astype(np.uint8) * 255))
-        (part2 / f"{iid}_features.json").write_text(json.dumps(sample.features))
-        labels.append((iid, float(params.melanoma), float(params.seborrheic_keratosis)))
-        age, sex = sample_patient(patient_rng(seed, split, i))
-        meta.append((iid, UNKNOWN if age is None else age, UNKNOWN if sex is None else sex))
-        record = {k: v for k, v in asdict(params).items() if k not in ("globules", "globule_seed")}  # 2018 only
-        record["n_superpixels"] = int(sample.superpixels.max()) + 1
+        (data / f"{iid}.jpg").write_bytes(files["data"])
+        (data / f"{iid}_superpixels.png").write_bytes(files["superpixels"])
+        (part1 / f"{iid}_segmentation.png").write_bytes(files["part1"])
+        (part2 / f"{iid}_features.json").write_bytes(files["part2"])
+        labels.append(label)
+        meta.append(row)
         truth[iid] = record
         bar.update(1)
 
@@ -180,7 +256,8 @@ def _write_split(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], 
 
 
 def _write_split_2018(tmp: Path, split: str, n: int, *, image_size: tuple[int, int], seed: int,
-                      prevalences: dict[str, float], bar: tqdm) -> None:
+                      prevalences: dict[str, float], bar: tqdm,
+                      pool: concurrent.futures.Executor | None = None) -> None:
     """One split in the ISIC 2018 Task 1-2 layout: the same lesions as :func:`_write_split`, with globules."""
     from ..isic2018 import ATTRIBUTES, attribute_suffix
 
@@ -190,21 +267,14 @@ def _write_split_2018(tmp: Path, split: str, n: int, *, image_size: tuple[int, i
     for folder in (data, part1, part2):
         folder.mkdir()
     truth = {}
-    order = DERMOSCOPIC_FEATURES + ("globules",)  # the channels of SynthSample.structures
-    for i in range(n):
-        rng = image_rng(seed, split, i)
-        params = sample_params(rng, {k: v for k, v in prevalences.items() if k != "globules"})
-        grng = globule_rng(seed, split, i)
-        params = dataclasses.replace(params, globules=bool(grng.random() < prevalences["globules"]),
-                                     globule_seed=int(grng.integers(2**32)))
-        sample = make_sample(params, image_size, rng)
+    images = _rendered(_render_2018, split, n, pool, image_size=image_size, seed=seed, prevalences=prevalences)
+    for i, (files, record) in enumerate(images):
         iid = image_id(split, i)
-        (data / f"{iid}.jpg").write_bytes(_jpeg_bytes(sample.image))
-        (part1 / f"{iid}_segmentation.png").write_bytes(_png_bytes(sample.lesion.astype(np.uint8) * 255))
+        (data / f"{iid}.jpg").write_bytes(files["data"])
+        (part1 / f"{iid}_segmentation.png").write_bytes(files["part1"])
         for name in ATTRIBUTES:
-            mask = sample.structures[order.index(name)].astype(np.uint8) * 255
-            (part2 / f"{iid}{attribute_suffix(name)}").write_bytes(_png_bytes(mask))
-        truth[iid] = asdict(params)
+            (part2 / f"{iid}{attribute_suffix(name)}").write_bytes(files[name])
+        truth[iid] = record
         bar.update(1)
     _write_sidecar(tmp, split, "isic2018", seed=seed, image_size=image_size, prevalences=prevalences, truth=truth)
 
@@ -273,6 +343,7 @@ def write_synthetic_isic(
     prevalences: Mapping[str, float] | None = None,
     progress: bool = True,
     layout: str = "isic2017",
+    workers: int | None = None,
 ) -> Path:
     """Write a synthetic dataset in the ISIC 2017 layout (docs/design.md §2, §8), or the 2018 one.
 
@@ -299,6 +370,9 @@ def write_synthetic_isic(
             four features and ``"melanoma"``.
         progress: show a tqdm progress bar.
         layout: ``"isic2017"`` or ``"isic2018"``.
+        workers: processes that render (default: one per CPU this process may use, at most
+            :data:`MAX_WORKERS`; one for fewer than :data:`PARALLEL_MIN_IMAGES` images). The files are the
+            same whatever the number.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -341,12 +415,15 @@ def write_synthetic_isic(
                 logger.info("synth: removing the synthetic %s split of an earlier run from %s", split, out)
                 _remove_split(out, split, other)
     write = _write_split_2018 if layout == "isic2018" else _write_split
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS) if hasattr(os, "sched_getaffinity") else 1
+    procs = max(1, int(workers)) if sum(todo.values()) >= PARALLEL_MIN_IMAGES else 1
 
-    with tqdm(total=sum(todo.values()), desc="synth", unit="img", disable=not progress) as bar:
+    with _pool(procs) as pool, tqdm(total=sum(todo.values()), desc="synth", unit="img", disable=not progress) as bar:
         for split, n in todo.items():
             tmp = Path(tempfile.mkdtemp(prefix=f".synth-{split}-", dir=out))
             try:
-                write(tmp, split, n, image_size=size, seed=int(seed), prevalences=prev, bar=bar)
+                write(tmp, split, n, image_size=size, seed=int(seed), prevalences=prev, bar=bar, pool=pool)
                 _publish(tmp, out, split, layout)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
