@@ -72,7 +72,7 @@ EXPLAIN_COUNT = 4
 #: ``DEMO_FAITHFULNESS`` of the test split in the demo, a few in the ``--fast`` smoke run (the other
 #: measures run on every test image; ``dermogaze evaluate`` keeps its own default,
 #: :data:`~dermogaze.config.DEFAULT_FAITHFULNESS`).
-DEMO_FAITHFULNESS = 32
+DEMO_FAITHFULNESS = 16
 FAST_FAITHFULNESS = 8
 
 
