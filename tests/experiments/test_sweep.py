@@ -117,6 +117,52 @@ def test_shipped_space_loads_by_name_and_by_package_path():
         load_space("nothing_here", base)
 
 
+class _Duplicate(Exception):
+    pgcode = "42710"  # PostgreSQL's duplicate_object, as psycopg2 reports it
+
+
+@pytest.mark.parametrize("error", ["programming", "integrity"])
+def test_a_schema_created_meanwhile_by_another_process_is_opened_again(tmp_path, monkeypatch, error):
+    """Two sweeps started at once on a new PostgreSQL database: one meets the other's enum type (or version row)
+    while creating the schema; it opens the storage again instead of failing."""
+    import optuna
+    import sqlalchemy.exc
+
+    from dermogaze.experiments.sweep import storage
+
+    made = {"calls": 0}
+    real = optuna.storages.RDBStorage
+
+    def racing(url, **kwargs):
+        made["calls"] += 1
+        if made["calls"] == 1:
+            if error == "programming":
+                raise sqlalchemy.exc.ProgrammingError("CREATE TYPE studydirection", {}, _Duplicate('type "x" exists'))
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO version_info", {}, Exception("duplicate key"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    opened = open_storage(f"sqlite:///{tmp_path / 'sweeps.db'}")
+    assert made["calls"] == 2 and isinstance(opened, real)
+
+
+def test_other_database_errors_are_not_retried(tmp_path, monkeypatch):
+    import optuna
+    import sqlalchemy.exc
+
+    calls = []
+
+    def broken(url, **kwargs):
+        calls.append(url)
+        raise sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied for schema public"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(DermogazeError, match="cannot open the database .*permission denied"):
+        open_storage(f"sqlite:///{tmp_path / 'sweeps.db'}")
+    assert len(calls) == 1
+
+
 def test_objective_parsing_and_value():
     assert parse_objective("val_auc") == {"val_auc": 1.0}
     assert parse_objective("0.7*val_auc + 0.3*val_map") == {"val_auc": 0.7, "val_map": 0.3}
@@ -161,6 +207,7 @@ def test_train_on_epoch_sees_every_row_and_can_stop_the_run(pipeline_cache, tmp_
 # --------------------------------------------------------------------------------------------
 # A sweep in SQLite, pruning, sweep show
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # three trainings
 def test_sweep_of_three_trials_then_show(capsys, pipeline_cache, space, tmp_path):
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     out = tmp_path / "runs"

@@ -78,8 +78,8 @@ def open_storage(url: str, *, heartbeat: int | None = None) -> optuna.storages.R
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return optuna.storages.RDBStorage(engine_url, **kwargs)
-            except sqlalchemy.exc.IntegrityError:  # another process created the tables at the same instant
-                if attempt == 4:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+                if attempt == 4 or not created_meanwhile(exc):
                     raise
                 time.sleep(0.5 + attempt)
         raise AssertionError("unreachable")
@@ -95,6 +95,23 @@ def open_storage(url: str, *, heartbeat: int | None = None) -> optuna.storages.R
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise DermogazeError(f"--storage {display_url(url)}: cannot open the database ({one_line(exc)})") from None
+
+
+#: PostgreSQL's codes for "already exists" (duplicate_object: an enum type, duplicate_table, unique_violation).
+_DUPLICATE_CODES = {"42710", "42P07", "23505"}
+
+
+def created_meanwhile(exc: Exception) -> bool:
+    """Whether a failure to create Optuna's tables means another process created them at the same instant.
+
+    Two sweep processes started together on a new database both create the schema: one of them meets the other's
+    table, enum type or version row (a unique violation, or in PostgreSQL ``type "studydirection" already exists``).
+    Opening again then finds the schema made.
+    """
+    import sqlalchemy.exc
+
+    code = getattr(getattr(exc, "orig", None), "pgcode", None)
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or code in _DUPLICATE_CODES or "already exists" in str(exc)
 
 
 def retry_once() -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
