@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 def _train_config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     """Resolve the config, run folder and resume flag of ``dermogaze train``."""
     from ..config import Config, load_config, merge, parse_overrides, validate
-    from ..training.checkpoint import load_checkpoint
 
     if args.resume:
+        from ..training.checkpoint import load_checkpoint
+
         run = Path(args.resume)
         if args.out and Path(args.out).resolve() != run.resolve():
             raise DermogazeError(f"--resume {run} continues that run folder; drop --out {args.out} or make it equal")
@@ -62,9 +63,13 @@ def _train_config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..training.train import train
+    from ..data.cache import load_info
 
     cfg, run, resume = _train_config(args)
+    if cfg.data.cache is not None:
+        load_info(cfg.data.cache)  # a missing or broken cache said before torch loads
+    from ..training.train import train
+
     summary = train(cfg, run, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     if summary["is_main"]:
         print(
