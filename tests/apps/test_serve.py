@@ -5,6 +5,7 @@ interventions have hand-computed answers: without gaze 1, P(melanoma) = sigmoid(
 without gaze 2, it does not change.
 """
 
+import importlib.util
 import json
 import math
 import re
@@ -19,7 +20,8 @@ from PIL import Image
 
 from support import png_claiming  # a decompression bomb's header
 
-pytest.importorskip("gradio", reason="the viewer's tests need the test extra (gradio, gradio_client)")
+if importlib.util.find_spec("gradio") is None:  # found, not imported: only the tests that launch the app pay for it
+    pytest.skip("the viewer's tests need the test extra (gradio, gradio_client)", allow_module_level=True)
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -51,7 +53,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def viewer(crafted_gaze_checkpoint, pipeline_cache) -> Viewer:
-    with Viewer(crafted_gaze_checkpoint, pipeline_cache, device="cpu") as v:
+    # float32 whatever the CPU (its default is bf16 where native): the tests compare with float32 references
+    with Viewer(crafted_gaze_checkpoint, pipeline_cache, device="cpu", amp="off") as v:
         yield v
 
 
@@ -285,7 +288,7 @@ def test_a_variant_without_gazes_shows_its_diagnosis_only(pipeline_cache, tmp_pa
         load_info(pipeline_cache), epoch=1, best_val=None, best_epoch=1, rngs=[], metrics={},
         calibration={"temperature": 1.0, "threshold": 0.5, "threshold_rule": "0.5"},
     )
-    viewer = Viewer(save_checkpoint(tmp_path / "vgg_gap.pt", state), device="cpu")
+    viewer = Viewer(save_checkpoint(tmp_path / "vgg_gap.pt", state), device="cpu", amp="off")
     assert viewer.steps == 0 and viewer.splits == []
     analysis = viewer.analyse_file(lesion_jpg)
     assert analysis.record["n_steps"] == 0 and not analysis.has_gazes and analysis.ablation is None
