@@ -374,12 +374,18 @@ def test_a_sweep_killed_mid_trial_resumes_and_retries_that_trial_once(pipeline_c
 def test_ctrl_c_queues_the_interrupted_trial_again(pipeline_cache, space, tmp_path):
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     out = tmp_path / "runs"
-    proc = subprocess.Popen(_sweep_cli(pipeline_cache, space, url, out, 2, "-o", "train.epochs=6"), env=CHILD_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # 200 epochs of 0.2 s: the trial outlasts the test's reaction on a loaded machine (with 6, the whole sweep
+    # could end before the signal was sent, and Popen.send_signal skips a process that has exited)
+    # Ctrl-C's default action in the sweep whatever the test runner's: a runner started in the background by a
+    # shell (`make test &`) ignores SIGINT, and a child inherits that
+    proc = subprocess.Popen(_sweep_cli(pipeline_cache, space, url, out, 2, "-o", "train.epochs=200"), env=CHILD_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not (out / "trial_0000" / ".lock").exists():
         assert proc.poll() is None
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "dermogaze: interrupted", stderr
     first, again = _study("s", url).trials
