@@ -134,7 +134,7 @@ def test_every_problem_is_listed_in_one_line():
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "demo", "deco_gap_3", "deco_gap_5", "deco_gap_17", "vgg", "vgg_gap",
+@pytest.mark.parametrize("preset", ["tiny", "demo", "real", "deco_gap_3", "deco_gap_5", "deco_gap_17", "vgg", "vgg_gap",
                                     "vgg_attconvlstm", "vgg_attconvlstm_gap"])
 def test_the_shipped_presets_are_valid(preset):
     load_config(preset)
