@@ -24,7 +24,10 @@ serve: $(STAMP)
 	$(VENV)/bin/dermogaze serve --checkpoint $(DEMO_RUN)/train/best.pt --data $(DEMO_RUN)/data/cache
 
 # pytest exits 5 when nothing is collected: that is not a failure of the project.
-PYTEST = $(PY) -m pytest -q
+# The suite runs in one pytest-xdist worker per core (JOBS=1: one worker), each worker on one thread; the two
+# tiers run in one process (the real-data tier shares one training, the robustness tier times servers).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST = $(PY) -m pytest -q -n $(JOBS)
 define run_pytest
 	$(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 endef
@@ -38,11 +41,11 @@ test-fast: $(STAMP)
 
 # The command line on the real ISIC images of ../shared/realdata/isic2018-dev (tests/realdata/; skipped when absent).
 test-realdata: $(STAMP)
-	$(call run_pytest,-m realdata)
+	$(call run_pytest,-m realdata -n 0)
 
 # The command line against crafted inputs and faults, in subprocesses (tests/robustness/; CI runs it too).
 test-robustness: $(STAMP)
-	$(call run_pytest,-m robustness)
+	$(call run_pytest,-m robustness -n 0)
 
 bench: $(STAMP)
 	$(VENV)/bin/dermogaze bench

@@ -17,6 +17,7 @@ Also ``one_thread``, for modules of tiny-tensor tests (``pytestmark = pytest.mar
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,19 @@ def write_tiny_isic(root: Path, *, annotations: bool = True, splits: dict | None
             (part2 / f"{image_id}_features.json").write_text(json.dumps(values))
         (root / f"{prefix}_Part3_GroundTruth.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker computes on one thread: two
+    workers of two threads each on two cores would fight over them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (in their order), so that under pytest-xdist the longest start at once and the short
+    ones fill the other workers around them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="module")

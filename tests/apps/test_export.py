@@ -154,6 +154,7 @@ def test_metadata_names_and_dynamic_batch(exported, capsys):
     ]
 
 
+@pytest.mark.slow  # an ONNX export per variant (the demo's deco_gap_3 is exported by the fast tests)
 @pytest.mark.parametrize("name", [*(n for n in ATTENTIVE if n != "deco_gap_3"), "vgg_gap"])
 def test_every_attentive_variant_exports(tmp_path, name):
     """Every variant with an attentive ConvLSTM (``deco_gap_3`` is the module's fixture), and one without."""

@@ -258,6 +258,7 @@ def test_bench_command_needs_a_checkout(monkeypatch, tmp_path, capsys):
     assert captured.out == ""
 
 
+@pytest.mark.slow  # a benchmark script in a subprocess per case
 def test_script_prints_its_errors_as_one_line():
     script = REPO_ROOT / "benchmarks" / "bench_train.py"
     proc = subprocess.run(
@@ -311,6 +312,7 @@ def test_bad_options_are_clear_errors():
         bench.build_pair(bench.BenchOptions(variant="vgg", **TINY), CPU)
 
 
+@pytest.mark.slow  # times real training steps
 def test_bench_command_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO_ROOT)  # dermogaze bench finds benchmarks/bench_train.py from the working folder
     out = tmp_path / "bench.json"

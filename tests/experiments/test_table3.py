@@ -40,6 +40,7 @@ def _fingerprint(run: Path) -> dict[str, tuple[str, int]]:
             for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml")}
 
 
+@pytest.mark.slow  # a child training killed and resumed
 def test_table3_resumes_after_a_kill(pipeline_cache, tmp_path, caplog):
     out = tmp_path / "t3"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -83,6 +84,7 @@ def test_table3_resumes_after_a_kill(pipeline_cache, tmp_path, caplog):
     assert configs[0]["model"]["width"] == configs[1]["model"]["width"] == 0.125
 
 
+@pytest.mark.slow  # trains two presets
 def test_table3_continues_a_half_trained_preset(pipeline_cache, tmp_path, caplog):
     """A preset killed after epoch 1 of 2 continues from its last.pt (train --resume), not from scratch."""
     from dermogaze.config import save_config

@@ -543,6 +543,7 @@ def test_a_model_trained_on_synthetic_images_says_so_on_a_real_photograph(pipeli
         assert rec["notes"][1].startswith("out of distribution") and "(out of distribution)" in printed
 
 
+@pytest.mark.slow  # fits the out-of-distribution score on a collection
 def test_a_synthetic_model_on_its_own_collection_is_no_demonstration(pipeline_tiny_run, pipeline_cache, tmp_path):
     records = run_explain(pipeline_tiny_run / "best.pt", ["test"], tmp_path / "split", data=pipeline_cache,
                           progress=False)

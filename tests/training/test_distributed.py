@@ -23,6 +23,8 @@ import torch
 
 from dermogaze.config import load_config
 
+pytestmark = pytest.mark.slow  # torchrun: three to four processes a test
+
 OVERRIDES = ["model.name=vgg_attconvlstm_gap", "model.batch_norm=off", "train.batch_size=4"]
 
 
