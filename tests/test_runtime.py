@@ -34,10 +34,13 @@ def _conv_dtype(factory: runtime.Autocast) -> torch.dtype:
         return F.conv2d(torch.randn(1, 2, 4, 4), torch.randn(3, 2, 3, 3)).dtype
 
 
-def test_cpu_with_native_bf16_autocasts_in_bf16(native):
+def test_cpu_with_native_bf16_autocasts_in_bf16(native, monkeypatch):
     native(True)
     assert runtime.effective_amp(CPU, "bf16") == "bf16"
     assert _conv_dtype(runtime.autocast_factory(CPU, "bf16")) == torch.bfloat16
+    # demo and serve stay float32 by default (bf16 did not keep the demo's results: benchmarks/results/bf16_parity.md)
+    assert runtime.default_amp(CPU) == "off"
+    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", True)  # were it kept, they would follow the machine
     assert runtime.default_amp(CPU) == "bf16"
 
 
@@ -64,8 +67,9 @@ def test_fp16_on_the_cpu_runs_float32_even_with_native_bf16(native, caplog):
 
 
 @pytest.mark.parametrize("is_native", [True, False])
-def test_cuda_precision_is_what_was_asked_whatever_the_cpu(native, is_native):
+def test_cuda_precision_is_what_was_asked_whatever_the_cpu(native, is_native, monkeypatch):
     native(is_native)
+    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", True)
     assert [runtime.effective_amp(CUDA, amp) for amp in runtime.AMP_MODES] == list(runtime.AMP_MODES)
     assert runtime.default_amp(CUDA) == "off"  # demo and serve keep float32 on a GPU, as before
 

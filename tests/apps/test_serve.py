@@ -53,7 +53,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def viewer(crafted_gaze_checkpoint, pipeline_cache) -> Viewer:
-    # float32 whatever the CPU (its default is bf16 where native): the tests compare with float32 references
+    # float32 whatever the default precision: the tests compare with float32 references
     with Viewer(crafted_gaze_checkpoint, pipeline_cache, device="cpu", amp="off") as v:
         yield v
 

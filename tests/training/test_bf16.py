@@ -224,17 +224,19 @@ def test_calibrated_probability_of_bf16_logits_is_float32():
     np.testing.assert_allclose(p.numpy(), expected, rtol=1e-6)
 
 
-def test_viewer_precision_follows_the_cpu_and_bf16_keeps_its_answers(monkeypatch, pipeline_tiny_run, pipeline_cache):
+def test_viewer_precision_and_bf16_keeps_its_answers(monkeypatch, pipeline_tiny_run, pipeline_cache):
     from dermogaze.apps.serve.session import Viewer
 
     checkpoint = pipeline_tiny_run / "best.pt"
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
-    plain = Viewer(checkpoint, pipeline_cache, device="cpu")
-    assert (plain.amp, plain.precision) == ("off", "float32")
+    plain = Viewer(checkpoint, pipeline_cache, device="cpu", amp="bf16")
+    assert (plain.amp, plain.precision) == ("off", "float32")  # asked for, not native: float32
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
-    low = Viewer(checkpoint, pipeline_cache, device="cpu")
-    assert (low.amp, low.precision) == ("bf16", "bf16 autocast")  # the default on a CPU with native bf16
-    assert Viewer(checkpoint, device="cpu", amp="off").precision == "float32"  # --amp off opts out
+    assert Viewer(checkpoint, device="cpu").precision == "float32"  # the default (runtime.CPU_BF16_BY_DEFAULT)
+    low = Viewer(checkpoint, pipeline_cache, device="cpu", amp="bf16")
+    assert (low.amp, low.precision) == ("bf16", "bf16 autocast")
+    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", True)
+    assert Viewer(checkpoint, device="cpu").precision == "bf16 autocast"  # were bf16 the default, it would follow
 
     ref, got = plain.analyse_cached("test", 0), low.analyse_cached("test", 0)
     assert got.state.x_prime.dtype == torch.bfloat16 and ref.state.x_prime.dtype == torch.float32

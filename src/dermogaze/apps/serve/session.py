@@ -232,8 +232,8 @@ class Viewer:
         data: a prepared cache whose splits the gallery offers (their ground truth is shown), or None.
         device: ``cpu``, ``cuda`` or ``auto``.
         amp: ``off``, ``bf16`` or ``fp16``: the precision of the network's passes
-            (:func:`dermogaze.runtime.effective_amp`); None: :func:`dermogaze.runtime.default_amp` (bf16 on a CPU
-            with native bf16, else float32). ``precision`` names the one that runs.
+            (:func:`dermogaze.runtime.effective_amp`); None: :func:`dermogaze.runtime.default_amp` (float32).
+            ``precision`` names the one that runs.
 
     Attributes:
         folder: the server's temporary folder (:class:`~.workspace.ServerFolder`), removed by :meth:`close`, at

@@ -379,7 +379,7 @@ def write_report(
         + _supervision_text(config)
         + f"seed {t['seed']}",
         f"- precision: {precision_name(t.get('amp', 'off'))} (training, evaluation and explanations; "
-        "`dermogaze demo --amp off|bf16` chooses, the default is bf16 on a CPU with native bf16)",
+        "`dermogaze demo --amp off|bf16` chooses, the default is float32)",
         "- kept checkpoint: epoch "
         + (f"{best[-1]['epoch']} (validation loss {format_value(best[-1].get('val_loss'), 4)})" if best else "n/a"),
         provenance_markdown(training_data, records),
