@@ -20,11 +20,14 @@ import torch
 from torch.utils.data import Dataset
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python's ``random``, numpy's global generator and torch (CPU and CUDA)."""
+def seed_everything(seed: int, *, cuda: bool = True) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (CPU, and CUDA unless ``cuda`` is False)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if cuda:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -72,9 +75,7 @@ def seeded_rng(seed: int) -> Iterator[None]:
     np_state = np.random.get_state()
     py_state = random.getstate()
     try:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.default_generator.manual_seed(seed)
+        seed_everything(seed, cuda=False)
         yield
     finally:
         torch.set_rng_state(torch_state)
