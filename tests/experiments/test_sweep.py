@@ -374,10 +374,9 @@ def test_a_sweep_killed_mid_trial_resumes_and_retries_that_trial_once(pipeline_c
 def test_ctrl_c_queues_the_interrupted_trial_again(pipeline_cache, space, tmp_path):
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     out = tmp_path / "runs"
-    # 200 epochs of 0.2 s: the trial outlasts the test's reaction on a loaded machine (with 6, the whole sweep
-    # could end before the signal was sent, and Popen.send_signal skips a process that has exited)
-    # Ctrl-C's default action in the sweep whatever the test runner's: a runner started in the background by a
-    # shell (`make test &`) ignores SIGINT, and a child inherits that
+    # 200 epochs of 0.2 s: the trial outlasts the test's reaction on a loaded machine (with 6 the whole sweep could
+    # end before the signal). SIGINT's default action whatever the runner's: a runner started in the background by
+    # a shell (`make test &`) ignores SIGINT, and a child inherits that.
     proc = subprocess.Popen(_sweep_cli(pipeline_cache, space, url, out, 2, "-o", "train.epochs=200"), env=CHILD_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
