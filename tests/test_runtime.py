@@ -38,10 +38,11 @@ def test_cpu_with_native_bf16_autocasts_in_bf16(native, monkeypatch):
     native(True)
     assert runtime.effective_amp(CPU, "bf16") == "bf16"
     assert _conv_dtype(runtime.autocast_factory(CPU, "bf16")) == torch.bfloat16
-    # demo and serve stay float32 by default (bf16 did not keep the demo's results: benchmarks/results/bf16_parity.md)
-    assert runtime.default_amp(CPU) == "off"
-    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", True)  # were it kept, they would follow the machine
-    assert runtime.default_amp(CPU) == "bf16"
+    # by default (benchmarks/results/bf16_parity.md): the viewer in bf16, the demo (which trains) in float32
+    assert runtime.default_amp(CPU, "serve") == "bf16"
+    assert runtime.default_amp(CPU, "demo") == "off"
+    monkeypatch.setitem(runtime.CPU_BF16_BY_DEFAULT, "demo", True)  # were training kept, the demo would follow
+    assert runtime.default_amp(CPU, "demo") == "bf16"
 
 
 def test_cpu_without_native_bf16_runs_float32_and_says_why_once(native, caplog):
@@ -54,7 +55,7 @@ def test_cpu_without_native_bf16_runs_float32_and_says_why_once(native, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines  # one line per process, however often bf16 is asked for
     assert "no native bfloat16" in lines[0] and "float32" in lines[0]
-    assert runtime.default_amp(CPU) == "off"  # a default is not a request: no line
+    assert runtime.default_amp(CPU, "serve") == runtime.default_amp(CPU, "demo") == "off"  # not a request: no line
     assert len(caplog.records) == 1
 
 
@@ -69,9 +70,9 @@ def test_fp16_on_the_cpu_runs_float32_even_with_native_bf16(native, caplog):
 @pytest.mark.parametrize("is_native", [True, False])
 def test_cuda_precision_is_what_was_asked_whatever_the_cpu(native, is_native, monkeypatch):
     native(is_native)
-    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", True)
+    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", {"demo": True, "serve": True})
     assert [runtime.effective_amp(CUDA, amp) for amp in runtime.AMP_MODES] == list(runtime.AMP_MODES)
-    assert runtime.default_amp(CUDA) == "off"  # demo and serve keep float32 on a GPU, as before
+    assert runtime.default_amp(CUDA, "demo") == runtime.default_amp(CUDA, "serve") == "off"  # a GPU: as before
 
 
 def test_forced_cpu_autocast_and_unknown_modes(native):

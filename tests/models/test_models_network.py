@@ -405,3 +405,27 @@ def test_gaze_ablation_of_a_crafted_model_is_computed_by_hand(reduce):
         torch.testing.assert_close(
             model.diagnose(state, torch.zeros(3, dtype=torch.bool)), torch.sigmoid(torch.tensor([1.0]))
         )
+
+
+def test_cpu_bf16_autocast_keeps_the_first_two_encoder_blocks_in_float32():
+    """Under the CPU's bf16 autocast, blocks 1-2 compute exactly what float32 computes; block 3 runs in bf16."""
+    from dermogaze.models.encoder import CPU_FLOAT32_BLOCKS, VGGEncoder
+
+    torch.manual_seed(0)
+    encoder = VGGEncoder(width=0.25).eval()
+    outputs: list[torch.dtype] = []
+    for m in encoder:
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda mod, args, out: outputs.append(out.dtype))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref, ref_skips = encoder(x)
+        outputs.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, skips = encoder(x)
+    assert CPU_FLOAT32_BLOCKS == 2
+    assert outputs == [torch.float32] * 4 + [torch.bfloat16] * 3  # VGG blocks 1-2: 2 + 2 convs; block 3: 3
+    for block in range(2):  # pool1, pool2: bit for bit the float32 maps
+        assert skips[block].dtype == torch.float32 and torch.equal(skips[block], ref_skips[block])
+    assert low.dtype == torch.bfloat16 and not torch.equal(low.float(), ref)  # block 3 did run in bf16
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)

@@ -231,12 +231,12 @@ def test_viewer_precision_and_bf16_keeps_its_answers(monkeypatch, pipeline_tiny_
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
     plain = Viewer(checkpoint, pipeline_cache, device="cpu", amp="bf16")
     assert (plain.amp, plain.precision) == ("off", "float32")  # asked for, not native: float32
+    assert Viewer(checkpoint, device="cpu").precision == "float32"  # the default without native bf16
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
-    assert Viewer(checkpoint, device="cpu").precision == "float32"  # the default (runtime.CPU_BF16_BY_DEFAULT)
+    assert Viewer(checkpoint, device="cpu").precision == "bf16 autocast"  # the default with it
+    assert Viewer(checkpoint, device="cpu", amp="off").precision == "float32"
     low = Viewer(checkpoint, pipeline_cache, device="cpu", amp="bf16")
     assert (low.amp, low.precision) == ("bf16", "bf16 autocast")
-    monkeypatch.setattr(runtime, "CPU_BF16_BY_DEFAULT", True)
-    assert Viewer(checkpoint, device="cpu").precision == "bf16 autocast"  # were bf16 the default, it would follow
 
     ref, got = plain.analyse_cached("test", 0), low.analyse_cached("test", 0)
     assert got.state.x_prime.dtype == torch.bfloat16 and ref.state.x_prime.dtype == torch.float32

@@ -115,7 +115,7 @@ def add_serve(sub: argparse._SubParsersAction, help_line: str) -> None:
     p.add_argument("--port", type=int_in(1, 65535, "TCP ports are 1 to 65535"), default=DEFAULT_PORT,
                    help=f"TCP port (default: {DEFAULT_PORT})")
     add_device_argument(p)
-    add_amp_argument(p, follows_machine=True)
+    add_amp_argument(p, follows_machine="serve")
     p.set_defaults(func=_cmd_serve)
 
 

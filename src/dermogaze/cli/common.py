@@ -218,19 +218,25 @@ def add_device_argument(p: argparse.ArgumentParser, *, from_config: bool = False
                    help="compute device (default: auto, the GPU when there is one)")
 
 
-def add_amp_argument(p: argparse.ArgumentParser, *, from_config: bool = False, follows_machine: bool = False) -> None:
+def add_amp_argument(p: argparse.ArgumentParser, *, from_config: bool = False, follows_machine: str | None = None
+                     ) -> None:
     """``--amp off|bf16|fp16`` (default ``off``; with ``from_config``, unset leaves the configuration's; with
-    ``follows_machine`` (``demo``, ``serve``), unset is :func:`dermogaze.runtime.default_amp`: off, see its
-    reason there)."""
+    ``follows_machine`` = ``"demo"`` or ``"serve"``, unset is :func:`dermogaze.runtime.default_amp` of that command,
+    its reason in the help)."""
     from ..config import AMP_MODES
 
+    default = {
+        None: "off)",
+        "demo": "off: a bf16-trained demo moved the named pointing game by up to 0.11, "
+                "benchmarks/results/bf16_parity.md)",
+        "serve": "bf16 on a CPU with native bf16, where a checkpoint's P(melanoma) stays within 0.01 of float32's, "
+                 "benchmarks/results/bf16_parity.md; off elsewhere)",
+    }[follows_machine]
     p.add_argument(
         "--amp", choices=AMP_MODES, default=None if from_config or follows_machine else "off",
         help="precision of the network's passes: bf16 autocasts on a CUDA GPU and on a CPU with native bf16 (AVX-512 "
         "BF16 or AMX; another CPU runs float32 and says so), fp16 on a CUDA GPU only; weights, optimiser, loss, "
-        "calibration and metrics stay float32 (default: "
-        + ("off: bf16 moved the demo's P(melanoma) by up to 0.09, benchmarks/results/bf16_parity.md)"
-           if follows_machine else "off)"),
+        "calibration and metrics stay float32 (default: " + default,
     )
 
 
@@ -240,7 +246,7 @@ def add_runtime_arguments(
     amp: bool = True,
     workers: bool = True,
     from_config: bool = False,
-    follows_machine: bool = False,
+    follows_machine: str | None = None,
 ) -> None:
     """``--device``, ``--amp``, ``--workers``, ``--no-progress``.
 

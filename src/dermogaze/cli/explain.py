@@ -87,7 +87,7 @@ def add_demo(sub: argparse._SubParsersAction, help_line: str) -> None:
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     p.add_argument("--fast", action="store_true", help="a smaller, shorter run (a smoke test, not a result)")
-    add_runtime_arguments(p, follows_machine=True)
+    add_runtime_arguments(p, follows_machine="demo")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -23,6 +23,9 @@ Decisions (docs/design.md §4 and the paper are silent on these):
   gradient, every BN is in eval mode, and :class:`VGGEncoder` runs under ``torch.no_grad()`` so no
   activation is stored for a backward pass that would never use it (unless the input itself
   requires a gradient, e.g. for input-gradient explanations).
+* Under the CPU's bf16 autocast, blocks 1-2 run in float32 (:data:`CPU_FLOAT32_BLOCKS`): the image
+  rounded to bf16 and the first blocks' rounding are what moved a checkpoint's P(melanoma) beyond
+  0.01 (docs/speed.md); block 3 and everything after take autocast's bf16. CUDA autocast is untouched.
 * Initialisation without weights follows torchvision's VGG: Kaiming-normal (fan-out, ReLU) for
   convolutions, zero biases, BN weight 1 / bias 0.
 """
@@ -52,6 +55,10 @@ BLOCKS_4_5_CFG: tuple[int | str, ...] = VGG16_CFG[10:]
 #: Index of blocks 4-5's first layer inside torchvision's ``vgg16_bn().features``.
 BLOCKS_4_5_START = 24
 FEATURES_LENGTH = 44
+
+#: Blocks of the encoder that stay float32 under the CPU's bf16 autocast: rounding the image and the first
+#: two blocks to bf16 is what moves P(melanoma) most (docs/speed.md), and their few channels gain little from it.
+CPU_FLOAT32_BLOCKS = 2
 
 #: torchvision's ImageNet weights for vgg16_bn (``VGG16_BN_Weights.IMAGENET1K_V1``).
 IMAGENET_URL = "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"
@@ -191,9 +198,14 @@ class VGGEncoder(VGGBlocks):
         self.skip_channels: tuple[int, ...] = tuple(skip_channels)
 
     def _features(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        skips = []
+        skips: list[Tensor] = []
+        exact = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         for layer in self:
-            x = layer(x)
+            if exact and len(skips) < CPU_FLOAT32_BLOCKS:
+                with torch.autocast("cpu", enabled=False):
+                    x = layer(x.float())
+            else:
+                x = layer(x)
             if isinstance(layer, nn.MaxPool2d):
                 skips.append(x)
         return x, tuple(skips)

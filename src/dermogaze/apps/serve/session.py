@@ -232,7 +232,8 @@ class Viewer:
         data: a prepared cache whose splits the gallery offers (their ground truth is shown), or None.
         device: ``cpu``, ``cuda`` or ``auto``.
         amp: ``off``, ``bf16`` or ``fp16``: the precision of the network's passes
-            (:func:`dermogaze.runtime.effective_amp`); None: :func:`dermogaze.runtime.default_amp` (float32).
+            (:func:`dermogaze.runtime.effective_amp`); None: :func:`dermogaze.runtime.default_amp` (bf16 on a
+            CPU with native bf16, else float32).
             ``precision`` names the one that runs.
 
     Attributes:
@@ -251,7 +252,7 @@ class Viewer:
         self.checkpoint = Path(checkpoint)
         ckpt = load_checkpoint(self.checkpoint)
         self.device = resolve_device(device)
-        self.amp = effective_amp(self.device, default_amp(self.device) if amp is None else amp)
+        self.amp = effective_amp(self.device, default_amp(self.device, "serve") if amp is None else amp)
         self.autocast = autocast_factory(self.device, self.amp)
         self.precision = precision_name(self.amp)
         self.model = model_from_checkpoint(ckpt).to(self.device).eval()

@@ -153,7 +153,7 @@ def run_demo(
     cfg.data.workers = workers
     cfg.train.device = device
     dev = resolve_device(device)
-    cfg.train.amp = amp = effective_amp(dev, default_amp(dev) if amp is None else amp)
+    cfg.train.amp = amp = effective_amp(dev, default_amp(dev, "demo") if amp is None else amp)
     logger.info(
         "demo 2/4: training %s (width %g, %d px, T=%d, %d epochs, %s)",
         cfg.model.name, cfg.model.width, cfg.model.image_size, cfg.model.steps, cfg.train.epochs, precision_name(amp),
