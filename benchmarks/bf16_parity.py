@@ -25,6 +25,11 @@ asked for bf16, the script makes it autocast anyway (``emulated`` in the results
 (bf16 inputs and outputs of the convolutions and matrix products, float32 accumulation), the kernels are not
 the native ones, so the results measure bf16's effect on the figures but its times are not native bf16's.
 
+``--noise-floor`` adds, per seed, a third training: float32 again on one thread (``fp32_1thread``), which differs
+from the float32 run only in the order of its float additions. Its differences from the float32 run (the same four
+training figures) are how far two float32 trainings of one seed land apart, the floor under which no precision
+can be judged by one training per seed.
+
 A run folder holding a finished training of the same configuration is reused (``--retrain`` forces it).
 Without ``--summary`` the table is printed; with it, ``benchmarks/results/bf16_parity.md`` and ``.json`` are
 written.
@@ -104,6 +109,27 @@ def evaluate_run(cache: Path, run: Path, amp: str) -> dict[str, Any]:
     }
 
 
+def train_one_thread(cache: Path, run: Path, seed: int, retrain: bool) -> None:
+    """:func:`train_run` in float32 on one torch thread (the noise floor's run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(cache, run, "off", seed, retrain)
+    finally:
+        torch.set_num_threads(threads)
+
+
+#: The training figures compared between two runs, and the tolerance of each.
+TRAINING_FIGURES = {"test AUC": ("auc", "auc"), "Jaccard lesion+skin": ("jaccard", "jaccard"),
+                    "matched pointing game": ("pointing_matched", "pointing"),
+                    "named pointing game": ("pointing_named", "pointing")}
+
+
+def training_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """``|b - a|`` of each of :data:`TRAINING_FIGURES`."""
+    return {name: abs(b[key] - a[key]) for name, (key, _) in TRAINING_FIGURES.items()}
+
+
 @torch.no_grad()
 def inference(checkpoint: Path, cache: Path, amp: str) -> dict[str, np.ndarray]:
     """Calibrated P(melanoma) ``(N,)`` and named structures ``(N, T)`` of ``checkpoint`` on the test split."""
@@ -136,13 +162,10 @@ def inference_parity(checkpoint: Path, cache: Path) -> dict[str, Any]:
 
 def criteria(fp32: dict[str, Any], bf16: dict[str, Any], parity: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each criterion of the module docstring: its value, its limit and whether it is met."""
+    differences = training_differences(fp32, bf16)
     rows = {
-        "test AUC, difference": (abs(bf16["auc"] - fp32["auc"]), TOLERANCE["auc"], "≤"),
-        "Jaccard lesion+skin, difference": (abs(bf16["jaccard"] - fp32["jaccard"]), TOLERANCE["jaccard"], "≤"),
-        "matched pointing game, difference": (abs(bf16["pointing_matched"] - fp32["pointing_matched"]),
-                                              TOLERANCE["pointing"], "≤"),
-        "named pointing game, difference": (abs(bf16["pointing_named"] - fp32["pointing_named"]),
-                                            TOLERANCE["pointing"], "≤"),
+        **{f"{name}, difference": (differences[name], TOLERANCE[tol], "≤")
+           for name, (_, tol) in TRAINING_FIGURES.items()},
         "inference: largest P(melanoma) difference": (parity["max_abs_dp"], TOLERANCE["p"], "≤"),
         "inference: same decision": (parity["decision_agreement"], TOLERANCE["decision"], "≥"),
         "inference: same named structure": (parity["named_agreement"], TOLERANCE["named"], "≥"),
@@ -180,7 +203,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for seed, r in seeds.items():
-        for name, run in (("fp32", r["fp32"]), ("bf16", r["bf16"])):
+        runs = [("fp32", r["fp32"]), ("bf16", r["bf16"])] + ([("fp32, 1 thread", r["fp32_1thread"])]
+                                                             if "fp32_1thread" in r else [])
+        for name, run in runs:
             lines.append(f"| {seed} | {name} | {run['auc']:.4f} | {run['jaccard']:.4f} | {run['pointing_matched']:.4f} "
                          f"| {run['pointing_named']:.4f} | {run['train_s']:.0f} |")
     names = list(next(iter(seeds.values()))["criteria"])
@@ -193,6 +218,15 @@ def markdown(report: dict[str, Any]) -> str:
             c = r["criteria"][name]
             cells.append(f"{c['value']:.4f} {'met' if c['met'] else '**not met**'}")
         lines.append(f"| {name} | {first['op']} {first['limit']:g} | " + " | ".join(cells) + " |")
+    if all("noise_floor" in r for r in seeds.values()):
+        lines += ["", "The noise floor: the float32 training of each seed again on one thread (another order of float "
+                  "additions, nothing else changed) against the float32 run, next to bf16 against the float32 run.",
+                  "", "| difference from the float32 run | limit | " + " | ".join(
+                      f"seed {s}: fp32 1 thread / bf16" for s in seeds) + " |", "|---|---|" + "---|" * len(seeds)]
+        for name, (_, tol) in TRAINING_FIGURES.items():
+            cells = [f"{r['noise_floor'][name]:.4f} / {r['criteria'][name + ', difference']['value']:.4f}"
+                     for r in seeds.values()]
+            lines.append(f"| {name} | ≤ {TOLERANCE[tol]:g} | " + " | ".join(cells) + " |")
     verdict = report["verdict"]
     lines += [
         "",
@@ -216,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, the cores; 1 on a busy machine, "
                    "where threads waiting for each other cost more than they bring)")
     p.add_argument("--retrain", action="store_true", help="retrain runs already trained")
+    p.add_argument("--noise-floor", action="store_true",
+                   help="also train each seed in float32 on one thread: how far two float32 trainings land apart")
     p.add_argument("--summary", action="store_true",
                    help="write benchmarks/results/bf16_parity.md and .json (else print the table)")
     args = p.parse_args(argv)
@@ -237,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         parity = inference_parity(runs["off"] / "best.pt", cache)
         seeds[str(seed)] = {"fp32": fp32, "bf16": bf16, "inference": parity, "criteria": criteria(fp32, bf16, parity),
                             "order": ["fp32" if a == "off" else a for a in order]}
+        if args.noise_floor:
+            again = args.out / f"seed_{seed}" / "fp32_1thread"
+            train_one_thread(cache, again, seed, args.retrain)
+            seeds[str(seed)]["fp32_1thread"] = evaluate_run(cache, again, "off")
+            seeds[str(seed)]["noise_floor"] = training_differences(fp32, seeds[str(seed)]["fp32_1thread"])
     accuracy = [name for name in next(iter(seeds.values()))["criteria"] if not name.startswith("training time")]
     missed = sorted(f"{name} (seed {s})" for s, r in seeds.items() for name in accuracy
                     if not r["criteria"][name]["met"])
