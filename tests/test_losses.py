@@ -17,6 +17,9 @@ from dermogaze.losses import (
     focal_loss,
     hungarian_match,
     match_batch,
+    matches_on_masks_only,
+    matching_cost,
+    pairwise_cross_entropy,
     pairwise_soft_iou_loss,
     soft_iou_loss,
 )
@@ -569,6 +572,33 @@ def test_attention_matching_follows_the_gazes_when_the_masks_tie():
     # λ = 0 in effect (warm-up, or loss.attention = 0): the paper's matching
     assert [m.tolist() for m in GazeLoss(LossConfig(**cfg, attention_matching=True))(
         out, batch, attention=0.0)["matching"][0]] == [[0, 1], [0, 1]]
+
+
+def test_class_matching_follows_the_classifier_when_the_masks_tie():
+    """loss.class_matching: equal predicted masks tie the soft-IoU costs; the classifier decides (DETR's cost)."""
+    out, batch = _attention_sample()
+    out.masks = torch.full((1, 2, 4, 4), 0.5)  # both steps predict the same mask
+    struct = torch.zeros(1, 2, 6)
+    struct[0, 0, 1] = struct[0, 1, 0] = 4.0  # step 0 names skin, step 1 names lesion
+    out.structure_logits = struct
+    cfg = LossConfig(balancing="none", class_matching=True)
+    masks_only = GazeLoss(LossConfig(balancing="none"))(out, batch)
+    assert [m.tolist() for m in masks_only["matching"][0]] == [[0, 1], [0, 1]]  # the tie: step 0 ↔ lesion
+    named = GazeLoss(cfg)(out, batch)
+    steps, structures = (m.tolist() for m in named["matching"][0])
+    assert dict(zip(steps, structures, strict=True)) == {0: 1, 1: 0}  # step 0 ↔ skin, step 1 ↔ lesion
+    # CE of a step against the structure it names: log(1 + 5 e^-4); against the other: log(e^4 + 5) = 4 + that
+    assert named["cls"].item() == pytest.approx(math.log1p(5 * math.exp(-4)), rel=1e-5)  # float32
+    assert masks_only["cls"].item() == pytest.approx(math.log(math.exp(4) + 5), rel=1e-6)
+    assert named["seg"].item() == pytest.approx(masks_only["seg"].item())
+    assert named["loss"].item() == pytest.approx(masks_only["loss"].item() - cfg.beta * cfg.mu * 4.0, rel=1e-5)
+    # the cost itself: βγ·softIoU + βμ·CE, against a direct computation
+    soft = pairwise_soft_iou_loss(out.masks, batch["masks"])  # (1, 6, 2)
+    ce = torch.stack([F.cross_entropy(struct[0], torch.full((2,), s), reduction="none") for s in range(6)])[None]
+    torch.testing.assert_close(matching_cost(soft, None, cfg, classes=pairwise_cross_entropy(struct)),
+                               cfg.beta * cfg.gamma * soft + cfg.beta * cfg.mu * ce)
+    assert matches_on_masks_only(LossConfig()) and not matches_on_masks_only(cfg)
+    assert torch.equal(matching_cost(soft, None, LossConfig(), classes=ce), soft)  # off: the paper's cost
 
 
 def test_attention_weight_zero_is_the_papers_loss_exactly():

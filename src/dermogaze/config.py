@@ -143,6 +143,7 @@ class LossConfig:
     attention: float = 0.0  # λ of the attention supervision (beyond the paper, docs/design.md §6b); 0 = the paper
     attention_warmup: int = 0  # epochs over which the training loss's λ rises linearly from 0 (0 = λ from the start)
     attention_matching: bool = False  # with λ > 0, the Hungarian matching also weighs λ·(1 − Σ A_t·m_s)
+    class_matching: bool = False  # the Hungarian matching also weighs βμ·CE(pred_t, s) (DETR's class-aware cost)
 
 
 @dataclass

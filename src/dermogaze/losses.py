@@ -160,23 +160,52 @@ def matches_on_gazes(cfg: LossConfig | None, lam: float | None = None) -> bool:
     return cfg is not None and cfg.attention_matching and (cfg.attention if lam is None else lam) > 0
 
 
-def matching_cost(cost: Tensor, outside: Tensor | None, cfg: LossConfig | None, lam: float | None = None) -> Tensor:
+def matches_on_masks_only(cfg: LossConfig | None) -> bool:
+    """The loss's Hungarian matching is the paper's, on the masks alone (with the full λ of ``cfg``)."""
+    return not (matches_on_gazes(cfg) or (cfg is not None and cfg.class_matching))
+
+
+def matching_cost(
+    cost: Tensor,
+    outside: Tensor | None,
+    cfg: LossConfig | None,
+    lam: float | None = None,
+    classes: Tensor | None = None,
+) -> Tensor:
     """The ``(B, S, T)`` cost the loss's Hungarian matching minimises.
 
     The paper's: ``cost``, the soft IoU loss of every (structure, step) pair
-    (:func:`pairwise_soft_iou_loss`). With ``cfg.attention_matching``, λ > 0 and attention maps: the
-    pair losses that are trained, ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` (``outside``;
-    :func:`matches_on_gazes`).
+    (:func:`pairwise_soft_iou_loss`). Beyond it, the pair losses that are trained, each term when its option
+    is on: ``βγ·(1 − soft IoU)``, ``+ λ·(1 − Σ A_t·m_s)`` (``outside``) with ``cfg.attention_matching``, λ > 0
+    and attention maps (:func:`matches_on_gazes`), ``+ βμ·CE(pred_t, s)`` (``classes``) with
+    ``cfg.class_matching`` and structure logits (the class-aware matching of DETR).
 
     Args:
         cost: soft IoU losses ``(B, S, T)``.
         outside: ``1 − Σ A_t·m_s`` ``(B, S, T)``, or ``None`` (no attention maps).
         cfg: the loss section (``None``: the paper's matching).
         lam: the λ in effect (a warm-up's, :func:`attention_weight`); ``None`` = ``cfg.attention``.
+        classes: ``−log softmax(pred_t)[s]`` ``(B, S, T)`` (:func:`pairwise_cross_entropy`), or ``None``.
     """
-    if outside is None or not matches_on_gazes(cfg, lam):
+    gazes = outside is not None and matches_on_gazes(cfg, lam)
+    names = classes is not None and cfg is not None and cfg.class_matching
+    if not (gazes or names):
         return cost
-    return cfg.beta * cfg.gamma * cost + (cfg.attention if lam is None else lam) * outside
+    total = cfg.beta * cfg.gamma * cost
+    if gazes:
+        total = total + (cfg.attention if lam is None else lam) * outside
+    if names:
+        total = total + cfg.beta * cfg.mu * classes
+    return total
+
+
+def pairwise_cross_entropy(structure_logits: Tensor) -> Tensor:
+    """The cross-entropy of every (structure, step) pair, ``−log softmax(pred_t)[s]``.
+
+    Shape:
+        ``(B, T, S)`` logits → ``(B, S, T)`` float32.
+    """
+    return -torch.log_softmax(structure_logits.float(), dim=-1).transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +355,11 @@ class GazeLoss(nn.Module):
       (:func:`matching_cost`, which the explanation measures use too: their "matched" structure is
       the loss's).
 
+    Not tied to λ: ``cfg.class_matching`` adds the classification term ``βμ·CE(pred_t, s)`` to the matching's
+    cost (DETR's class-aware matching), so a step the classifier already names ``s`` is matched to ``s`` when
+    its mask fits about as well as another step's; on real images the masks alone swap the lesion and the
+    pigment network between steps from batch to batch, and the classifier cannot learn which step is which.
+
     Decisions where the paper is silent:
 
     - A variant without a decoder (``out.masks is None``) is trained on ``loss = L_diag``
@@ -456,7 +490,8 @@ class GazeLoss(nn.Module):
             if out.attention is not None:
                 grid = area_fraction(gt, tuple(out.attention.shape[-2:]))  # (B, S, h, w)
                 outside = 1.0 - torch.einsum("bthw,bshw->bst", out.attention.float(), grid)
-            matching = match_batch(matching_cost(cost, outside, self.cfg, lam), present)
+            classes = pairwise_cross_entropy(out.structure_logits).detach() if self.cfg.class_matching else None
+            matching = match_batch(matching_cost(cost, outside, self.cfg, lam, classes), present)
 
             # Gather the matched pairs of the whole batch with index tensors.
             b_idx = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, (t, _) in enumerate(matching)])

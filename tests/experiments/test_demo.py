@@ -112,6 +112,8 @@ def test_report_names_the_options_beyond_the_paper():
     plain = load_config("demo", ["loss.attention_warmup=0", "loss.attention_matching=false", "loss.attention=0.5",
                                  "train.repeat_threshold=0"]).to_dict()
     assert _supervision_text(plain) == "attention supervision λ = 0.5, "
+    assert _supervision_text(load_config("tiny", ["loss.class_matching=true"]).to_dict()) == (
+        "matching on the structure classifier too, ")
 
 
 def test_compared_explanations_average_the_benchmark_seeds(tmp_path):

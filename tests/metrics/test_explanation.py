@@ -163,6 +163,11 @@ def test_the_matched_structure_is_the_models_own_losss_matching():
     # without the option (or λ = 0: inert) the loss's matching is the paper's
     for loss in (LossConfig(attention=1.0), LossConfig(attention=0.0, attention_matching=True)):
         assert measures(loss)["pointing_matched"] == paper["pointing_matched"]
+    # loss.class_matching: the classifier breaks the tie instead: step 0 names skin, step 1 lesion
+    logits[0, 0, 1] = logits[0, 1, 0] = 3.0
+    named = measures(LossConfig(class_matching=True))
+    assert named["pointing_matched"]["per_structure"] == {"lesion": 1.0, "skin": 1.0, "dots": None}
+    assert named["pointing_masks_matched"] == paper["pointing_matched"]  # the paper's, reported beside it
 
 
 def test_centroid_cells_and_hits_hand_computed():
@@ -316,7 +321,7 @@ def test_the_terminal_table_shows_each_measure():
     assert explanation_lines(None) == []
     assert "masks alone" not in text
     ex["pointing_masks_matched"] = section(0.125, 1.0, 0.4)  # a model matched on its gazes too
-    assert ("  matched by the model's loss (it weighs the gazes); by the masks alone, the paper's: lesion 0.125, "
+    assert ("  matched by the model's loss (beyond the masks); by the masks alone, the paper's: lesion 0.125, "
             "skin 1.000, overall 0.400") in explanation_lines(ex)
     ex["pointing_masks_matched"] = ex["pointing_matched"]
     assert "masks alone" not in "\n".join(explanation_lines(ex))

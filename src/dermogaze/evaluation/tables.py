@@ -210,8 +210,8 @@ def explanation_lines(ex: Mapping[str, Any] | None) -> list[str]:
                      f"hallucination rate {format_value(hr.get('overall'), 3)}")
         lines.append("  centroid: no model, a gaze at the centroid of the whole lesion (the pointing game's reference)")
         paper = ex.get("pointing_masks_matched")
-        if paper and paper != pm:  # a model trained with loss.attention_matching: its matching weighs the gazes
-            lines.append("  matched by the model's loss (it weighs the gazes); by the masks alone, the paper's: "
+        if paper and paper != pm:  # a model trained with loss.attention_matching or class_matching
+            lines.append("  matched by the model's loss (beyond the masks); by the masks alone, the paper's: "
                          + ", ".join(f"{n} {format_value(v, 3)}" for n, v in paper["per_structure"].items())
                          + f", overall {format_value(paper['overall'], 3)}")
     ab = ex.get("ablation") or {}

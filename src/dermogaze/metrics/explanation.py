@@ -11,8 +11,9 @@ the image by 8)::
     measure                  definition                                         reference
     pointing game            hit ⇔ m_s[argmax A_t] > 0                          Zhang et al., IJCV 2018
       matched                s = the step's structure in the loss's Hungarian matching (losses.matching_cost:
-                             masks only, or masks and gazes for a model trained with
-                             loss.attention_matching); "masks_matched" = the paper's (masks only)
+                             masks only, or with the gazes / the classifier for a model trained with
+                             loss.attention_matching / loss.class_matching); "masks_matched" = the
+                             paper's (masks only)
       named                  s = argmax of the step's structure classifier; s absent = a miss,
                              counted in the hallucination rate
       centroid (reference)   no model: the cell of the centroid of the whole lesion (every
@@ -34,10 +35,11 @@ Decisions where the papers are silent:
 
 * **Matching.** The *matched* structure of a step is the one its model's own loss pairs it with in
   training (the checkpoint's ``loss`` section): the paper's masks-only matching, or, for a model
-  trained with ``loss.attention_matching``, the matching that weighs the gazes too, with the full λ.
-  Such a model decodes nearly the same mask at steps that look at different structures (the whole
-  lesion for lesion and pigment network), so the masks alone would pair them by chance; its
-  figures under the paper's matching are reported too (``pointing_masks_matched``).
+  trained with ``loss.attention_matching``, the matching that weighs the gazes too, with the full λ
+  (with ``loss.class_matching``, the structure classifier too). Such a model decodes nearly the same
+  mask at steps that look at different structures (the whole lesion for lesion and pigment network),
+  so the masks alone would pair them by chance; its figures under the paper's matching are reported
+  too (``pointing_masks_matched``).
 * **Tolerance.** The pointing game's hit needs ``m_s > 0`` in the peak *cell*: a structure touching
   a cell by one pixel counts, a tolerance of one attention cell (8 image pixels at the paper's
   scale). A mask smaller than one cell is therefore still hit when the peak is on its cell.
@@ -79,7 +81,14 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from ..config import LossConfig
-from ..losses import area_fraction, match_batch, matches_on_gazes, matching_cost, pairwise_soft_iou_loss
+from ..losses import (
+    area_fraction,
+    match_batch,
+    matches_on_masks_only,
+    matching_cost,
+    pairwise_cross_entropy,
+    pairwise_soft_iou_loss,
+)
 from ..models import GazeNet, GazeOutput, GazeState
 from ..runtime import Autocast, to_numpy
 
@@ -200,7 +209,11 @@ def centroid_hits(grid_masks: Tensor, cells: Tensor) -> Tensor:
 
 
 def hungarian_steps(
-    cost: Tensor, present: Tensor, relevance: Tensor | None = None, loss: LossConfig | None = None
+    cost: Tensor,
+    present: Tensor,
+    relevance: Tensor | None = None,
+    loss: LossConfig | None = None,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """The structure matched to each step by the loss's Hungarian matching, ``-1`` where unmatched ``(B, T)``.
 
@@ -211,10 +224,13 @@ def hungarian_steps(
         loss: the model's loss section (its checkpoint's): with ``attention_matching`` and λ > 0 the
             matching minimises ``βγ·(1 − soft IoU) + λ·(1 − Σ A_t·m_s)`` as in training
             (:func:`dermogaze.losses.matching_cost`); ``None``: the paper's matching, masks only.
+        classes: ``−log softmax(pred_t)[s]`` ``(B, S, T)`` (:func:`dermogaze.losses.pairwise_cross_entropy`), for
+            a matching that weighs the classifier (``loss.class_matching``).
     """
     outside = None if relevance is None else 1.0 - relevance.float().transpose(1, 2).to(cost.device)  # (B, S, T)
     matched = torch.full((cost.shape[0], cost.shape[2]), -1, dtype=torch.long)
-    for b, (steps, structures) in enumerate(match_batch(matching_cost(cost, outside, loss), present)):
+    classes = None if classes is None else classes.to(cost.device)
+    for b, (steps, structures) in enumerate(match_batch(matching_cost(cost, outside, loss, classes=classes), present)):
         matched[b, torch.from_numpy(steps)] = torch.from_numpy(structures)
     return matched
 
@@ -402,13 +418,14 @@ class ExplanationAccumulator:
             centroid = centroid_hits(grid, centroid_cells(masks, tuple(grid.shape[-2:]), skin)) & present
             self.centroid_hits += centroid.sum(0).cpu().numpy()
             cost = pairwise_soft_iou_loss(out.masks.float(), masks)  # (B, S, T)
-            matched = hungarian_steps(cost, present, relevance, self.loss)  # (B, T)
+            classes = pairwise_cross_entropy(out.structure_logits)  # (B, S, T)
+            matched = hungarian_steps(cost, present, relevance, self.loss, classes)  # (B, T)
             bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
             si = matched[bi, ti]
             self.matched.append(np.stack([
                 si.numpy(), hit[bi, ti, si].numpy(), relevance[bi, ti, si].numpy(), lift[bi, ti, si].numpy(),
             ], axis=1).astype(np.float64))  # (N, 4)
-            if matches_on_gazes(self.loss):
+            if not matches_on_masks_only(self.loss):
                 matched = hungarian_steps(cost, present)  # the paper's matching
                 bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
                 si = matched[bi, ti]

@@ -293,6 +293,8 @@ def _supervision_text(config: Mapping[str, Any]) -> str:
         parts.append(f"attention supervision λ = {loss['attention']:g}"
                      + (f" (reached over {loss['attention_warmup']} epochs)" if loss.get("attention_warmup") else "")
                      + (", matching on the gazes too" if loss.get("attention_matching") else ""))
+    if loss.get("class_matching"):
+        parts.append("matching on the structure classifier too")
     if t.get("repeat_threshold", 0) > 0:
         parts.append(f"repeat-factor sampling t = {t['repeat_threshold']:g}")
     return "".join(f"{p}, " for p in parts)
