@@ -78,7 +78,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 #: The real-data development collection beside the repository.
 COLLECTION = ROOT / "../shared/realdata/isic2018-dev"
 #: The options of the paper's loss, appended to the preset's and the command line's for the comparison runs.
-PAPER_LOSS = ("loss.attention=0", "loss.attention_warmup=0", "loss.attention_matching=false")
+PAPER_LOSS = ("loss.attention=0", "loss.attention_warmup=0", "loss.attention_matching=false",
+              "loss.class_matching=false")
 #: Test images drawn in the figure (the first of the split, not chosen).
 FIGURE_IMAGES = 8
 #: The issue's targets, checked on every seed's run of the preset.
