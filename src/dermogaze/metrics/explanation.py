@@ -418,7 +418,8 @@ class ExplanationAccumulator:
             centroid = centroid_hits(grid, centroid_cells(masks, tuple(grid.shape[-2:]), skin)) & present
             self.centroid_hits += centroid.sum(0).cpu().numpy()
             cost = pairwise_soft_iou_loss(out.masks.float(), masks)  # (B, S, T)
-            classes = pairwise_cross_entropy(out.structure_logits)  # (B, S, T)
+            names = self.loss is not None and self.loss.class_matching  # the classifier weighs in the matching
+            classes = pairwise_cross_entropy(out.structure_logits) if names else None  # (B, S, T)
             matched = hungarian_steps(cost, present, relevance, self.loss, classes)  # (B, T)
             bi, ti = torch.nonzero(matched >= 0, as_tuple=True)
             si = matched[bi, ti]
