@@ -97,6 +97,7 @@ OUT_OF_RANGE = [
     ("train.device=tpu", "train.device must be one of auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("loss.balancing=sometimes", "loss.balancing must be one of"),
     ("train.lr_schedule=linear", "train.lr_schedule must be one of 'constant', 'cosine', got 'linear'"),
+    ("data.augment=hair", "data.augment must be one of 'dihedral', 'dermoscopy', got 'hair'"),
     ("model.batch_norm=maybe", "model.batch_norm must be one of empty, 'on', 'off', 'frozen'"),
     ("model.name=resnet", "model.name must be one of"),
     ("train.threshold=bogus", "train.threshold is invalid"),

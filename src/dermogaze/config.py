@@ -52,6 +52,9 @@ LR_SCHEDULE_NAMES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 #: Mixed-precision modes (``dermogaze.runtime.autocast_factory``).
 AMP_MODES = ("off", "bf16", "fp16")
+#: Training augmentations (``dermogaze.data.transforms.train_transform``): the 8 symmetries of the square, or those
+#: plus a random scale and crop and a colour jitter, for photographs (docs/design.md §3).
+AUGMENTATIONS = ("dihedral", "dermoscopy")
 
 # The vocabularies and defaults of the commands: the command line builds its parsers from these names, and the
 # modules that implement each one (which import torch, numpy...) import it from here.
@@ -113,6 +116,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     workers: int = 0  # DataLoader worker processes
+    augment: str = "dihedral"  # training augmentation: "dihedral" | "dermoscopy" (scale, crop and colour too)
     pin_memory: bool = True  # only used on CUDA
 
 
@@ -330,6 +334,7 @@ def _choices() -> dict[str, tuple[str | None, ...]]:
         "model.name": MODEL_NAMES,
         "model.batch_norm": (None, *BATCH_NORM_MODES),
         "loss.balancing": tuple(BALANCING),
+        "data.augment": AUGMENTATIONS,
         "train.amp": AMP_MODES,
         "train.lr_schedule": LR_SCHEDULE_NAMES,
     }

@@ -65,6 +65,20 @@ def test_present_is_measured_after_the_crop(tiny_cache_dir):
     assert full[1]["present"].tolist() == [True, True, False, False, True, False]
 
 
+def test_dermoscopy_augmentation_reads_presence_after_its_random_crop(tiny_cache_dir):
+    """Image 2's milia-like cyst sits in a corner of the cache (rows 0..3, cols 12..15), outside the center crop: a
+    random scaled crop sometimes keeps it and sometimes not, and ``present`` says which, every time."""
+    ds = DermoscopyDataset(tiny_cache_dir, "train", train=True, image_size=CROP, augment="dermoscopy")
+    seen = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        item = ds[1]
+        assert item["present"].tolist() == (item["masks"].amax(dim=(1, 2)) > 0).tolist()
+        assert item["image"].shape == (3, CROP, CROP) and set(item["masks"].unique().tolist()) <= {0, 1}
+        seen.add(bool(item["present"][4]))
+    assert seen == {True, False}
+
+
 def test_train_items_are_a_joint_symmetry_of_eval_items(tiny_cache_dir):
     ev = DermoscopyDataset(tiny_cache_dir, "train", image_size=CROP, return_superpixels=True)
     tr = DermoscopyDataset(tiny_cache_dir, "train", train=True, image_size=CROP, return_superpixels=True)

@@ -135,3 +135,52 @@ def test_fused_normalisation_matches_torchvision():
     assert mask_out is mask  # masks pass through
     scaled = ToNormalizedFloat()(tv_tensors.Image(x))
     torch.testing.assert_close(scaled.as_subclass(torch.Tensor), x.float() / 255)
+
+
+def _dermoscopy_sample(size: int = 40) -> dict:
+    """A grey image, bright (180) on a disk and dark (60) elsewhere; every mask is the disk; distinct superpixels."""
+    r, c = np.mgrid[0:size, 0:size]
+    disk = ((r - 17) ** 2 + (c - 23) ** 2) < 11**2
+    image = np.where(disk, 180, 60).astype(np.uint8)[None].repeat(3, 0)
+    masks = disk.astype(np.uint8)[None].repeat(6, 0)
+    return {"image": tv_tensors.Image(torch.from_numpy(image)), "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "superpixels": tv_tensors.Mask(torch.from_numpy((r * size + c).astype(np.int32)))}
+
+
+def test_dermoscopy_augmentation_moves_masks_with_the_image_and_keeps_them_binary():
+    """A random scaled crop and a colour jitter: the masks follow the image's geometry (up to the antialiased rim of
+    the disk), stay binary, and the colour changes only the image."""
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    transform = train_transform(24, mean, std, augment="dermoscopy")
+    areas, brightness = [], []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out = transform(_dermoscopy_sample())
+        masks, image = out["masks"].numpy(), out["image"].numpy() * 0.25 + 0.5
+        assert masks.shape == (6, 24, 24) and out["superpixels"].shape == (24, 24)
+        assert set(np.unique(masks)) <= {0, 1} and all(np.array_equal(masks[0], m) for m in masks)
+        # A brightness/contrast/saturation jitter of a grey image keeps the order of its two levels: the bright
+        # pixels are the disk's. Only the rim (pixels interpolated across the disk's edge) may disagree.
+        grey = image.mean(0)
+        bright = grey > (grey.min() + grey.max()) / 2
+        assert (bright != masks[0].astype(bool)).mean() < 0.06, seed
+        areas.append(masks[0].mean())
+        brightness.append(image[:, ~masks[0].astype(bool)].mean())
+    assert np.ptp(areas) > 0.1  # the crop's scale and place change from draw to draw (a center crop would not)
+    assert np.ptp(brightness) > 0.05  # and so does the colour (60/255 = 0.235 without the jitter)
+
+
+def test_dermoscopy_superpixels_are_resampled_not_blended():
+    """Superpixel ids are labels: the random crop resizes them with nearest neighbours, so every output id is an
+    input id."""
+    transform = train_transform(24, augment="dermoscopy")
+    for seed in range(10):
+        torch.manual_seed(seed)
+        ids = transform(_dermoscopy_sample())["superpixels"].numpy()
+        assert ids.dtype == np.int32 and np.isin(ids, np.arange(40 * 40)).all()
+        assert len(np.unique(ids)) > 100  # not a constant patch
+
+
+def test_unknown_augmentation_is_refused():
+    with pytest.raises(ValueError, match="augment must be one of"):
+        train_transform(24, augment="hair")

@@ -33,8 +33,9 @@ class DermoscopyDataset(Dataset):
       loss and the metrics skip it); ``id``: str; ``index``: int;
     * with ``return_superpixels``: ``superpixels`` int64 ``(S, S)``, transformed with the masks.
 
-    ``S = image_size``. Eval: center crop; train: center crop + random 90° rotations and flips
-    applied jointly to image, masks and superpixels (:mod:`dermogaze.data.transforms`).
+    ``S = image_size``. Eval: center crop; train: center crop (or, with ``augment="dermoscopy"``, a random
+    scaled crop and a colour jitter) + random 90° rotations and flips applied jointly to image, masks and
+    superpixels (:mod:`dermogaze.data.transforms`).
 
     The arrays are memory-mapped and opened lazily in each process, so the dataset is cheap to send
     to DataLoader workers (with any start method).
@@ -47,6 +48,7 @@ class DermoscopyDataset(Dataset):
         return_superpixels: also return the superpixel map (needs a cache with superpixels).
         normalisation: ``(mean, std)`` to normalise with instead of the cache's (a model's training
             statistics, stored in its checkpoint).
+        augment: the training augmentation (:func:`~dermogaze.data.transforms.train_transform`), with ``train``.
 
     Attributes:
         info: the cache's info dict. mean, std: the per-channel statistics the images are normalised with.
@@ -67,6 +69,7 @@ class DermoscopyDataset(Dataset):
         image_size: int = 224,
         return_superpixels: bool = False,
         normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
+        augment: str = "dihedral",
     ) -> None:
         self.cache = Path(cache)
         self.split = split
@@ -83,8 +86,10 @@ class DermoscopyDataset(Dataset):
         self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
         self.std: tuple[float, ...] = tuple(float(s) for s in std)
         self.has_masks: bool = bool(self.info["has_masks"])
-        make = train_transform if train else eval_transform
-        self.transform = make(image_size, self.mean, self.std)
+        if train:
+            self.transform = train_transform(image_size, self.mean, self.std, augment)
+        else:
+            self.transform = eval_transform(image_size, self.mean, self.std)
         self.structures: tuple[str, ...] = tuple(self.info["structures"])
         raw = np.asarray(arrays.labels, dtype=np.float64)
         self.labels: np.ndarray = np.where(np.isnan(raw), -1, raw).astype(np.int64)

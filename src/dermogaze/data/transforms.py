@@ -21,6 +21,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..config import AUGMENTATIONS
+
 
 def center_crop_box(size: int | tuple[int, int], image_size: int | tuple[int, int]) -> tuple[int, int]:
     """Top-left corner of the center crop, computed exactly as ``v2.CenterCrop`` does.
@@ -112,22 +114,43 @@ def eval_transform(
     return v2.Compose([v2.CenterCrop(image_size), ToNormalizedFloat(mean, std)])
 
 
-def train_transform(
-    image_size: int = 224, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-) -> v2.Compose:
-    """:func:`eval_transform` plus a random 90° rotation and random horizontal/vertical flips.
+#: ``augment="dermoscopy"``: the area of the cached image a crop covers (the center crop of the evaluation covers
+#: (224/256)² ≈ 0.77 of it), and its aspect ratio, before it is resized to the model's input.
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (4 / 5, 5 / 4)
+#: ``augment="dermoscopy"``: brightness, contrast and saturation factors in [1 - j, 1 + j], hue shift in [-h, h]
+#: (dermatoscopes and cameras differ in exposure and white balance; the hue of a lesion carries meaning, so little).
+COLOUR_JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
 
-    The rotation and flips (p = 0.5 each) are applied jointly to the image and every mask; the 16
-    combinations cover the 8 symmetries of the square twice each, so each symmetry has p = 1/8.
+
+def train_transform(
+    image_size: int = 224,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    augment: str = "dihedral",
+) -> v2.Compose:
+    """The training augmentation: a random symmetry of the square, and for photographs scale and colour too.
+
+    ``"dihedral"``: :func:`eval_transform` plus a random 90° rotation and random horizontal/vertical flips. The
+    rotation and flips (p = 0.5 each) are applied jointly to the image and every mask; the 16 combinations cover the
+    8 symmetries of the square twice each, so each symmetry has p = 1/8.
+
+    ``"dermoscopy"``: the center crop replaced by a random crop of :data:`CROP_SCALE` of the cached image's area and
+    :data:`CROP_RATIO`, resized to ``image_size`` (``v2.RandomResizedCrop``: the masks with nearest neighbours, so
+    they stay binary), then the same symmetries, then ``v2.ColorJitter`` (:data:`COLOUR_JITTER`) on the image alone.
+
+    Raises:
+        ValueError: an unknown ``augment``.
     """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, not {augment!r}")
+    crop: v2.Transform = v2.CenterCrop(image_size)
+    colour: list[v2.Transform] = []
+    if augment == "dermoscopy":
+        crop = v2.RandomResizedCrop(image_size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True)
+        colour = [v2.ColorJitter(**COLOUR_JITTER)]
     return v2.Compose(
-        [
-            v2.CenterCrop(image_size),
-            RandomRot90(),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            ToNormalizedFloat(mean, std),
-        ]
+        [crop, RandomRot90(), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *colour, ToNormalizedFloat(mean, std)]
     )
 
 

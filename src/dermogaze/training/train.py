@@ -421,7 +421,9 @@ def _make_loaders(cfg: Config, cache: Path, dist: DistInfo) -> _Loaders:
     """Training loader (``DistributedSampler`` or repeat-factor draws) and validation loader (unpadded shards)."""
     t = cfg.train
     per_rank = t.batch_size // dist.world_size
-    images = DermoscopyDataset(cache, cfg.data.train_split, train=True, image_size=cfg.model.image_size)
+    images = DermoscopyDataset(
+        cache, cfg.data.train_split, train=True, image_size=cfg.model.image_size, augment=cfg.data.augment
+    )
     train_set = EpochSeededDataset(images, t.seed)
     val_set = DermoscopyDataset(cache, cfg.data.val_split, train=False, image_size=cfg.model.image_size)
     sampler: DistributedSampler | RepeatFactorSampler
