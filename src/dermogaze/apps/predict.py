@@ -46,6 +46,7 @@ from ..data.provenance import collection_kind, demonstration_note, describe
 from ..data.transforms import center_crop_slices
 from ..errors import DataError, DermogazeError
 from ..files import atomic_write, write_csv
+from ..interrupt import check as check_interrupt
 from ..metrics.diagnosis import check_finite_outputs
 from ..runtime import autocast_factory, resolve_device
 from ..structures import ISIC2018_STRUCTURES, dermoscopic
@@ -173,6 +174,7 @@ def predict(
     bar = tqdm(total=len(dataset), desc=f"predict {split}", unit="img", disable=not progress)
     with bar:
         for batch in loader:
+            check_interrupt()
             with autocast():
                 output = model(batch["image"].to(dev))
             output = output.float()

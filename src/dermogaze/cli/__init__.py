@@ -45,7 +45,8 @@ traceback:
 
 A closed standard output (``dermogaze model list | head -1``) ends the command quietly, as Unix
 tools do: nothing more is written and the exit status is 141 (128 + SIGPIPE, what a shell reports
-for a tool killed by SIGPIPE). Ctrl-C prints ``dermogaze: interrupted`` (status 130).
+for a tool killed by SIGPIPE). Ctrl-C prints ``dermogaze: interrupted`` (status 130), even one that Python drops
+in a finaliser (:mod:`dermogaze.interrupt`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DermogazeError
+from ..interrupt import catch_interrupts
 from ..version import __version__
 from .common import Parser, describe_os_error
 
@@ -172,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        status = int(args.func(args) or 0)
+        with catch_interrupts():  # a Ctrl-C dropped in a finaliser still stops the command (dermogaze.interrupt)
+            status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not at interpreter exit
         return status
     except DermogazeError as exc:

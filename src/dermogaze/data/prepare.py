@@ -80,6 +80,7 @@ from tqdm import tqdm
 from ..config import LAYOUTS
 from ..errors import DataError
 from ..files import PidLock, write_json
+from ..interrupt import check as check_interrupt
 from ..structures import DERMOSCOPIC_FEATURES
 from . import isic2017, isic2018
 from .cache import CACHE_VERSION, INFO_FILE, load_info
@@ -279,6 +280,7 @@ def _prepare_split(
     with bar:
         for sample, item in zip(samples, _iterate(samples, size, with_masks, draft, workers), strict=True):
             bar.update(1)
+            check_interrupt()
             if isinstance(item, BadSample):
                 skip(item)
                 continue

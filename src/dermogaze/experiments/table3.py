@@ -47,6 +47,7 @@ from ..errors import DermogazeError
 from ..evaluation.compare import compare_runs
 from ..evaluation.tables import format_interval, format_value
 from ..files import read_jsonl, write_csv, write_text
+from ..interrupt import check as check_interrupt
 from ..models import build_model
 from ..training.checkpoint import load_checkpoint
 from ..training.optim import build_optimizer
@@ -197,6 +198,7 @@ def _train_all(todo: list[_Preset], out: Path, *, jobs: int, order: Sequence[str
                 logger.info("table3 [%d/%d] %s: %s%s", order.index(p.name) + 1, len(order), p.name, what, where)
                 running[p.name] = (proc, log, time.perf_counter())
             time.sleep(0.2)
+            check_interrupt()
             for name, (proc, log, tic) in list(running.items()):
                 status = proc.poll()
                 if status is None:

@@ -37,6 +37,7 @@ from ..data.transforms import center_crop_slices
 from ..errors import DataError, DermogazeError
 from ..evaluation import plots
 from ..files import write_json
+from ..interrupt import check as check_interrupt
 from ..metrics.ood import FeatureDistribution
 from ..runtime import autocast_factory, resolve_device
 from ..structures import SHORT_NAME
@@ -240,6 +241,7 @@ def run_explain(
 
     bar = tqdm(jobs, desc="explain", unit="img", disable=not progress or len(jobs) < 2)
     for (kind, payload), stem in zip(bar, stems, strict=True):
+        check_interrupt()
         if kind == "file":
             path, image_id = payload
             tensor, original = load_user_image(path, image_size, mean, std)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data.transforms import dihedral_views
 from ..errors import DermogazeError
+from ..interrupt import check as check_interrupt
 from ..losses import GazeLoss
 from ..metrics.accumulator import EvaluationAccumulator
 from ..metrics.explanation import ExplanationAccumulator
@@ -180,6 +181,7 @@ def train_one_epoch(
     for i, batch in enumerate(loader):
         if i >= total:
             break
+        check_interrupt()
         if lr_scale is not None:
             factor = lr_scale(i)
             for group in optimizer.param_groups:
@@ -275,6 +277,7 @@ def run_inference(
     sums = [0.0] * len(LOSS_TERMS)
     count = 0
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True):
+        check_interrupt()
         if explanation is None:
             batch, out = forward_batch(model, batch, device, channels_last=channels_last, autocast=autocast)
         else:

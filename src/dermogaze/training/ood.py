@@ -29,6 +29,7 @@ from ..data.cache import load_info
 from ..data.dataset import DermoscopyDataset
 from ..errors import DataError, DermogazeError
 from ..files import copy_file
+from ..interrupt import check as check_interrupt
 from ..metrics.ood import QUANTILE, FeatureDistribution, pooled_features
 from ..models import GazeNet
 from ..runtime import Autocast, autocast_factory, resolve_device
@@ -72,6 +73,7 @@ def encoder_features(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     chunks = []
     for batch in tqdm(loader, desc=f"features {split}", unit="batch", disable=not progress, leave=False):
+        check_interrupt()
         images = batch["image"].to(device)
         if device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)  # as GazeNet.forward_with_state

@@ -51,6 +51,7 @@ from tqdm import tqdm
 from ...config import Config, merge, save_config, validate
 from ...errors import DermogazeError
 from ...files import read_jsonl
+from ...interrupt import check as check_interrupt
 from ...training import train
 from ..launch import start_child, train_command
 from .space import OBJECTIVE_METRICS, Param, load_space, objective_value, one_line, parse_objective
@@ -160,6 +161,7 @@ def run_sweep(
     bar = tqdm(total=trials, desc=f"sweep {study}", unit="trial", disable=not progress, leave=True)
     try:
         while True:
+            check_interrupt()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(st)
@@ -313,6 +315,7 @@ def _train_in_child(
                 if finished:
                     break
                 time.sleep(0.5)
+                check_interrupt()
         finally:
             if child.poll() is None:
                 child.terminate()
