@@ -65,16 +65,13 @@ from bench_train import _cpu_name, _load_average  # noqa: E402
 from dermogaze.apps.predict import predict  # noqa: E402
 from dermogaze.config import Config, load_config  # noqa: E402
 from dermogaze.data.cache import load_info, load_split  # noqa: E402
-from dermogaze.data.dataset import DermoscopyDataset  # noqa: E402
 from dermogaze.data.isic2018 import ATTRIBUTES  # noqa: E402
 from dermogaze.data.prepare import prepare, read_collection  # noqa: E402
 from dermogaze.errors import DermogazeError  # noqa: E402
 from dermogaze.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
 from dermogaze.explain.run import run_explain  # noqa: E402
 from dermogaze.files import read_jsonl, write_json, write_text  # noqa: E402
-from dermogaze.metrics.structures import iou_matrix  # noqa: E402
 from dermogaze.training import train  # noqa: E402
-from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -195,30 +192,12 @@ def task2_run(run: Path, cache: Path, truth: Path, device: str) -> dict[str, Any
 
 
 @torch.no_grad()
-def best_step_jaccard(run: Path, cache: Path) -> dict[str, float]:
-    """Per structure, the mean over the test images holding it of the best single step's Jaccard, whatever that step
-    names: how well the decoder segments the structure at all, apart from naming it (the Jaccard of the table is the
-    union of the steps that *name* it). In float32 on the CPU, the step masks binarised at 0.5 as everywhere."""
-    ckpt = load_checkpoint(run / "best.pt")
-    model = model_from_checkpoint(ckpt).eval()
-    dataset = DermoscopyDataset(cache, "test", image_size=int(ckpt["image_size"]),
-                                normalisation=(ckpt["mean"], ckpt["std"]))
-    names = list(ckpt["structures"])
-    scores: dict[str, list[float]] = {s: [] for s in names}
-    for batch in torch.utils.data.DataLoader(dataset, batch_size=16):
-        masks = model(batch["image"]).masks.float().numpy() >= 0.5  # (B, T, H, W)
-        for truth, present, steps in zip(batch["masks"].numpy().astype(bool), batch["present"].numpy(), masks,
-                                         strict=True):
-            for k in np.flatnonzero(present):
-                scores[names[k]].append(float(iou_matrix(truth[k][None], steps)[0].max()))
-    return {s: float(np.mean(v)) for s, v in scores.items() if v}
-
-
 def evaluate_run(run: Path, cache: Path, faithfulness: int, device: str) -> dict[str, Any]:
     """The figures of one run on the test split, from dermogaze's evaluation (``run/eval_test/metrics.json``)."""
     done = run / "eval_test" / "metrics.json"
     metrics = json.loads(done.read_text()) if newer(done, run / "best.pt") else None
-    if metrics is not None and metrics["explanation"]["faithfulness_images"] == min(faithfulness, metrics["n_images"]):
+    if (metrics is not None and "jaccard_best_step" in metrics["structures"]
+            and metrics["explanation"]["faithfulness_images"] == min(faithfulness, metrics["n_images"])):
         logging.info("reusing the evaluation %s", done)
     else:
         metrics = evaluate_checkpoint(run / "best.pt", cache, "test", run / "eval_test", device=device, figures=False,
@@ -234,7 +213,7 @@ def evaluate_run(run: Path, cache: Path, faithfulness: int, device: str) -> dict
         "auc_ci": metrics["diagnosis_ci"]["auc"],
         "jaccard": metrics["structures"]["jaccard"],
         "jaccard_images": metrics["structures"]["jaccard_n"],
-        "jaccard_best_step": best_step_jaccard(run, cache),
+        "jaccard_best_step": metrics["structures"]["jaccard_best_step"],
         "task2_dermogaze": metrics["task2_jaccard"],  # the scorer's definition on the model's crop of the cache
         "pointing_matched": per_structure(ex["pointing_matched"]),
         "pointing_masks_matched": per_structure(ex["pointing_masks_matched"]),

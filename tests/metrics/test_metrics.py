@@ -347,6 +347,11 @@ def test_accumulator_matches_per_image_functions(tmp_path):
     assert s["jaccard"]["pigment_network"] == pytest.approx(0.0)
     assert math.isnan(s["jaccard"]["streaks"]) and s["jaccard_n"]["lesion"] == 2 and s["jaccard_n"]["streaks"] == 0
     assert s["jaccard_lesion_skin"] == pytest.approx((1.0 + 0.8) / 2)
+    # the best single step, whatever it names: image 2's step 1 is its skin exactly (named Jaccard 0.6, as step 0
+    # names skin too); no step of image 1 overlaps its pigment network
+    best = s["jaccard_best_step"]
+    assert best["lesion"] == pytest.approx(1.0) and best["skin"] == pytest.approx(1.0)
+    assert best["pigment_network"] == pytest.approx(0.0) and math.isnan(best["streaks"])
     assert acc.predictions["ids"] == ["ISIC_1", "ISIC_2"]
     np.testing.assert_allclose(acc.predictions["probs"], [0.3, 0.8], rtol=1e-5)
     assert m["diagnosis"]["n"] == 2 and m["diagnosis"]["auc"] == 1.0

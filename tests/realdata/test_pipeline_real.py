@@ -81,6 +81,38 @@ def test_evaluate_scores_the_real_test_split(real_eval, real_cache):
     assert [r["image_id"] for r in rows] == test.ids
 
 
+def test_best_step_jaccard_is_the_best_overlap_of_any_step(real_eval, real_run, real_cache):
+    """The evaluation's best single step per structure, whatever it names, against a direct count of intersection and
+    union pixels, step by step, on the real test split."""
+    import torch
+
+    from dermogaze.data.dataset import DermoscopyDataset
+    from dermogaze.training.checkpoint import model_from_checkpoint
+
+    got = real_eval["metrics"]["structures"]["jaccard_best_step"]
+    ckpt = load_checkpoint(real_run / "best.pt")
+    model = model_from_checkpoint(ckpt).eval()
+    data = DermoscopyDataset(real_cache, "test", image_size=int(ckpt["image_size"]),
+                             normalisation=(ckpt["mean"], ckpt["std"]))
+    batch = int(ckpt["config"]["train"]["batch_size"])  # evaluate's batches (another size may round a mask otherwise)
+    expected: dict[str, list[float]] = {name: [] for name in STRUCTURES}
+    with torch.no_grad():
+        for first in range(0, len(data), batch):
+            items = [data[i] for i in range(first, min(first + batch, len(data)))]
+            masks = model(torch.stack([item["image"] for item in items])).masks.numpy() >= 0.5
+            for item, steps in zip(items, masks, strict=True):
+                for k in np.flatnonzero(item["present"].numpy()):
+                    truth = item["masks"][k].numpy().astype(bool)
+                    ious = [(t & truth).sum() / (t | truth).sum() if (t | truth).any() else 0.0 for t in steps]
+                    expected[data.structures[k]].append(max(ious))
+    for name, values in expected.items():
+        if values:
+            assert got[name] == pytest.approx(np.mean(values), abs=1e-9), name
+        else:
+            assert got[name] is None, name  # NaN in metrics.json is written as null
+    assert any(0.0 < v < 1.0 for v in got.values() if v is not None)
+
+
 def test_explain_a_real_test_image_and_a_real_photograph(real_run, real_cache, tmp_path):
     ckpt = str(real_run / "best.pt")
     out = tmp_path / "split"

@@ -86,30 +86,3 @@ def test_task2_truth_and_reference_on_the_real_test_split(real_cache, tmp_path):
     assert 0.05 < scores["micro"] < 0.5 and scores["per_attribute"]["pigment_network"] > 0
     assert all(scores["per_attribute"][name] == 0.0 for name in ATTRIBUTES if name != "pigment_network")
     assert rs.task2_truth(COLLECTION, LABELS, real_cache, tmp_path / "task2") == files  # reused
-
-
-def test_best_step_jaccard_is_the_best_overlap_of_any_step(real_run, real_cache):
-    """The best single step's Jaccard against a direct count of intersection and union pixels, step by step."""
-    import torch
-
-    from dermogaze.data.dataset import DermoscopyDataset
-    from dermogaze.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-    got = script().best_step_jaccard(real_run, real_cache)
-    ckpt = load_checkpoint(real_run / "best.pt")
-    model = model_from_checkpoint(ckpt).eval()
-    data = DermoscopyDataset(real_cache, "test", image_size=int(ckpt["image_size"]),
-                             normalisation=(ckpt["mean"], ckpt["std"]))
-    expected: dict[str, list[float]] = {}
-    with torch.no_grad():  # the same batches as the script (another batch size may round the masks otherwise)
-        for first in range(0, len(data), 16):
-            items = [data[i] for i in range(first, min(first + 16, len(data)))]
-            masks = model(torch.stack([item["image"] for item in items])).masks.numpy() >= 0.5
-            for item, steps in zip(items, masks, strict=True):
-                for k in np.flatnonzero(item["present"].numpy()):
-                    truth = item["masks"][k].numpy().astype(bool)
-                    ious = [(t & truth).sum() / (t | truth).sum() if (t | truth).any() else 0.0 for t in steps]
-                    expected.setdefault(data.structures[k], []).append(max(ious))
-    assert set(got) == set(expected)
-    for name, values in expected.items():
-        assert got[name] == pytest.approx(np.mean(values), abs=1e-9), name

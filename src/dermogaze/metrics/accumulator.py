@@ -21,6 +21,8 @@ as ``null`` by :func:`dermogaze.files.write_json`)::
         "confusion_matrix": S×S floats,         # row-normalised (Fig. 6); NaN rows never occurred
         "jaccard": {structure: float},          # per-structure Jaccard (see per_structure_jaccard)
         "jaccard_n": {structure: int},          # images where the structure is present
+        "jaccard_best_step": {structure: float},  # the best single step's IoU, whatever it names (mean over
+                                                # the images holding the structure): segmentation apart from naming
         "jaccard_lesion_skin": float,           # mean of the lesion and skin Jaccard
         "jaccard_mean": float,                  # mean over the structures that occurred
       },
@@ -124,6 +126,7 @@ class EvaluationAccumulator:
         self._pair_gt: list[np.ndarray] = []
         self._pair_pred: list[np.ndarray] = []
         self._jaccard: list[np.ndarray] = []
+        self._best_step: list[np.ndarray] = []
         self._sp_scores: list[np.ndarray] = []
         self._sp_labels: list[np.ndarray] = []
         self._has_decoder = False
@@ -187,12 +190,15 @@ class EvaluationAccumulator:
         for i in range(b):
             if present[i].any():
                 iou_aware, _ = structure_iou_matrix(gt[i], present[i], masks[i], pred_classes[i])
-                iou_agn, _ = structure_iou_matrix(gt[i], present[i], masks[i], None)
+                iou_agn, rows = structure_iou_matrix(gt[i], present[i], masks[i], None)
                 self._prec_aware.append(precision_at_thresholds(iou_aware, self.thresholds))
                 self._prec_agnostic.append(precision_at_thresholds(iou_agn, self.thresholds))
                 self._pair_gt.append(pair_with_ground_truth(gt[i], present[i], masks[i]))
                 self._pair_pred.append(pred_classes[i])
                 self._jaccard.append(per_structure_jaccard(gt[i], present[i], masks[i], pred_classes[i]))
+                best = np.full(len(self.structures), np.nan)
+                best[rows] = iou_agn.max(axis=1)
+                self._best_step.append(best)
                 if self._attribute_idx:
                     named = named_masks(masks[i], pred_classes[i], len(self.structures))  # (S, H, W)
                     self._task2.append(task2_confusion(gt[i][self._attribute_idx], named[self._attribute_idx]))
@@ -211,7 +217,8 @@ class EvaluationAccumulator:
         """
         for other in others:
             for name in ("indices", "ids", "probs", "margins", "labels", "tta_probs", "tta_spread", "_prec_aware",
-                         "_prec_agnostic", "_pair_gt", "_pair_pred", "_jaccard", "_sp_scores", "_sp_labels", "_task2"):
+                         "_prec_agnostic", "_pair_gt", "_pair_pred", "_jaccard", "_best_step", "_sp_scores",
+                         "_sp_labels", "_task2"):
                 getattr(self, name).extend(getattr(other, name))
             self._has_decoder |= other._has_decoder
         order = np.argsort(np.asarray(self.indices, dtype=np.int64), kind="stable")
@@ -272,6 +279,7 @@ class EvaluationAccumulator:
                 "confusion_matrix": nan_rows,
                 "jaccard": {s: math.nan for s in self.structures},
                 "jaccard_n": {s: 0 for s in self.structures},
+                "jaccard_best_step": {s: math.nan for s in self.structures},
                 "jaccard_lesion_skin": math.nan,
                 "jaccard_mean": math.nan,
             }
@@ -282,6 +290,8 @@ class EvaluationAccumulator:
         jac_n = (~np.isnan(jac)).sum(axis=0)
         jac_mean = np.array([np.nanmean(jac[:, s]) if jac_n[s] else math.nan for s in range(n)])
         by_name = dict(zip(self.structures, jac_mean.tolist(), strict=True))
+        best = np.stack(self._best_step)  # (N, S), NaN where absent
+        best_mean = [float(np.nanmean(best[:, s])) if jac_n[s] else math.nan for s in range(n)]
         lesion_skin = [by_name[s] for s in ("lesion", "skin") if s in by_name]
         return {
             "n_images": n_img,
@@ -295,6 +305,7 @@ class EvaluationAccumulator:
             "confusion_matrix": normalised.tolist(),
             "jaccard": by_name,
             "jaccard_n": {s: int(c) for s, c in zip(self.structures, jac_n, strict=True)},
+            "jaccard_best_step": dict(zip(self.structures, best_mean, strict=True)),
             "jaccard_lesion_skin": _nanmean(lesion_skin),
             "jaccard_mean": _nanmean(jac_mean),
         }
