@@ -40,8 +40,7 @@ def test_python_drops_an_interrupt_raised_in_a_finaliser_and_check_raises_it_aga
         with pytest.raises(KeyboardInterrupt):
             interrupt.check()
         # the block ends without another check: the command still ends as interrupted
-    assert not interrupt.pending()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not interrupt.pending() and sys.unraisablehook == dropped.append  # the hook restored
     interrupt.check()  # nothing recorded outside the block
 
 
@@ -52,14 +51,26 @@ def test_an_interrupt_in_the_loop_itself_raises_as_usual():
     assert not interrupt.pending()
 
 
-def test_a_process_that_ignores_sigint_keeps_ignoring_it():
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a command started in the background by a shell
+def test_an_interrupt_the_command_catches_is_its_own_business():
+    """The viewer's server stops on Ctrl-C and ends normally: a caught interrupt is not dropped."""
+    with catch_interrupts():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            stopped = True
+        assert stopped and not interrupt.pending()
+
+
+@pytest.mark.parametrize("handler", [signal.SIG_IGN, signal.default_int_handler], ids=["ignored", "python's"])
+def test_the_sigint_handler_is_left_as_it_is(handler):
+    previous = signal.signal(signal.SIGINT, handler)  # SIG_IGN: a command started in the background by a shell
     try:
         with catch_interrupts():
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            signal.raise_signal(signal.SIGINT)
-            assert not interrupt.pending()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is handler
+            if handler is signal.SIG_IGN:
+                signal.raise_signal(signal.SIGINT)  # nothing happens, nothing is recorded
+                assert not interrupt.pending()
+        assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, previous)
 
