@@ -191,7 +191,6 @@ def task2_run(run: Path, cache: Path, truth: Path, device: str) -> dict[str, Any
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate_run(run: Path, cache: Path, faithfulness: int, device: str) -> dict[str, Any]:
     """The figures of one run on the test split, from dermogaze's evaluation (``run/eval_test/metrics.json``)."""
     done = run / "eval_test" / "metrics.json"
