@@ -53,6 +53,7 @@ def test_an_interrupt_in_the_loop_itself_raises_as_usual():
 
 def test_an_interrupt_the_command_catches_is_its_own_business():
     """The viewer's server stops on Ctrl-C and ends normally: a caught interrupt is not dropped."""
+    stopped = False
     with catch_interrupts():
         try:
             signal.raise_signal(signal.SIGINT)
