@@ -87,7 +87,6 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize, special, stats
-from sklearn.metrics import roc_curve
 
 from ..config import parse_threshold_rule
 from ..errors import DermogazeError
@@ -146,9 +145,17 @@ def _check_rate(name: str, value: float) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+def _roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``sklearn.metrics.roc_curve`` with every vertex, imported here: the commands that only apply a model
+    (explain, predict, serve) import this module and never need scikit-learn."""
+    from sklearn.metrics import roc_curve
+
+    return roc_curve(y, s, drop_intermediate=False)
+
+
 def _roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC polyline vertices in counts: ``(FP, TP, thresholds)``, each ``(V,)``, starting at the origin."""
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thresholds = _roc_curve(y, s)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     return np.rint(fpr * n_neg), np.rint(tpr * n_pos), thresholds
 
@@ -263,7 +270,7 @@ def choose_threshold(rule: str, labels: Any, scores: Any) -> float:
         kth_benign = np.sort(s[y == 0])[k - 1]  # the k-th smallest benign score
         above = s[s > kth_benign]
         return float(above.min()) if above.size else float(np.nextafter(kth_benign, np.inf))
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thresholds = _roc_curve(y, s)
     j = 1 + int(np.argmax((tpr - fpr)[1:]))  # skip the origin (t = +inf); argmax takes the largest t of a tie
     return float(thresholds[j])
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..errors import DermogazeError
 
@@ -52,6 +51,9 @@ def diagnosis_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 
     n, n_pos = int(labels.size), int(labels.sum())
     n_neg = n - n_pos
     if n_pos > 0 and n_neg > 0 and np.isfinite(probs).all():
+        # here, not at the top: the commands that only apply a model (explain, predict, serve) import this module
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
         auc = float(roc_auc_score(labels, probs))
         ap = float(average_precision_score(labels, probs))
     else:

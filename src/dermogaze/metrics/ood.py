@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.linalg import solve_triangular
-from sklearn.covariance import LedoitWolf
 from torch import Tensor
 
 from ..errors import DermogazeError
@@ -135,6 +134,8 @@ class FeatureDistribution:
             raise DermogazeError("the encoder features hold NaN or infinite values: no out-of-distribution score")
         if not 0.0 < quantile < 1.0:
             raise DermogazeError(f"the threshold's quantile must be in (0, 1), got {quantile}")
+        from sklearn.covariance import LedoitWolf  # here: scoring an image (explain, predict, serve) never needs it
+
         covariance = LedoitWolf(store_precision=False).fit(train).covariance_  # (C, C)
         scale = float(np.trace(covariance)) / covariance.shape[0]  # tr S / C (the shrinkage keeps the trace)
         if not scale > 0:

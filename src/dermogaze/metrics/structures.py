@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ..errors import DataError
 from ..structures import STRUCTURES
@@ -419,6 +418,8 @@ def superpixel_auc(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -
         ``(F,)`` AUC, NaN for a feature whose pooled labels hold a single class or whose scores are
         not all finite (a diverged model).
     """
+    from sklearn.metrics import roc_auc_score  # here: the commands that only apply a model never need it
+
     s = np.concatenate([np.asarray(x, dtype=np.float64) for x in scores], axis=0)  # (N, F)
     y = np.concatenate([np.asarray(x, dtype=np.float64) for x in labels], axis=0) >= 0.5  # (N, F)
     out = np.full(s.shape[1], np.nan)
