@@ -121,3 +121,13 @@ def test_model_help_names_the_registered_variants():
     from dermogaze.models import list_models
 
     assert list(MODEL_NAMES) == list_models()
+
+
+def test_applying_a_model_imports_no_scikit_learn():
+    """``predict``, ``explain`` and ``serve`` apply a model: scikit-learn is imported by the metrics that use it,
+    when they compute (evaluation, training, the out-of-distribution fit), not by these commands' modules."""
+    probe = ("import json, sys\nimport dermogaze.apps.predict, dermogaze.explain.run, dermogaze.apps.serve\n"
+             "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] == 'sklearn')))")
+    proc = _run("-c", probe)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
