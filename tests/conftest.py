@@ -26,6 +26,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dermogaze.allocator import keep_freed_memory
+
 TINY_SIDE = 32
 SP_BASE = 300
 SP_COUNT = SP_BASE + 16
@@ -118,9 +120,11 @@ def write_tiny_isic(root: Path, *, annotations: bool = True, splits: dict | None
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``make test`` runs one worker per core) each worker computes on one thread: two
-    workers of two threads each on two cores would fight over them."""
+    workers of two threads each on two cores would fight over them. And glibc's malloc keeps freed memory, as in
+    every command."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+    keep_freed_memory()  # as every command does (dermogaze.allocator): the in-process tests run as the command line
 
 
 #: The test modules of the longest durations (``pytest --durations``: the wheel's demo ~160 s, the sweeps ~80 s, two

@@ -3,7 +3,8 @@
 The dataflow, image → gazes → structures and diagnosis → loss, metrics and explanation, is the
 layout (the library first, then what runs it; docs/design.md is the design document)::
 
-    config.py structures.py errors.py files.py version.py runtime.py interrupt.py   the ground floor
+    config.py structures.py errors.py files.py version.py runtime.py interrupt.py allocator.py
+                  the ground floor
     data/         readers (isic2017, isic2018, labels_only), prepare (writer), cache (reader), dataset,
                   transforms, synth/ (the built-in synthetic data)
     models/       encoder → attentive ConvLSTM (Eqs. 1-9) → structure decoder (Fig. 3), diagnosis (Fig. 4)

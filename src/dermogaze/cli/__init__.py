@@ -46,7 +46,8 @@ traceback:
 A closed standard output (``dermogaze model list | head -1``) ends the command quietly, as Unix
 tools do: nothing more is written and the exit status is 141 (128 + SIGPIPE, what a shell reports
 for a tool killed by SIGPIPE). Ctrl-C prints ``dermogaze: interrupted`` (status 130), even one that Python drops
-in a finaliser (:mod:`dermogaze.interrupt`).
+in a finaliser (:mod:`dermogaze.interrupt`). Every command runs with glibc's malloc keeping the memory a batch
+frees for the next (:mod:`dermogaze.allocator`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..allocator import keep_freed_memory
 from ..errors import DermogazeError
 from ..interrupt import catch_interrupts
 from ..version import __version__
@@ -173,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # glibc's malloc keeps the memory a batch frees for the next (dermogaze.allocator)
     try:
         with catch_interrupts():  # a Ctrl-C dropped in a finaliser still stops the command (dermogaze.interrupt)
             status = int(args.func(args) or 0)
