@@ -78,7 +78,7 @@ def run(out: Path, epochs: int, repeats: int, threads: list[int]) -> dict[str, A
     for repeat in range(repeats):
         for n in threads:
             for setting, extra in SETTINGS.items():
-                env = {k: v for k, v in os.environ.items() if k not in (OPT_OUT, "MALLOC_TRIM_THRESHOLD_")}
+                env = {k: v for k, v in os.environ.items() if k != OPT_OUT and not k.startswith("MALLOC_")}
                 env.update(extra, OMP_NUM_THREADS=str(n))
                 folder = out / f"run_{n}t_{setting.replace(' ', '_')}"
                 commands = {

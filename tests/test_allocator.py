@@ -12,7 +12,7 @@ import pytest
 
 from dermogaze import allocator
 
-GLIBC = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+GLIBC = sys.platform.startswith("linux") and allocator._glibc()  # where mallopt exists
 
 #: In a fresh interpreter: the allocation pattern of a loop (arrays of 1-25 MiB, all pages written, freed, six
 #: times), and the page faults it took, with or without :func:`keep_freed_memory`.
